@@ -1,0 +1,138 @@
+"""Data pipeline: sources, decoded cache, split, loaders and batched augmentation, on real files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_image_folder
+from vision_ensemble.config import CIFAR10_CLASSES
+from vision_ensemble.data import (BatchTransform, DeviceImageDataset, device_loader, load_dataset, prepare_cache,
+                                  scan_image_folder, stratified_split, streaming_splits, tree_root_of)
+
+
+def test_cifar10_archive_counts_and_label_order(cifar10):
+    assert cifar10.class_names == list(CIFAR10_CLASSES)
+    assert len(cifar10.train) + len(cifar10.val) == 50_000
+    assert (len(cifar10.train), len(cifar10.val)) == (45_000, 5_000)
+    assert len(cifar10.test) == 10_000
+    assert cifar10.train.images.shape[1:] == (32, 32, 3) and cifar10.train.images.dtype == np.uint8
+    np.testing.assert_array_equal(np.bincount(cifar10.train.labels) + np.bincount(cifar10.val.labels), [5000] * 10)
+    np.testing.assert_array_equal(np.bincount(cifar10.val.labels), [500] * 10)
+    np.testing.assert_array_equal(np.bincount(cifar10.test.labels), [1000] * 10)
+    # Files are read class by class, so labels come in class order.
+    assert np.all(np.diff(cifar10.test.labels) >= 0)
+    assert cifar10.skipped == 0
+
+
+def test_cache_round_trip_is_bit_identical_to_decoding_files(cifar10):
+    root = tree_root_of(cifar10.cache_dir)
+    paths, labels, _ = scan_image_folder(root / "test")
+    np.testing.assert_array_equal(labels, cifar10.test.labels)
+    for i in np.random.default_rng(0).choice(len(paths), 64, replace=False):
+        decoded = np.asarray(Image.open(paths[i]).convert("RGB"))
+        np.testing.assert_array_equal(cifar10.test.images[i], decoded)
+
+
+def test_split_is_stratified_and_identical_across_runs(cifar10, cifar10_archive, tmp_path):
+    saved = json.loads(cifar10.split_file.read_text())
+    assert saved["seed"] == 0 and len(saved["val_indices"]) == 5000
+    all_labels = np.concatenate([cifar10.train.labels, cifar10.val.labels])
+    val_a = stratified_split(np.sort(all_labels), 0.1, seed=0)
+    val_b = stratified_split(np.sort(all_labels), 0.1, seed=0)
+    np.testing.assert_array_equal(val_a, val_b)
+    np.testing.assert_array_equal(val_a, saved["val_indices"])
+    assert not np.array_equal(val_a, stratified_split(np.sort(all_labels), 0.1, seed=1))
+    # An uneven dataset: every class keeps its share, the total is exact.
+    labels = np.repeat(np.arange(3), [7, 50, 143])
+    val = stratified_split(labels, 20, seed=3)
+    assert len(val) == 20 and list(np.bincount(labels[val])) == [1, 5, 14]
+
+
+def test_small_folder_end_to_end_with_corrupt_file(tmp_path):
+    root = make_image_folder(tmp_path / "shapes", per_class=10, size=(80, 100))
+    (root / "train" / "square" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        ds = load_dataset(root, cache_root=tmp_path / "cache", val_size=0.2, seed=0)
+    assert ds.skipped == 1
+    assert ds.class_names == ["circle", "square", "stripes"]
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (24, 6, 30)
+    assert ds.train.images.shape[1:] == (80, 100, 3)
+    np.testing.assert_array_equal(np.bincount(ds.val.labels), [2, 2, 2])
+
+    loader = device_loader(DeviceImageDataset(ds.train), batch_size=8, shuffle=True, drop_last=True)
+    transform = BatchTransform((3, 64, 64), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3), train=True)
+    seen = 0
+    for images, labels in loader:
+        assert images.dtype == torch.uint8 and images.shape == (8, 3, 80, 100)
+        x = transform(images)
+        assert x.shape == (8, 3, 64, 64) and x.dtype == torch.float32
+        seen += len(labels)
+    assert seen == 24
+
+
+def test_cache_is_rebuilt_when_the_source_changes(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=4)
+    cache = prepare_cache(root, tmp_path / "cache")
+    before = np.load(cache / "train_images.npy")
+    assert prepare_cache(root, tmp_path / "cache") == cache  # unchanged: reused
+    first = sorted((root / "train" / "circle").iterdir())[0]
+    Image.fromarray(np.full((80, 100, 3), 7, np.uint8)).save(first)
+    prepare_cache(root, tmp_path / "cache")
+    after = np.load(cache / "train_images.npy")
+    assert not np.array_equal(before[0], after[0]) and np.all(after[0] == 7)
+
+
+def test_mixed_image_sizes_are_resized_to_the_common_size(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=3, size=(40, 40))
+    Image.fromarray(np.zeros((90, 60, 3), np.uint8)).save(root / "train" / "circle" / "big.png")
+    with pytest.warns(UserWarning, match="not 40x40"):
+        ds = load_dataset(root, cache_root=tmp_path / "cache", val_size=3)
+    assert ds.train.images.shape[1:] == (40, 40, 3)
+
+
+@pytest.mark.parametrize("size", [32, 224])
+def test_train_augmentation_keeps_shape_dtype_and_range(cifar10, size):
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    images = torch.from_numpy(cifar10.val.images[:64]).permute(0, 3, 1, 2)
+    x = BatchTransform((3, size, size), mean, std, "bicubic", train=True)(images)
+    assert x.shape == (64, 3, size, size) and x.dtype == torch.float32
+    low = (-torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1)
+    high = ((1 - torch.tensor(mean)) / torch.tensor(std)).view(1, 3, 1, 1)
+    assert torch.all(x >= low - 1e-5) and torch.all(x <= high + 1e-5)
+
+
+def test_random_crop_and_flip_return_windows_of_the_padded_image():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (16, 3, 8, 8), dtype=torch.uint8)
+    transform = BatchTransform((3, 8, 8), (0, 0, 0), (1 / 255,) * 3, train=True, crop_padding=2)
+    out = transform(images)  # mean 0, std 1/255: pixel values pass through unchanged
+    padded = torch.nn.functional.pad(images.float(), (2, 2, 2, 2), mode="reflect")
+    for img, pad in zip(out, padded):
+        windows = [pad[:, y:y + 8, x:x + 8] for y in range(5) for x in range(5)]
+        windows += [w.flip(2) for w in windows]
+        assert any(torch.equal(img, w) for w in windows)
+    assert not torch.equal(out, images.float())
+
+
+def test_eval_transform_matches_torchvision_resize_and_centre_crop():
+    from torchvision.transforms import v2
+
+    images = torch.randint(0, 256, (2, 3, 60, 90), dtype=torch.uint8)
+    ours = BatchTransform((3, 48, 48), (0, 0, 0), (1 / 255,) * 3, "bilinear", crop_pct=0.75)(images)
+    reference = v2.Compose([v2.Resize(64, antialias=True), v2.CenterCrop(48)])(images.float()).clamp(0, 255)
+    torch.testing.assert_close(ours, reference, atol=1e-3, rtol=0)
+
+
+def test_streaming_path_yields_the_cached_pixels(tmp_path):
+    root = make_image_folder(tmp_path / "data", per_class=6, fmt="png")
+    ds = load_dataset(root, cache_root=tmp_path / "cache", val_size=0.25, seed=5)
+    splits = streaming_splits(ds.cache_dir, val_size=0.25, seed=5)
+    loader = torch.utils.data.DataLoader(splits["val"], batch_size=len(splits["val"]), num_workers=2)
+    images, labels = next(iter(loader))
+    np.testing.assert_array_equal(images.permute(0, 2, 3, 1).numpy(), ds.val.images)
+    np.testing.assert_array_equal(labels.numpy(), ds.val.labels)
