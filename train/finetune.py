@@ -1,0 +1,278 @@
+"""Fine-tune (or train from scratch) a timm backbone and export it in timm's Hugging Face Hub format.
+
+    accelerate launch train/finetune.py --model seresnet50 --data-dir ../shared/data/cifar10.tar.gz
+
+Reads top to bottom: config -> data -> model -> optimisation -> loop (train, evaluate, checkpoint, export)
+-> publish.  Every option is documented in `--help`; per-backbone defaults are the recipes in
+`vision_ensemble/config.py`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, set_seed
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from timm.utils import ModelEmaV3
+from tqdm.auto import tqdm
+
+from vision_ensemble.config import TrainConfig, build_parser, recipe_config
+from vision_ensemble.data import (BatchTransform, DataError, DeviceImageDataset, device_loader, fits_on_device,
+                                  load_dataset, streaming_splits)
+from vision_ensemble.hub import HubError, default_repo_id, member_card, push_folder
+from vision_ensemble.model import ModelError, create_model, export_model
+from vision_ensemble.plots import plot_training_curves
+
+CHECK_EVERY = 50  # steps between loss finiteness checks (each one synchronises the device)
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+class RunState:
+    """Loop counters saved in every checkpoint beside model, optimizer, scheduler, EMA and RNG states."""
+
+    def __init__(self):
+        self.epoch, self.num_updates, self.best_top1 = 0, 0, -1.0
+
+    def state_dict(self):
+        return dict(epoch=self.epoch, num_updates=self.num_updates, best_top1=self.best_top1)
+
+    def load_state_dict(self, state):
+        self.epoch, self.num_updates, self.best_top1 = state["epoch"], state["num_updates"], state["best_top1"]
+
+
+def take_first(arrays, n, seed):
+    """A seeded random subset for --max-*-samples quick runs."""
+    if n is None or n >= len(arrays):
+        return arrays
+    return arrays.subset(np.sort(np.random.default_rng(seed).permutation(len(arrays))[:n]))
+
+
+@torch.no_grad()
+def evaluate(model, loader, transform, accelerator) -> dict:
+    """Val loss, top-1, top-5; `gather_for_metrics` drops the samples Accelerate duplicated to even out shards."""
+    model.eval()
+    loss_sum, correct1, correct5, count = 0.0, 0, 0, 0
+    for images, labels in loader:
+        logits = model(transform(images)).float()
+        logits, labels = accelerator.gather_for_metrics((logits, labels))
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        correct1 += (top5[:, 0] == labels).sum().item()
+        correct5 += (top5 == labels[:, None]).any(dim=1).sum().item()
+        count += len(labels)
+    return {"val_loss": loss_sum / count, "val_top1": 100 * correct1 / count, "val_top5": 100 * correct5 / count,
+            "val_count": count}
+
+
+def checkpoint_dirs(output_dir: Path) -> list[Path]:
+    return sorted((output_dir / "checkpoints").glob("epoch_[0-9][0-9][0-9]"))
+
+
+def save_checkpoint(accelerator, output_dir: Path, epoch: int, keep: int = 2) -> Path:
+    """save_state into a '.partial' folder, then rename: an interrupted write never replaces a good checkpoint."""
+    final = output_dir / "checkpoints" / f"epoch_{epoch:03d}"
+    partial = final.with_name(final.name + ".partial")
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(partial)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        for old in checkpoint_dirs(output_dir)[:-keep]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def main(argv=None) -> int:
+    cfg: TrainConfig = recipe_config(build_parser(__doc__.split("\n\n")[0]).parse_args(argv))
+    output_dir = Path(cfg.output_dir)
+    on_gpu = torch.cuda.is_available()
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision or ("bf16" if on_gpu else "no"),
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_dir=str(output_dir),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(cfg.seed)
+    print_main = accelerator.print
+
+    # --- data: decoded once (main process first), then kept on the device or streamed ---------------------
+    with accelerator.main_process_first():
+        data = load_dataset(cfg.data_dir, cfg.cache_dir, cfg.val_size, cfg.seed)
+    train_arrays = take_first(data.train, cfg.max_train_samples, cfg.seed)
+    val_arrays = take_first(data.val, cfg.max_eval_samples, cfg.seed)
+    num_classes = len(data.class_names)
+
+    # --- model and its preprocessing ------------------------------------------------------------------------
+    model, data_config = create_model(cfg, num_classes)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_transform = BatchTransform.from_data_config(data_config, train=True, crop_padding=cfg.crop_padding,
+                                                      hflip=cfg.hflip, channels_last=cfg.channels_last)
+    eval_transform = BatchTransform.from_data_config(data_config, channels_last=cfg.channels_last)
+
+    # MixUp/CutMix pair samples within a batch, so train batches have a fixed, even size.
+    batch_size = min(cfg.batch_size, len(train_arrays) // accelerator.num_processes) // 2 * 2
+    nbytes = train_arrays.images.nbytes + val_arrays.images.nbytes
+    data_mode = cfg.data_mode if cfg.data_mode != "auto" else (
+        "device" if fits_on_device(nbytes, accelerator.device) else "stream")
+    if data_mode == "device":
+        train_loader = device_loader(DeviceImageDataset(train_arrays, accelerator.device), batch_size,
+                                     shuffle=True, drop_last=True, seed=cfg.seed)
+        val_loader = device_loader(DeviceImageDataset(val_arrays, accelerator.device), cfg.batch_size * 2,
+                                   shuffle=False)
+    else:
+        streams = streaming_splits(data.cache_dir, cfg.val_size, cfg.seed)
+        loader_args = dict(num_workers=cfg.num_workers, pin_memory=on_gpu, persistent_workers=cfg.num_workers > 0)
+        train_loader = torch.utils.data.DataLoader(streams["train"], batch_size, shuffle=True, drop_last=True,
+                                                   **loader_args)
+        val_loader = torch.utils.data.DataLoader(streams["val"], cfg.batch_size * 2, **loader_args)
+
+    # --- optimisation: timm's AdamW, warmup + cosine per step, MixUp/CutMix + label smoothing, EMA ----------
+    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
+    steps_per_epoch = len(train_loader)
+    scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
+                                       min_lr=cfg.min_lr, warmup_lr=cfg.lr * 1e-3, step_on_epochs=False,
+                                       updates_per_epoch=steps_per_epoch)
+    mixup = None
+    if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
+        mixup = Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mixup_prob,
+                      label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+    train_loss_fn = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(cfg.label_smoothing)
+    ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay) if cfg.ema else None
+    if cfg.compile:
+        model = torch.compile(model)
+
+    state = RunState()
+    accelerator.register_for_checkpointing(scheduler, state)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    if cfg.resume:
+        found = checkpoint_dirs(output_dir)
+        resume_dir = (found[-1] if found else None) if cfg.resume == "latest" else Path(cfg.resume)
+        if resume_dir is None or not resume_dir.is_dir():
+            raise SystemExit(f"--resume {cfg.resume}: no checkpoint found under {output_dir / 'checkpoints'}")
+        accelerator.load_state(str(resume_dir))
+        print_main(f"resumed from {resume_dir} (epoch {state.epoch}, best val top-1 {state.best_top1:.2f})")
+
+    metrics_file = output_dir / "metrics.jsonl"
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "training_args.json").write_text(json.dumps(asdict(cfg), indent=2))
+        history = [json.loads(line) for line in metrics_file.read_text().splitlines()] if metrics_file.exists() else []
+        metrics_file.write_text("".join(json.dumps(m) + "\n" for m in history if m["epoch"] <= state.epoch))
+    accelerator.init_trackers("vision_ensemble", config={k: v for k, v in asdict(cfg).items()
+                                                        if isinstance(v, (int, float, str, bool))})
+    print_main(f"{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, input "
+               f"{data_config['input_size']}, {len(train_arrays)} train / {len(val_arrays)} val images, "
+               f"data on {data_mode}, {accelerator.num_processes} process(es), {accelerator.mixed_precision} precision")
+
+    # --- the loop ---------------------------------------------------------------------------------------------
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+        model.train()
+        train_loader.set_epoch(epoch)
+        running_loss = torch.zeros((), device=accelerator.device)
+        last_checked, start = 0, time.perf_counter()
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not accelerator.is_local_main_process,
+                   leave=False)
+        for step, (images, labels) in enumerate(bar, 1):
+            inputs = train_transform(images)
+            targets = labels
+            if mixup is not None:
+                inputs, targets = mixup(inputs, labels)
+            loss = train_loss_fn(model(inputs), targets)
+            if cfg.fail_at_epoch == epoch:
+                loss = loss * float("nan")
+            accelerator.backward(loss)
+            if cfg.clip_grad is not None:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.num_updates += 1
+            scheduler.step_update(num_updates=state.num_updates)
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model), step=state.num_updates)
+            running_loss += loss.detach()
+            if step % CHECK_EVERY == 0 or step == steps_per_epoch:
+                total = accelerator.reduce(running_loss, reduction="mean").item()
+                if not math.isfinite(total):
+                    good = checkpoint_dirs(output_dir)
+                    raise NonFiniteLoss(
+                        f"loss became {total} in epoch {epoch} (steps {last_checked + 1}-{step}); stopped. "
+                        f"Last good checkpoint: {good[-1] if good else 'none (failed in the first epoch)'}. "
+                        "Lower --lr or set --clip-grad, then continue with --resume latest.")
+                last_checked = step
+                bar.set_postfix(loss=f"{total / step:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        accelerator.wait_for_everyone()
+        epoch_time = time.perf_counter() - start
+        train_loss = accelerator.reduce(running_loss, reduction="mean").item() / steps_per_epoch
+
+        eval_model = ema.module if ema is not None else model
+        metrics = {"epoch": epoch, "train_loss": train_loss, **evaluate(eval_model, val_loader, eval_transform, accelerator),
+                   "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": epoch_time,
+                   "train_images_per_s": steps_per_epoch * batch_size * accelerator.num_processes / epoch_time}
+        if torch.cuda.is_available():
+            metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        accelerator.log(metrics, step=epoch)
+        print_main(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+
+        is_best = metrics["val_top1"] > state.best_top1
+        state.epoch = epoch
+        if is_best:
+            state.best_top1 = metrics["val_top1"]
+        if accelerator.is_main_process:
+            with metrics_file.open("a") as f:
+                f.write(json.dumps(metrics) + "\n")
+            if is_best:  # the folder that gets pushed: weights, timm config, metrics, args, model card
+                export_model(accelerator.unwrap_model(eval_model, keep_torch_compile=False),
+                             output_dir / "best", data_config, data.class_names,
+                             {"metrics.json": metrics, "training_args.json": asdict(cfg),
+                              "README.md": member_card(cfg.model, metrics, asdict(cfg), data.class_names)})
+        save_checkpoint(accelerator, output_dir, epoch)
+        if cfg.stop_after_epoch == epoch:
+            print_main(f"stopping after epoch {epoch} (--stop-after-epoch)")
+            break
+
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        plot_training_curves(metrics_file, output_dir / "training_curves.png")
+        print_main(f"best val top-1 {state.best_top1:.2f}%; model folder: {output_dir / 'best'}")
+        if cfg.push_to_hub:
+            repo_id = cfg.hub_repo_id or default_repo_id(cfg.model, cfg.data_dir)
+            try:
+                url = push_folder(output_dir / "best", repo_id, private=cfg.hub_private)
+                print_main(f"pushed to {url}")
+            except HubError as exc:
+                print_main(f"not pushed: {exc}. The model folder is saved at {output_dir / 'best'}; push it later "
+                           f"with: huggingface-cli upload {repo_id} {output_dir / 'best'} .")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except (DataError, ModelError, NonFiniteLoss) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

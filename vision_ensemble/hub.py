@@ -1,0 +1,94 @@
+"""Publish and fetch: push a model folder to the Hugging Face Hub, resolve a member to a local folder,
+and generate model cards from the top-level `model_card.md`.
+
+`model_card.md` is an ordinary Markdown page with one marked results section; a member's card (the
+README.md of its Hub repo) is that page with the member's card metadata and numbers filled in.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+MODEL_CARD = Path(__file__).resolve().parents[1] / "model_card.md"
+RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
+WEIGHT_PATTERNS = ["*.json", "*.safetensors", "README.md"]  # what a member needs; never pickles
+
+
+class HubError(RuntimeError):
+    """A Hub operation that failed, with a one-line reason."""
+
+
+def _reason(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}"[:300]
+
+
+def default_repo_id(model: str, data_dir: str) -> str:
+    dataset = re.sub(r"[^A-Za-z0-9_.-]", "-", Path(str(data_dir)).name.split(".")[0]) or "data"
+    return f"{model}-{dataset}"
+
+
+def push_folder(folder: str | Path, repo_id: str, private: bool = False) -> str:
+    """Create the repo if needed and upload the exported folder (safetensors only). Returns the repo URL."""
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        repo = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), allow_patterns=WEIGHT_PATTERNS,
+                          commit_message="Upload model trained with vision_ensemble")
+        return str(repo)
+    except Exception as exc:  # offline, no token, no permission: all reported in one line
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        raise HubError(("HF_HUB_OFFLINE=1 is set; " if offline else "") + f"could not reach the Hub ({_reason(exc)})") from None
+
+
+def resolve_member(source: str, base_dir: str | Path | None = None) -> Path:
+    """A member named by a local folder (absolute, or relative to `base_dir`) or a Hub repo id
+    (optionally 'hf-hub:'-prefixed, '@revision'-suffixed), as a local folder holding config.json."""
+    from huggingface_hub import snapshot_download
+
+    source = str(source)
+    for candidate in (Path(source).expanduser(), Path(base_dir or ".") / source):
+        if candidate.is_dir():
+            return candidate
+    repo_id = source.removeprefix("hf-hub:")
+    repo_id, _, revision = repo_id.partition("@")
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
+        raise HubError(f"{source}: no such folder, and not a Hub repo id (owner/name)")
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=WEIGHT_PATTERNS))
+    except Exception as exc:
+        raise HubError(f"{source}: not a local folder, and the Hub download failed ({_reason(exc)})") from None
+
+
+def fill_results(card_text: str, results_markdown: str) -> str:
+    """Replace the marked results section of a card with `results_markdown`."""
+    start, end = card_text.find(RESULTS_START), card_text.find(RESULTS_END)
+    if start < 0 or end < start:
+        return card_text.rstrip() + f"\n\n{RESULTS_START}\n{results_markdown}\n{RESULTS_END}\n"
+    return card_text[: start + len(RESULTS_START)] + "\n" + results_markdown.strip() + "\n" + card_text[end:]
+
+
+def split_front_matter(text: str) -> tuple[str, str]:
+    match = re.match(r"^---\n(.*?)\n---\n", text, flags=re.S)
+    return (match.group(1), text[match.end():]) if match else ("", text)
+
+
+def member_card(model_name: str, metrics: dict, training_args: dict, class_names: list[str]) -> str:
+    """README.md for one exported member: model_card.md's text with this member's metadata and numbers."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    _, body = split_front_matter(MODEL_CARD.read_text() if MODEL_CARD.exists() else "")
+    data = ModelCardData(library_name="timm", license="apache-2.0", pipeline_tag="image-classification",
+                         tags=["image-classification", "timm", "vision_ensemble"], base_model=None)
+    rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
+    args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in training_args.items()
+                    if v not in (None, False, {}) and k in ("model", "img_size", "epochs", "batch_size", "lr", "data_dir"))
+    results = (f"### This member: `{model_name}`\n\nClasses: {', '.join(class_names)}\n\n"
+               f"Validation metrics of the exported (best) epoch:\n\n| metric | value |\n| --- | --- |\n{rows}\n\n"
+               f"Trained with `accelerate launch train/finetune.py {args}`.\n\n"
+               f"```python\nimport timm\nmodel = timm.create_model(\"hf-hub:<this repo>\", pretrained=True).eval()\n```")
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n" + fill_results(body, results)))
