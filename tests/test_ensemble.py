@@ -1,0 +1,144 @@
+"""Ensemble: soft voting, temperature scaling, the manifest, evaluation CLI and Hub-layout loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from conftest import REPO
+from vision_ensemble.config import CIFAR10_CLASSES
+from vision_ensemble.ensemble import (Ensemble, Member, apply_temperature, expected_calibration_error, fit_temperature,
+                                      fit_weights, nll)
+from vision_ensemble.model import ModelError, export_model, training_data_config
+
+
+def make_member(folder: Path, seed: int, img_size: int, classes=CIFAR10_CLASSES, sharpen: float = 1.0) -> Path:
+    """A tiny timm model exported like a trained member; `sharpen` scales its logits (over-confidence)."""
+    torch.manual_seed(seed)
+    model = timm.create_model("test_resnet", num_classes=len(classes))
+    with torch.no_grad():
+        model.fc.weight.mul_(sharpen)
+        model.fc.bias.mul_(sharpen)
+    return export_model(model, folder, training_data_config(model, img_size), list(classes))
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory):
+    root = tmp_path_factory.mktemp("members")
+    return [make_member(root / "a", 0, 32, sharpen=20.0), make_member(root / "b", 1, 48, sharpen=20.0)]
+
+
+def test_soft_voting_equals_the_hand_computed_weighted_mean(members, cifar10):
+    ensemble = Ensemble([Member.load(str(m)) for m in members], weights=[0.3, 0.7], temperature=1.0)
+    images = torch.from_numpy(cifar10.test.images[:16]).permute(0, 3, 1, 2)
+    probs, member_probs = ensemble.predict(images)
+    by_hand = []
+    for folder in members:  # each member with its own size from its own config, computed independently
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+        cfg = json.loads((folder / "config.json").read_text())["pretrained_cfg"]
+        size = cfg["input_size"][-1]
+        x = torch.nn.functional.interpolate(images.float(), size=(size, size), mode=cfg["interpolation"],
+                                            antialias=True, align_corners=False).clamp(0, 255) / 255
+        x = (x - torch.tensor(cfg["mean"]).view(1, 3, 1, 1)) / torch.tensor(cfg["std"]).view(1, 3, 1, 1)
+        with torch.no_grad():
+            by_hand.append(model(x).softmax(1).numpy())
+    np.testing.assert_allclose(member_probs, np.stack(by_hand), atol=1e-5)
+    np.testing.assert_allclose(probs, 0.3 * by_hand[0] + 0.7 * by_hand[1], atol=1e-5)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, atol=1e-6)
+
+
+def test_temperature_scaling_lowers_validation_nll_and_ece(members, cifar10):
+    ensemble = Ensemble([Member.load(str(m)) for m in members])
+    pick = np.random.default_rng(0).choice(len(cifar10.val), 400, replace=False)  # all classes, not class 0 only
+    images = torch.from_numpy(cifar10.val.images[pick]).permute(0, 3, 1, 2)
+    labels = cifar10.val.labels[pick]
+    raw = ensemble.combine(ensemble.member_probabilities(images), calibrated=False)
+    temperature = fit_temperature(raw, labels)
+    calibrated = apply_temperature(raw, temperature)
+    assert temperature > 1  # the members were made over-confident
+    assert nll(calibrated, labels) < nll(raw, labels) - 0.1
+    assert expected_calibration_error(calibrated, labels) < expected_calibration_error(raw, labels)
+
+
+def test_fitted_weights_prefer_the_better_member():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 5, 500)
+    good = np.full((500, 5), 0.05)
+    good[np.arange(500), labels] = 0.8
+    bad = rng.dirichlet(np.ones(5), 500)
+    weights = fit_weights(np.stack([bad, good]), labels)
+    assert weights.sum() == pytest.approx(1) and weights[1] > 0.9
+
+
+def test_manifest_round_trips(members, tmp_path):
+    ensemble = Ensemble([Member.load(str(m)) for m in members], weights=[0.25, 0.75], temperature=1.7, tta_flip=True)
+    path = ensemble.save_manifest(tmp_path / "ensemble.json")
+    again = Ensemble.from_manifest(path)
+    assert again.manifest() == ensemble.manifest()
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    np.testing.assert_allclose(again.predict(images)[0], ensemble.predict(images)[0], atol=1e-6)
+
+
+def test_mismatched_classes_and_corrupt_weights_name_the_member(members, tmp_path):
+    other = make_member(tmp_path / "other", 2, 32, classes=[f"c{i}" for i in range(10)])
+    with pytest.raises(ModelError, match="member '.*other' has classes"):
+        Ensemble([Member.load(str(members[0])), Member.load(str(other))])
+    broken = make_member(tmp_path / "broken", 3, 32)
+    (broken / "model.safetensors").write_bytes(b"garbage" * 100)
+    with pytest.raises(ModelError, match="member '.*broken'.*could not load the weights"):
+        Member.load(str(broken))
+    with pytest.raises(ModelError, match="member 'no/such-repo'"):
+        Member.load("no/such-repo")
+
+
+def test_hub_layout_loads_offline_through_huggingface_hub_and_timm(members, tmp_path, monkeypatch):
+    """A local Hub cache in the exact layout snapshot_download serves, read with HF_HUB_OFFLINE=1."""
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--tiny-member" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for f in members[0].iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    (cache / "models--someone--tiny-member" / "refs").mkdir()
+    (cache / "models--someone--tiny-member" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = ("import timm, torch, sys; sys.path.insert(0, %r)\n"
+            "from vision_ensemble.ensemble import Member\n"
+            "m = timm.create_model('hf-hub:someone/tiny-member', pretrained=True).eval()\n"
+            "ours = Member.load('someone/tiny-member')\n"
+            "x = torch.randn(2, 3, 32, 32)\n"
+            "assert torch.allclose(m(x), ours.model(x)); print('ok', ours.class_names[0])") % str(REPO)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ok airplane"
+
+
+def test_evaluate_cli_writes_report_manifest_and_plots(members, cifar10, cifar10_archive, cache_root, tmp_path):
+    out_dir = tmp_path / "results"
+    result = subprocess.run([sys.executable, str(REPO / "evaluation" / "evaluate.py"), "--models", *map(str, members),
+                             "--data-dir", str(cifar10_archive), "--cache-dir", str(cache_root), "--output-dir",
+                             str(out_dir), "--tta", "--max-eval-samples", "300"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out_dir / "report.json").read_text())
+    assert report["test_images"] == 300 and len(report["members"]) == 2
+    assert 0 <= report["ensemble"]["top1"] <= report["ensemble"]["top3"] <= 100
+    assert report["ensemble"]["nll_calibrated"] <= report["ensemble"]["nll_uncalibrated"] + 0.05
+    assert set(report["per_class"]) >= set(CIFAR10_CLASSES)
+    assert np.asarray(report["confusion_matrix"]).sum() == 300
+    assert (out_dir / "confusion_matrix.png").stat().st_size > 10_000
+    assert (out_dir / "reliability_diagram.png").stat().st_size > 10_000
+    again = Ensemble.from_manifest(out_dir / "ensemble.json")  # relative member paths resolve from the manifest
+    assert again.temperature == pytest.approx(report["ensemble"]["temperature"])
+    missing = subprocess.run([sys.executable, str(REPO / "evaluation" / "evaluate.py"), "--models", str(tmp_path / "nope"),
+                              "--data-dir", str(cifar10_archive), "--cache-dir", str(cache_root)],
+                             capture_output=True, text=True, cwd=REPO)
+    assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr

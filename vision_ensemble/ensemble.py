@@ -1,0 +1,172 @@
+"""Ensemble: members loaded from timm folders or Hub repos, soft voting with fitted weights, temperature
+scaling, calibration metrics, and the `ensemble.json` manifest the app loads.
+
+Each member keeps its own preprocessing (size, mean, std, interpolation from its config.json), so members
+trained at different resolutions ensemble correctly; the same `predict` serves evaluation and the app.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.optimize import minimize, minimize_scalar
+
+from .data import BatchTransform
+from .hub import resolve_member
+from .model import ModelError, load_model_folder
+
+MANIFEST_VERSION = 1
+
+
+@dataclass
+class Member:
+    source: str                 # as written in the manifest: a Hub repo id or a folder
+    model: torch.nn.Module
+    data_config: dict
+    class_names: list[str]
+    transform: BatchTransform = field(init=False)
+
+    def __post_init__(self):
+        self.transform = BatchTransform.from_data_config(self.data_config)
+
+    @classmethod
+    def load(cls, source: str, base_dir: str | Path | None = None, device: str | torch.device = "cpu") -> "Member":
+        try:
+            folder = resolve_member(source, base_dir)
+            model, data_config, class_names = load_model_folder(folder)
+        except (ModelError, RuntimeError) as exc:
+            raise ModelError(f"member '{source}': {exc}") from None
+        return cls(source, model.to(device), data_config, class_names)
+
+    @torch.inference_mode()
+    def probabilities(self, images: torch.Tensor, tta_flip: bool = False, batch_size: int = 256) -> torch.Tensor:
+        """Softmax probabilities for a uint8 NCHW batch (flip TTA: mean over the image and its mirror)."""
+        device = next(self.model.parameters()).device
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = self.transform(images[start:start + batch_size].to(device))
+            if tta_flip:
+                x = torch.cat([x, x.flip(3)])
+            p = self.model(x).float().softmax(dim=1)
+            out.append((p[: len(p) // 2] + p[len(p) // 2:]) / 2 if tta_flip else p)
+        return torch.cat(out).cpu()
+
+
+class Ensemble:
+    """Weighted soft voting of member probabilities, then temperature scaling of the log-probabilities."""
+
+    def __init__(self, members: list[Member], weights=None, temperature: float = 1.0, tta_flip: bool = False):
+        if not members:
+            raise ModelError("an ensemble needs at least one member")
+        reference = members[0].class_names
+        for m in members[1:]:
+            if m.class_names != reference:
+                raise ModelError(f"member '{m.source}' has classes {m.class_names[:5]}... but member "
+                                 f"'{members[0].source}' has {reference[:5]}...: members must share one class list")
+        self.members = members
+        self.class_names = list(reference)
+        self.weights = np.full(len(members), 1 / len(members)) if weights is None else np.asarray(weights, float)
+        self.temperature = float(temperature)
+        self.tta_flip = tta_flip
+
+    def member_probabilities(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+        """(members, N, classes) probabilities for a uint8 NCHW batch."""
+        return np.stack([m.probabilities(images, self.tta_flip, batch_size).numpy() for m in self.members])
+
+    def combine(self, member_probs: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        probs = np.tensordot(self.weights, member_probs, axes=1)
+        return apply_temperature(probs, self.temperature) if calibrated else probs
+
+    def predict(self, images: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """(calibrated ensemble probabilities (N, C), member probabilities (M, N, C))."""
+        member_probs = self.member_probabilities(images, batch_size)
+        return self.combine(member_probs), member_probs
+
+    # --- the manifest ---------------------------------------------------------------------------------
+    def manifest(self) -> dict:
+        return {"version": MANIFEST_VERSION, "class_names": self.class_names, "temperature": self.temperature,
+                "tta_flip": self.tta_flip,
+                "members": [{"source": m.source, "weight": float(w), "preprocessing": m.data_config}
+                            for m, w in zip(self.members, self.weights)]}
+
+    def save_manifest(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.manifest(), indent=2))
+        return path
+
+    @classmethod
+    def from_manifest(cls, path: str | Path, device: str | torch.device = "cpu") -> "Ensemble":
+        """Load an `ensemble.json`; members given as folders are relative to the manifest's folder."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "ensemble.json"
+        try:
+            manifest = json.loads(path.read_text())
+            members = manifest["members"]
+        except FileNotFoundError:
+            raise ModelError(f"no ensemble manifest at {path}") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ModelError(f"{path}: not a valid ensemble manifest ({exc})") from None
+        loaded = [Member.load(m["source"], path.parent, device) for m in members]
+        return cls(loaded, [m.get("weight", 1 / len(members)) for m in members], manifest.get("temperature", 1.0),
+                   manifest.get("tta_flip", False))
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def nll(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))))
+
+
+def fit_weights(member_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Soft-voting weights on the simplex (softmax-parameterised) minimising the validation NLL."""
+    m = member_probs.shape[0]
+    if m == 1:
+        return np.ones(1)
+    picked = member_probs[:, np.arange(len(labels)), labels]  # (M, N): each member's prob of the true class
+
+    def loss(z):
+        w = np.exp(z - z.max())
+        w /= w.sum()
+        return -np.mean(np.log(np.clip(w @ picked, 1e-12, None)))
+
+    z = minimize(loss, np.zeros(m), method="L-BFGS-B").x
+    w = np.exp(z - z.max())
+    return w / w.sum()
+
+
+def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature minimising validation NLL (searched on log T in [1/20, 20])."""
+    result = minimize_scalar(lambda log_t: nll(apply_temperature(probs, np.exp(log_t)), labels),
+                             bounds=(-3.0, 3.0), method="bounded")
+    return float(np.exp(result.x))
+
+
+def calibration_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15):
+    """Per equal-width confidence bin: mean confidence, accuracy, count."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    mean_conf = np.bincount(bins, confidence, n_bins) / np.maximum(count, 1)
+    accuracy = np.bincount(bins, correct, n_bins) / np.maximum(count, 1)
+    return mean_conf, accuracy, count
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
+    conf, acc, count = calibration_bins(probs, labels, n_bins)
+    return float(np.sum(count * np.abs(conf - acc)) / count.sum())
+
+
+def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
+    top = np.argsort(-probs, axis=1)[:, :k]
+    return float(np.mean((top == labels[:, None]).any(axis=1)) * 100)
