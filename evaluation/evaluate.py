@@ -28,7 +28,7 @@ from vision_ensemble.config import CIFAR10_NAME, DEFAULT_SEED, DEFAULT_VAL_SIZE
 from vision_ensemble.data import DataError, load_dataset
 from vision_ensemble.ensemble import (Ensemble, Member, calibration_bins, expected_calibration_error, fit_temperature,
                                       fit_weights, nll, topk_accuracy)
-from vision_ensemble.hub import MODEL_CARD, fill_results
+from vision_ensemble.hub import MODEL_CARD, fill_results, results_markdown
 from vision_ensemble.model import ModelError
 from vision_ensemble.plots import confusion_matrix_figure, reliability_figure, save
 
@@ -48,19 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update-card", action="store_true", help="write the results into model_card.md")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p
-
-
-def results_markdown(report: dict) -> str:
-    lines = ["| model | test top-1 (%) | test top-3 (%) | ECE (%) | weight |", "| --- | --- | --- | --- | --- |"]
-    for m in report["members"]:
-        lines.append(f"| `{m['source']}` | {m['top1']:.2f} | {m['top3']:.2f} | {m['ece'] * 100:.2f} | {m['weight']:.3f} |")
-    e = report["ensemble"]
-    lines.append(f"| **ensemble** (soft voting{', flip TTA' if report['tta_flip'] else ''}) | **{e['top1']:.2f}** | "
-                 f"{e['top3']:.2f} | {e['ece_calibrated'] * 100:.2f} (T = {e['temperature']:.3f}; "
-                 f"{e['ece_uncalibrated'] * 100:.2f} before) | |")
-    lines.append(f"\nMeasured on {report['test_images']:,} test images of `{report['data_dir']}` on {report['device']}, "
-                 f"{report['date']}, with `{report['command']}`.")
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:

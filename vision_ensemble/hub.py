@@ -92,3 +92,16 @@ def member_card(model_name: str, metrics: dict, training_args: dict, class_names
                f"Trained with `accelerate launch train/finetune.py {args}`.\n\n"
                f"```python\nimport timm\nmodel = timm.create_model(\"hf-hub:<this repo>\", pretrained=True).eval()\n```")
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n" + fill_results(body, results)))
+
+
+def results_markdown(report: dict) -> str:
+    lines = ["| model | test top-1 (%) | test top-3 (%) | ECE (%) | weight |", "| --- | --- | --- | --- | --- |"]
+    for m in report["members"]:
+        lines.append(f"| `{m['source']}` | {m['top1']:.2f} | {m['top3']:.2f} | {m['ece'] * 100:.2f} | {m['weight']:.3f} |")
+    e = report["ensemble"]
+    lines.append(f"| **ensemble** (soft voting{', flip TTA' if report['tta_flip'] else ''}) | **{e['top1']:.2f}** | "
+                 f"{e['top3']:.2f} | {e['ece_calibrated'] * 100:.2f} (T = {e['temperature']:.3f}; "
+                 f"{e['ece_uncalibrated'] * 100:.2f} before) | |")
+    lines.append(f"\nMeasured on {report['test_images']:,} test images of `{report['data_dir']}` on {report['device']}, "
+                 f"{report['date']}, with `{report['command']}`.")
+    return "\n".join(lines)

@@ -1,0 +1,247 @@
+"""The Space: top-3 predictions of the ensemble for an uploaded image, and a decision-threshold optimizer.
+
+    python app.py                                  # ensemble.json here, or $VISION_ENSEMBLE_MANIFEST
+    python app.py --manifest results/ensemble.json --port 7860
+    python app.py --manifest owner/ensemble-repo   # a Hub repo holding ensemble.json
+
+API endpoints (stable names for gradio_client): /classify, /inspect_csv, /optimize_threshold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import gradio as gr
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from vision_ensemble.config import DEFAULT_MANIFEST, MAX_CSV_ROWS, MAX_UPLOAD_BYTES
+from vision_ensemble.ensemble import Ensemble
+from vision_ensemble.hub import MODEL_CARD, HubError, fill_results, results_markdown, split_front_matter
+from vision_ensemble.images import ImageError, load_rgb
+from vision_ensemble.model import ModelError
+from vision_ensemble.thresholds import (OBJECTIVES, TABLE_METRICS, ObjectiveParams, ThresholdError, curve_figures,
+                                        detect_columns, optimize, read_table, results_table,
+                                        scored_labels_from_table)
+
+log = logging.getLogger("vision_ensemble.app")
+HERE = Path(__file__).resolve().parent
+EXAMPLES = HERE / "examples"
+AUTO = "(auto)"
+NO_MODELS = ("**No model weights are loaded.** Point the app at an ensemble manifest: train members with "
+             "`accelerate launch train/finetune.py`, write `ensemble.json` with `python evaluation/evaluate.py "
+             "--models ... --output-dir results/`, then start `python app.py --manifest results/ensemble.json` "
+             "(or set `VISION_ENSEMBLE_MANIFEST` to that path or to a Hub repo id holding `ensemble.json`). "
+             "The threshold tab works without weights.")
+
+
+# --- loading ---------------------------------------------------------------------------------------------
+
+def load_ensemble(spec: str) -> tuple[Ensemble | None, str, dict | None]:
+    """(ensemble or None, a status line, the evaluation report beside the manifest if there is one)."""
+    path = Path(spec)
+    try:
+        if not path.exists() and spec.count("/") == 1 and not spec.startswith((".", "/")):
+            from huggingface_hub import hf_hub_download  # a Hub repo holding ensemble.json and report.json
+            path = Path(hf_hub_download(spec, "ensemble.json"))
+        start = time.perf_counter()
+        ensemble = Ensemble.from_manifest(path)
+    except (ModelError, HubError, OSError, ValueError) as exc:
+        log.warning("no ensemble loaded from %s: %s", spec, exc)
+        return None, f"no ensemble loaded from `{spec}`: {exc}", None
+    folder = path if path.is_dir() else path.parent
+    report_file = folder / "report.json"
+    report = json.loads(report_file.read_text()) if report_file.exists() else None
+    for m in ensemble.members:
+        log.info("loaded member %s (input %s)", m.source, m.data_config["input_size"])
+    status = (f"{len(ensemble.members)} members from `{spec}` in {time.perf_counter() - start:.1f} s: "
+              + ", ".join(f"`{m.source}`" for m in ensemble.members))
+    return ensemble, status, report
+
+
+def model_card_markdown(report: dict | None) -> str:
+    _, body = split_front_matter(MODEL_CARD.read_text())
+    if report is not None:
+        body = fill_results(body, results_markdown(report))
+    return body
+
+
+# --- handlers ------------------------------------------------------------------------------------------
+
+def make_classify(ensemble: Ensemble | None):
+    def classify(image):
+        """Image -> (top-3 calibrated probabilities, each member's top-3, timing)."""
+        if ensemble is None:
+            raise gr.Error("No model weights are loaded; see the note on this tab for how to point the app at them.")
+        path = image.get("path") if isinstance(image, dict) else image
+        if not path:
+            raise gr.Error("Upload an image first.")
+        if os.path.getsize(path) > MAX_UPLOAD_BYTES:
+            raise gr.Error(f"The file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
+        try:
+            pixels = load_rgb(path)
+        except ImageError as exc:
+            raise gr.Error(f"Could not use this file: {exc}.") from None
+        start = time.perf_counter()
+        probs, member_probs = ensemble.predict(torch.from_numpy(pixels).permute(2, 0, 1)[None])
+        elapsed = (time.perf_counter() - start) * 1000
+        names = ensemble.class_names
+        top = int(probs[0].argmax())
+        rows = []
+        for member, p in zip(ensemble.members, member_probs[:, 0]):
+            order = np.argsort(-p)[:3]
+            rows.append([member.source, ", ".join(f"{names[i]} {p[i]:.2f}" for i in order),
+                         "yes" if order[0] == top else "no"])
+        agree = sum(r[2] == "yes" for r in rows)
+        timing = (f"{elapsed:.0f} ms for {len(rows)} members on {pixels.shape[1]}x{pixels.shape[0]} px input; "
+                  f"{agree} of {len(rows)} members agree with the ensemble's top class.")
+        return {names[i]: float(probs[0, i]) for i in range(len(names))}, rows, timing
+    return classify
+
+
+def _table_from_upload(csv_file):
+    path = csv_file.get("path") if isinstance(csv_file, dict) else csv_file
+    if not path:
+        raise gr.Error("Upload a CSV file first.")
+    try:
+        return read_table(path, MAX_CSV_ROWS)
+    except ThresholdError as exc:
+        raise gr.Error(f"Could not read the CSV: {exc}.") from None
+
+
+def inspect_csv(csv_file):
+    """CSV -> column pickers pre-filled by detection, and the positive-class choices."""
+    table = _table_from_upload(csv_file)
+    columns = table.column_names
+    try:
+        label, score = detect_columns(columns)
+    except ThresholdError:
+        label, score = columns[0], columns[min(1, len(columns) - 1)]
+    import pyarrow.compute as pc
+    values = [str(v) for v in pc.unique(table.column(label)).to_pylist()[:20]]
+    return (gr.Dropdown(choices=columns, value=label), gr.Dropdown(choices=columns, value=score),
+            gr.Dropdown(choices=[AUTO, *values], value=AUTO),
+            f"{table.num_rows:,} rows, columns: {', '.join(columns)}")
+
+
+def optimize_threshold(csv_file, label_column, score_column, positive, objective, beta, cost_fp, cost_fn,
+                       min_precision, min_recall):
+    """CSV + choices -> summary, metrics table, PR/ROC/metrics plots, per-threshold results CSV."""
+    table = _table_from_upload(csv_file)
+    params = ObjectiveParams(beta=float(beta or 1), cost_fp=float(cost_fp or 0), cost_fn=float(cost_fn or 0),
+                             min_precision=float(min_precision or 0), min_recall=float(min_recall or 0))
+    try:
+        data = scored_labels_from_table(table, label_column or None, score_column or None,
+                                        None if positive in (None, "", AUTO) else positive)
+        result = optimize(data, objective, params)
+    except ThresholdError as exc:
+        raise gr.Error(f"{exc}.") from None
+    opt, half = result.at_optimum, result.at_half
+    rows = [[k, half["confusion_matrix"][k], opt["confusion_matrix"][k]] for k in ("tp", "fp", "fn", "tn")]
+    rows += [[k, round(half[k], 4), round(opt[k], 4)] for k in TABLE_METRICS]
+    s = result.summary()
+    summary = (f"### Best threshold: **{result.threshold:.6g}**\n\n{OBJECTIVES[objective]} = **{result.value:.4f}** "
+               f"(predict '{data.positive_label}' where `{data.score_column}` >= threshold). {s['rows']:,} rows, "
+               f"{s['positives']:,} positive, {s['distinct_thresholds']:,} distinct scores; ROC AUC "
+               f"{s['roc_auc']:.4f}, average precision {s['average_precision']:.4f}.")
+    figures = curve_figures(result)
+    out = Path(tempfile.mkdtemp(prefix="thresholds-")) / "threshold_results.csv"
+    results_table(result).to_csv(out, index=False)
+    plots = [figures["pr"], figures["roc"], figures["metrics"]]
+    for fig in plots:
+        plt.close(fig)  # gr.Plot keeps its own copy; closing stops pyplot from accumulating figures
+    return summary, rows, *plots, str(out)
+
+
+# --- layout --------------------------------------------------------------------------------------------
+
+def build_demo(ensemble: Ensemble | None, status: str, report: dict | None) -> gr.Blocks:
+    with gr.Blocks(title="Vision Ensemble") as demo:
+        gr.Markdown("# Vision Ensemble\nAn ensemble of timm backbones trained on CIFAR-10, and a decision-threshold "
+                    "optimizer for any binary classifier's scores.")
+        with gr.Tab("Classify"):
+            gr.Markdown(status if ensemble is not None else NO_MODELS)
+            with gr.Row():
+                with gr.Column():
+                    image = gr.Image(label="Image", type="filepath", sources=["upload", "webcam", "clipboard"])
+                    classify_button = gr.Button("Classify", variant="primary")
+                with gr.Column():
+                    label = gr.Label(num_top_classes=3, label="Ensemble (calibrated probabilities)")
+                    members = gr.Dataframe(headers=["member", "top-3", "agrees with ensemble"], label="Members",
+                                           interactive=False)
+                    timing = gr.Markdown()
+            example_files = sorted(str(p) for p in EXAMPLES.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+            if example_files:
+                gr.Examples(example_files, inputs=image)
+            classify_button.click(make_classify(ensemble), inputs=image, outputs=[label, members, timing],
+                                  api_name="classify", preprocess=False, concurrency_limit=2)
+        with gr.Tab("Threshold optimization"):
+            gr.Markdown("Upload a CSV with one row per example: a true label (0/1, true/false, yes/no, or two class "
+                        "names) and the classifier's score. Every distinct score is tried as the threshold.")
+            with gr.Row():
+                with gr.Column(scale=1):
+                    csv_file = gr.File(label="CSV of labels and scores", file_types=[".csv", ".tsv", ".txt"])
+                    csv_info = gr.Markdown()
+                    label_col = gr.Dropdown(label="Label column", choices=[], allow_custom_value=True)
+                    score_col = gr.Dropdown(label="Score column", choices=[], allow_custom_value=True)
+                    positive = gr.Dropdown(label="Positive class", choices=[AUTO], value=AUTO, allow_custom_value=True)
+                    objective = gr.Dropdown(label="Objective", value="f1",
+                                            choices=[(f"{k}: {v}", k) for k, v in OBJECTIVES.items()])
+                    with gr.Row():
+                        beta = gr.Number(label="beta (fbeta)", value=1.0)
+                        cost_fp = gr.Number(label="cost of a false positive (cost)", value=1.0)
+                        cost_fn = gr.Number(label="cost of a false negative (cost)", value=1.0)
+                    with gr.Row():
+                        min_precision = gr.Number(label="min precision (recall_at_precision)", value=0.9)
+                        min_recall = gr.Number(label="min recall (precision_at_recall)", value=0.9)
+                    find_button = gr.Button("Find the best threshold", variant="primary")
+                    example_csv = EXAMPLES / "classifier_scores.csv"
+                    if example_csv.exists():
+                        gr.Examples([[str(example_csv)]], inputs=csv_file)
+                with gr.Column(scale=2):
+                    summary = gr.Markdown()
+                    metrics_table = gr.Dataframe(headers=["metric", "at 0.5", "at optimum"], label="Metrics",
+                                                 interactive=False)
+                    with gr.Row():
+                        pr_plot = gr.Plot(label="Precision-recall")
+                        roc_plot = gr.Plot(label="ROC")
+                    metrics_plot = gr.Plot(label="Metrics vs threshold")
+                    results_csv = gr.File(label="Metrics at every threshold (CSV)")
+            csv_file.upload(inspect_csv, inputs=csv_file, outputs=[label_col, score_col, positive, csv_info],
+                            api_name="inspect_csv")
+            find_button.click(optimize_threshold,
+                              inputs=[csv_file, label_col, score_col, positive, objective, beta, cost_fp, cost_fn,
+                                      min_precision, min_recall],
+                              outputs=[summary, metrics_table, pr_plot, roc_plot, metrics_plot, results_csv],
+                              api_name="optimize_threshold", concurrency_limit=2)
+        with gr.Tab("Model card"):
+            gr.Markdown(model_card_markdown(report))
+    return demo
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--manifest", default=os.environ.get("VISION_ENSEMBLE_MANIFEST", DEFAULT_MANIFEST),
+                        help="ensemble.json path, a folder holding it, or a Hub repo id (env VISION_ENSEMBLE_MANIFEST)")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_grad_enabled(False)
+    ensemble, status, report = load_ensemble(args.manifest)
+    log.info(status)
+    demo = build_demo(ensemble, status, report)
+    demo.queue(default_concurrency_limit=2, max_size=64)
+    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES, show_error=True,
+                allowed_paths=[str(EXAMPLES)])
+
+
+if __name__ == "__main__":
+    main()
