@@ -170,7 +170,7 @@ def build_demo(ensemble: Ensemble | None, status: str, report: dict | None) -> g
             gr.Markdown(status if ensemble is not None else NO_MODELS)
             with gr.Row():
                 with gr.Column():
-                    image = gr.Image(label="Image", type="filepath", sources=["upload", "webcam", "clipboard"])
+                    image = gr.Image(label="Image", type="filepath", sources=["upload", "webcam", "clipboard"], height=320)
                     classify_button = gr.Button("Classify", variant="primary")
                 with gr.Column():
                     label = gr.Label(num_top_classes=3, label="Ensemble (calibrated probabilities)")

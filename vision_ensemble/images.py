@@ -50,12 +50,14 @@ def load_rgb(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_IMA
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
-            return np.asarray(to_rgb(image), dtype=np.uint8)
+            return np.array(to_rgb(image), dtype=np.uint8)  # a writable copy
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"image is too large to decode safely ({exc})") from None
     except FileNotFoundError:
         raise ImageError(f"file not found: {source}") from None
-    except (OSError, SyntaxError, ValueError, Image.UnidentifiedImageError) as exc:
-        raise ImageError(f"not a readable image ({type(exc).__name__}: {exc})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError("not an image file (the format is not recognised)") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
+        raise ImageError(f"the image data is corrupt or truncated ({exc})") from None
