@@ -44,7 +44,7 @@ NO_MODELS = ("**No model weights are loaded.** Point the app at an ensemble mani
 
 # --- loading ---------------------------------------------------------------------------------------------
 
-def load_ensemble(spec: str) -> tuple[Ensemble | None, str, dict | None]:
+def load_ensemble(spec: str, runtime: str = "onnx") -> tuple[Ensemble | None, str, dict | None]:
     """(ensemble or None, a status line, the evaluation report beside the manifest if there is one)."""
     path = Path(spec)
     try:
@@ -53,6 +53,8 @@ def load_ensemble(spec: str) -> tuple[Ensemble | None, str, dict | None]:
             path = Path(hf_hub_download(spec, "ensemble.json"))
         start = time.perf_counter()
         ensemble = Ensemble.from_manifest(path)
+        if runtime == "onnx":
+            ensemble.use_onnxruntime(tempfile.mkdtemp(prefix="vision-ensemble-onnx-"))
     except (ModelError, HubError, OSError, ValueError) as exc:
         log.warning("no ensemble loaded from %s: %s", spec, exc)
         return None, f"no ensemble loaded from `{spec}`: {exc}", None
@@ -61,7 +63,7 @@ def load_ensemble(spec: str) -> tuple[Ensemble | None, str, dict | None]:
     report = json.loads(report_file.read_text()) if report_file.exists() else None
     for m in ensemble.members:
         log.info("loaded member %s (input %s)", m.source, m.data_config["input_size"])
-    status = (f"{len(ensemble.members)} members from `{spec}` in {time.perf_counter() - start:.1f} s: "
+    status = (f"{len(ensemble.members)} members from `{spec}` ({runtime} runtime) in {time.perf_counter() - start:.1f} s: "
               + ", ".join(f"`{m.source}`" for m in ensemble.members))
     return ensemble, status, report
 
@@ -230,12 +232,14 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", default=os.environ.get("VISION_ENSEMBLE_MANIFEST", DEFAULT_MANIFEST),
                         help="ensemble.json path, a folder holding it, or a Hub repo id (env VISION_ENSEMBLE_MANIFEST)")
+    parser.add_argument("--runtime", choices=["onnx", "torch"], default=os.environ.get("VISION_ENSEMBLE_RUNTIME", "onnx"),
+                        help="run the networks with ONNX Runtime (fp32, ~1.5x faster on CPU) or eager PyTorch")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_grad_enabled(False)
-    ensemble, status, report = load_ensemble(args.manifest)
+    ensemble, status, report = load_ensemble(args.manifest, args.runtime)
     log.info(status)
     demo = build_demo(ensemble, status, report)
     demo.queue(default_concurrency_limit=2, max_size=64)

@@ -95,7 +95,8 @@ def test_classify_gives_the_evaluation_codes_top3(app, ensemble_dir):
     probs, _ = reference.predict(torch.from_numpy(load_rgb(image)).permute(2, 0, 1)[None])
     top3 = np.argsort(-probs[0])[:3]
     assert [c["label"] for c in label["confidences"]] == [reference.class_names[i] for i in top3]
-    np.testing.assert_allclose([c["confidence"] for c in label["confidences"]], probs[0, top3], atol=1e-6)
+    # The app serves through ONNX Runtime; evaluation runs eager PyTorch: same numbers to float precision.
+    np.testing.assert_allclose([c["confidence"] for c in label["confidences"]], probs[0, top3], atol=1e-5)
     assert len(members["data"]) == 2 and "ms" in timing
 
 

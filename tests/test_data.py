@@ -75,6 +75,18 @@ def test_small_folder_end_to_end_with_corrupt_file(tmp_path):
     assert seen == 24
 
 
+def test_zip_archive_is_extracted_once_into_the_cache(tmp_path):
+    import shutil
+
+    root = make_image_folder(tmp_path / "shapes" / "inner", per_class=4)
+    archive = shutil.make_archive(str(tmp_path / "shapes"), "zip", root_dir=tmp_path / "shapes")
+    ds = load_dataset(archive, cache_root=tmp_path / "cache", val_size=3)
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (9, 3, 12)
+    assert (ds.cache_dir / "extracted" / "inner" / "train" / "circle").is_dir()
+    np.testing.assert_array_equal(load_dataset(archive, cache_root=tmp_path / "cache", val_size=3).test.images,
+                                  ds.test.images)
+
+
 def test_cache_is_rebuilt_when_the_source_changes(tmp_path):
     root = make_image_folder(tmp_path / "data", per_class=4)
     cache = prepare_cache(root, tmp_path / "cache")

@@ -68,6 +68,16 @@ def test_temperature_scaling_lowers_validation_nll_and_ece(members, cifar10):
     assert expected_calibration_error(calibrated, labels) < expected_calibration_error(raw, labels)
 
 
+def test_onnxruntime_members_match_eager_pytorch(members, cifar10, tmp_path):
+    eager = Ensemble([Member.load(str(m)) for m in members], tta_flip=True)
+    served = Ensemble([Member.load(str(m)) for m in members], tta_flip=True)
+    served.use_onnxruntime(tmp_path)
+    images = torch.from_numpy(cifar10.test.images[:64]).permute(0, 3, 1, 2)
+    a, b = eager.predict(images)[0], served.predict(images)[0]
+    np.testing.assert_allclose(b, a, atol=1e-5)
+    np.testing.assert_array_equal(np.argsort(-b, axis=1)[:, :3], np.argsort(-a, axis=1)[:, :3])
+
+
 def test_fitted_weights_prefer_the_better_member():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, 500)

@@ -36,9 +36,11 @@ def run(cmd, check=True):
 @pytest.fixture(scope="module")
 def two_process_run(cifar10, cifar10_archive, cache_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+    result = run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
          "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no", FINETUNE,
-         *tiny_run_args(cifar10_archive, cache_root, out, "--ema")])
+         *tiny_run_args(cifar10_archive, cache_root, out, "--ema", "--report-to", "tensorboard",
+                        "--push-to-hub", "--hub-repo-id", "someone/tiny-cifar10")])
+    (out / "stdout.txt").write_text(result.stdout)
     return out
 
 
@@ -58,6 +60,14 @@ def test_two_process_run_writes_metrics_and_exports_best(two_process_run):
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32] and config["pretrained_cfg"]["crop_pct"] == 1.0
     assert (two_process_run / "training_curves.png").stat().st_size > 10_000
     assert "test_resnet" in (best / "README.md").read_text()
+    assert list((two_process_run / "vision_ensemble").glob("events.out.tfevents.*"))  # the tensorboard tracker
+
+
+def test_push_without_network_says_so_and_keeps_the_folder(two_process_run):
+    stdout = (two_process_run / "stdout.txt").read_text()
+    assert "not pushed: HF_HUB_OFFLINE=1 is set" in stdout
+    assert "huggingface-cli upload someone/tiny-cifar10" in stdout
+    assert (two_process_run / "best" / "model.safetensors").exists()
 
 
 def test_exported_folder_reloads_with_timm_alone_and_same_logits(two_process_run):

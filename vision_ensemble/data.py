@@ -437,9 +437,10 @@ class BatchTransform:
         rh, rw = (th, tw) if (h, w) == (th, tw) and self.crop_pct == 1.0 else (
             max(th, round(h * scale)), max(tw, round(w * scale)))
         if (rh, rw) != (h, w):
-            kwargs = {"antialias": True} if self.interpolation in ("bilinear", "bicubic") else {}
+            kwargs = {}
             if self.interpolation in ("bilinear", "bicubic"):
-                kwargs["align_corners"] = False
+                # Antialiasing only changes downscaling; its kernel is slower, so upscaling skips it.
+                kwargs = {"align_corners": False, "antialias": rh < h or rw < w}
             images = F.interpolate(images, size=(rh, rw), mode=self.interpolation, **kwargs).clamp_(0, 255)
         top, left = (rh - th) // 2, (rw - tw) // 2
         return images[..., top:top + th, left:left + tw]

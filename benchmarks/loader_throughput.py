@@ -1,0 +1,92 @@
+"""Loader throughput (images/s): the device-resident loader versus torchvision's DataLoader pipeline.
+
+    python benchmarks/loader_throughput.py --data-dir ../shared/data/cifar10.tar.gz --sizes 32 224
+
+Both produce the same training batches: random crop (4 px reflection padding) + horizontal flip at 32 px,
+resize to the output size, normalise, on the device.  The device-resident loader keeps the decoded uint8
+images on the device and does all of it batched there; the baseline is the pipeline timm's and Hugging
+Face's scripts use: ImageFolder files -> PIL transforms in DataLoader workers -> pinned batches -> device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from torchvision import datasets, transforms
+
+from vision_ensemble.data import BatchTransform, DeviceImageDataset, device_loader, load_dataset, tree_root_of
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(batches, device, warmup: int, steps: int) -> float:
+    """Images/s over `steps` batches after `warmup`, each batch landed on the device as float."""
+    it = iter(batches)
+    for _ in range(warmup):
+        next(it)
+    sync(device)
+    start, n = time.perf_counter(), 0
+    for _ in range(steps):
+        x = next(it)
+        n += x.shape[0]
+    sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def device_resident(data, size, batch_size, device):
+    loader = device_loader(DeviceImageDataset(data.train, device), batch_size, shuffle=True, drop_last=True)
+    transform = BatchTransform((3, size, size), MEAN, STD, "bilinear", train=True)
+    while True:
+        for images, _ in loader:
+            yield transform(images)
+
+
+def torchvision_pipeline(data, size, batch_size, device, workers):
+    tf = [transforms.RandomCrop(32, padding=4, padding_mode="reflect"), transforms.RandomHorizontalFlip()]
+    if size != 32:
+        tf.append(transforms.Resize(size, interpolation=transforms.InterpolationMode.BILINEAR, antialias=True))
+    tf += [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+    dataset = datasets.ImageFolder(tree_root_of(data.cache_dir) / "train", transforms.Compose(tf))
+    loader = torch.utils.data.DataLoader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=workers,
+                                         pin_memory=device.type == "cuda", persistent_workers=True,
+                                         prefetch_factor=4)
+    while True:
+        for images, _ in loader:
+            yield images.to(device, non_blocking=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="../shared/data/cifar10.tar.gz")
+    p.add_argument("--cache-dir")
+    p.add_argument("--sizes", type=int, nargs="+", default=[32, 224])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=20, help="timed batches per measurement")
+    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    data = load_dataset(args.data_dir, args.cache_dir)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"device: {name}; batch {args.batch_size}; {args.steps} timed batches; DataLoader workers {args.workers}")
+    print(f"{'output size':>11}  {'device-resident img/s':>22}  {'torchvision DataLoader img/s':>29}  {'speed-up':>8}")
+    for size in args.sizes:
+        ours = measure(device_resident(data, size, args.batch_size, device), device, 3, args.steps)
+        base = measure(torchvision_pipeline(data, size, args.batch_size, device, args.workers), device, 3, args.steps)
+        print(f"{size:>11}  {ours:>22,.0f}  {base:>29,.0f}  {ours / base:>7.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Train-step throughput (images/s) of a backbone through three input paths, in one run:
+
+1. ceiling: synthetic batches already on the device (the model alone limits speed);
+2. this project's pipeline: decoded uint8 images on the device -> batched crop/flip/resize/normalise ->
+   MixUp/CutMix (timm `Mixup`), exactly as train/finetune.py does;
+3. the standard pipeline: torchvision ImageFolder + CPU transforms + DataLoader workers.
+
+Same model, resolution, batch, precision (bf16 autocast on GPU), channels_last, AdamW step.
+
+    python benchmarks/train_throughput.py --model seresnet50 --img-size 224 --batch-size 256
+    python benchmarks/train_throughput.py --model vit_small_patch16_224 --img-size 32 --model-kwargs '{"img_size": 32, "patch_size": 4}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import timm
+import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from torchvision import datasets, transforms
+
+from vision_ensemble.data import BatchTransform, DeviceImageDataset, device_loader, load_dataset, tree_root_of
+
+
+def batches_synthetic(batch_size, size, device):
+    x = torch.randint(0, 256, (batch_size, 3, size, size), dtype=torch.uint8, device=device)
+    y = torch.randint(0, 10, (batch_size,), device=device)
+    while True:
+        yield x, y
+
+
+def batches_device_resident(data, batch_size, device):
+    loader = device_loader(DeviceImageDataset(data.train, device), batch_size, shuffle=True, drop_last=True)
+    while True:
+        yield from loader
+
+
+def batches_torchvision(data, batch_size, size, device, workers, mean, std):
+    tf = transforms.Compose([transforms.RandomCrop(32, padding=4, padding_mode="reflect"),
+                             transforms.RandomHorizontalFlip(), transforms.Resize(size, antialias=True),
+                             transforms.ToTensor(), transforms.Normalize(mean, std)])
+    loader = torch.utils.data.DataLoader(datasets.ImageFolder(tree_root_of(data.cache_dir) / "train", tf), batch_size,
+                                         shuffle=True, drop_last=True, num_workers=workers, persistent_workers=True,
+                                         pin_memory=device.type == "cuda", prefetch_factor=4)
+    while True:
+        for x, y in loader:
+            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def run(model, optimizer, batches, prepare, steps, warmup, device, dtype) -> float:
+    loss_fn = SoftTargetCrossEntropy()
+    mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)
+    for i in range(warmup + steps):
+        if i == warmup:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+        x, y = next(batches)
+        x = prepare(x)
+        x, target = mixup(x, y)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = loss_fn(model(x), target)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * x.shape[0] / (time.perf_counter() - start)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="seresnet50")
+    p.add_argument("--model-kwargs", type=json.loads, default={})
+    p.add_argument("--img-size", type=int, default=224)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--data-dir", default="../shared/data/cifar10.tar.gz")
+    p.add_argument("--cache-dir")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    data = load_dataset(args.data_dir, args.cache_dir)
+    model = timm.create_model(args.model, num_classes=10, **args.model_kwargs).to(device)
+    model = model.to(memory_format=torch.channels_last).train()
+    cfg = timm.data.resolve_data_config({}, model=model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    eval_like = BatchTransform((3, args.img_size, args.img_size), cfg["mean"], cfg["std"], channels_last=True)
+    train_tf = BatchTransform((3, args.img_size, args.img_size), cfg["mean"], cfg["std"], train=True,
+                              channels_last=True)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"{args.model} {args.model_kwargs or ''} at {args.img_size} px, batch {args.batch_size}, {dtype}, {name}")
+    ceiling = run(model, optimizer, batches_synthetic(args.batch_size, args.img_size, device), eval_like,
+                  args.steps, args.warmup, device, dtype)
+    ours = run(model, optimizer, batches_device_resident(data, args.batch_size, device), train_tf,
+               args.steps, args.warmup, device, dtype)
+    standard = run(model, optimizer, batches_torchvision(data, args.batch_size, args.img_size, device, args.workers,
+                                                         cfg["mean"], cfg["std"]),
+                   lambda x: x.contiguous(memory_format=torch.channels_last), args.steps, args.warmup, device, dtype)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
+    print(f"ceiling (synthetic, on device): {ceiling:,.0f} img/s")
+    print(f"device-resident pipeline:       {ours:,.0f} img/s ({100 * ours / ceiling:.0f}% of ceiling)")
+    print(f"torchvision DataLoader ({args.workers} workers): {standard:,.0f} img/s ({100 * standard / ceiling:.0f}% of ceiling)")
+    print(f"peak GPU memory: {peak:.1f} GiB")
+
+
+if __name__ == "__main__":
+    main()
