@@ -58,7 +58,7 @@ class RunState:
         self.epoch, self.num_updates, self.best_top1 = state["epoch"], state["num_updates"], state["best_top1"]
 
 
-def take_first(arrays, n, seed):
+def random_subset(arrays, n, seed):
     """A seeded random subset for --max-*-samples quick runs."""
     if n is None or n >= len(arrays):
         return arrays
@@ -120,8 +120,8 @@ def main(argv=None) -> int:
     # --- data: decoded once (main process first), then kept on the device or streamed ---------------------
     with accelerator.main_process_first():
         data = load_dataset(cfg.data_dir, cfg.cache_dir, cfg.val_size, cfg.seed)
-    train_arrays = take_first(data.train, cfg.max_train_samples, cfg.seed)
-    val_arrays = take_first(data.val, cfg.max_eval_samples, cfg.seed)
+    train_arrays = random_subset(data.train, cfg.max_train_samples, cfg.seed)
+    val_arrays = random_subset(data.val, cfg.max_eval_samples, cfg.seed)
     num_classes = len(data.class_names)
 
     # --- model and its preprocessing ------------------------------------------------------------------------

@@ -101,6 +101,10 @@ class TrainConfig:
     stop_after_epoch: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: simulate an interruption
 
 
+CHOICES = {"data_mode": ("auto", "device", "stream"), "report_to": ("none", "tensorboard", "mlflow", "wandb", "all"),
+           "mixed_precision": (None, "no", "bf16", "fp16")}
+
+
 def _parse_bool_flag(parser: argparse.ArgumentParser, name: str, f: dataclasses.Field) -> None:
     parser.add_argument(f"--{name}", dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                         help=f.metadata.get("help"))
@@ -132,6 +136,9 @@ def recipe_config(args: argparse.Namespace | dict) -> TrainConfig:
         values["model_kwargs"] = {**RECIPES.get(model, {}).get("model_kwargs", {}), **given["model_kwargs"]}
     cfg = TrainConfig(**values)
     cfg.output_dir = cfg.output_dir.format(model=cfg.model)
+    for name, allowed in CHOICES.items():
+        if getattr(cfg, name) not in allowed:
+            raise SystemExit(f"--{name.replace('_', '-')} {getattr(cfg, name)}: choose one of {', '.join(map(str, allowed))}")
     # Options a recipe-less model still needs.
     for name, fallback in dict(epochs=10, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_epochs=1).items():
         if getattr(cfg, name) is None:
