@@ -141,3 +141,19 @@ def test_help_lists_the_documented_flags():
                  "--batch-size", "--lr", "--seed", "--data-dir", "--output-dir", "--resume", "--report-to",
                  "--push-to-hub", "--hub-repo-id", "--max-train-samples", "--max-eval-samples"):
         assert flag in result.stdout
+
+
+@pytest.mark.parametrize("data_mode", ["device", "stream"])
+def test_three_class_100x80_folder_trains_through_both_loaders(tmp_path, data_mode):
+    from conftest import make_image_folder
+
+    root = make_image_folder(tmp_path / "shapes", per_class=16, size=(80, 100), fmt="jpg")
+    out = tmp_path / "run"
+    run([sys.executable, FINETUNE, "--model", "test_resnet", "--img-size", "48", "--epochs", "2", "--batch-size", "16",
+         "--data-dir", str(root), "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(out), "--val-size", "0.25",
+         "--data-mode", data_mode, "--num-workers", "1", "--lr", "3e-3"])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_count"] for r in rows] == [12, 12]
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["label_names"] == ["circle", "square", "stripes"] and config["num_classes"] == 3
+    assert config["pretrained_cfg"]["input_size"] == [3, 48, 48]
