@@ -58,11 +58,11 @@ class RunState:
         self.epoch, self.num_updates, self.best_top1 = state["epoch"], state["num_updates"], state["best_top1"]
 
 
-def random_subset(arrays, n, seed):
-    """A seeded random subset for --max-*-samples quick runs."""
-    if n is None or n >= len(arrays):
-        return arrays
-    return arrays.subset(np.sort(np.random.default_rng(seed).permutation(len(arrays))[:n]))
+def subset_indices(total: int, n: int | None, seed: int) -> np.ndarray | None:
+    """A seeded random subset for --max-*-samples quick runs (None: use everything)."""
+    if n is None or n >= total:
+        return None
+    return np.sort(np.random.default_rng(seed).permutation(total)[:n])
 
 
 @torch.no_grad()
@@ -120,8 +120,10 @@ def main(argv=None) -> int:
     # --- data: decoded once (main process first), then kept on the device or streamed ---------------------
     with accelerator.main_process_first():
         data = load_dataset(cfg.data_dir, cfg.cache_dir, cfg.val_size, cfg.seed)
-    train_arrays = random_subset(data.train, cfg.max_train_samples, cfg.seed)
-    val_arrays = random_subset(data.val, cfg.max_eval_samples, cfg.seed)
+    train_subset = subset_indices(len(data.train), cfg.max_train_samples, cfg.seed)
+    val_subset = subset_indices(len(data.val), cfg.max_eval_samples, cfg.seed)
+    train_arrays = data.train if train_subset is None else data.train.subset(train_subset)
+    val_arrays = data.val if val_subset is None else data.val.subset(val_subset)
     num_classes = len(data.class_names)
 
     # --- model and its preprocessing ------------------------------------------------------------------------
@@ -143,7 +145,11 @@ def main(argv=None) -> int:
         val_loader = device_loader(DeviceImageDataset(val_arrays, accelerator.device), cfg.batch_size * 2,
                                    shuffle=False)
     else:
-        streams = streaming_splits(data.cache_dir, cfg.val_size, cfg.seed)
+        streams = streaming_splits(data.cache_dir, cfg.val_size, cfg.seed)  # same files, same order as the cache
+        if train_subset is not None:
+            streams["train"] = torch.utils.data.Subset(streams["train"], train_subset)
+        if val_subset is not None:
+            streams["val"] = torch.utils.data.Subset(streams["val"], val_subset)
         loader_args = dict(num_workers=cfg.num_workers, pin_memory=on_gpu, persistent_workers=cfg.num_workers > 0)
         train_loader = torch.utils.data.DataLoader(streams["train"], batch_size, shuffle=True, drop_last=True,
                                                    **loader_args)
