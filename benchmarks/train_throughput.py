@@ -109,11 +109,11 @@ def main():
     standard = run(model, optimizer, batches_torchvision(data, args.batch_size, args.img_size, device, args.workers,
                                                          cfg["mean"], cfg["std"]),
                    lambda x: x.contiguous(memory_format=torch.channels_last), args.steps, args.warmup, device, dtype)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     print(f"ceiling (synthetic, on device): {ceiling:,.0f} img/s")
     print(f"device-resident pipeline:       {ours:,.0f} img/s ({100 * ours / ceiling:.0f}% of ceiling)")
     print(f"torchvision DataLoader ({args.workers} workers): {standard:,.0f} img/s ({100 * standard / ceiling:.0f}% of ceiling)")
-    print(f"peak GPU memory: {peak:.1f} GiB")
+    if device.type == "cuda":
+        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
 
 
 if __name__ == "__main__":

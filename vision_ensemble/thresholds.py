@@ -1,9 +1,9 @@
 """Decision-threshold optimizer for binary-classifier outputs: read a CSV of labels and scores, find the
 threshold that optimises an objective exactly, and report metrics, curves and plots.
 
-Exact search: every distinct score t is a candidate (predict positive where score >= t).  One sort puts
-the scores in descending order; cumulative sums of the labels at the last index of each run of equal
-scores give TP and FP at every candidate at once, O(n log n).  scikit-learn's metrics are the reference
+Exact search: every distinct score t is a candidate (predict positive where score >= t).  The positives'
+and the negatives' scores are sorted separately; binary searches then give TP and FP at every candidate
+at once, O(n log n).  scikit-learn's metrics are the reference
 in the tests; `benchmarks/thresholds_10m.py` measures why this is not scikit-learn's own sweep.
 """
 
@@ -219,14 +219,25 @@ def read_scores_csv(source, label_column=None, score_column=None, positive=None,
 
 # --- the exact sweep -----------------------------------------------------------------------------------
 
+def _distinct(sorted_values: np.ndarray) -> np.ndarray:
+    keep = np.empty(len(sorted_values), dtype=bool)
+    keep[:1] = True
+    np.not_equal(sorted_values[1:], sorted_values[:-1], out=keep[1:])
+    return sorted_values[keep]
+
+
 def sweep(y: np.ndarray, scores: np.ndarray) -> Sweep:
-    order = np.argsort(scores)[::-1]  # descending; ties are grouped below, so their order does not matter
-    sorted_scores = scores[order]
-    hits = np.cumsum(y[order], dtype=np.int64)
-    last_of_run = np.append(np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]), len(scores) - 1)
-    tp = hits[last_of_run]
-    fp = last_of_run + 1 - tp
-    return Sweep(sorted_scores[last_of_run], tp, fp, int(hits[-1]), len(scores) - int(hits[-1]))
+    """TP and FP at every distinct score, as thresholds (positive where score >= t) in descending order.
+
+    Sorting the positives' and the negatives' scores separately (a value sort, about twice as fast as the
+    argsort of all scores it replaces) lets binary searches count, at each distinct score t, how many of
+    each class score >= t.
+    """
+    positives, negatives = np.sort(scores[y]), np.sort(scores[~y])
+    thresholds = np.union1d(_distinct(positives), _distinct(negatives))[::-1]
+    tp = len(positives) - np.searchsorted(positives, thresholds, side="left")
+    fp = len(negatives) - np.searchsorted(negatives, thresholds, side="left")
+    return Sweep(thresholds, tp.astype(np.int64), fp.astype(np.int64), len(positives), len(negatives))
 
 
 def _div(a, b):
