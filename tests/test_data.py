@@ -148,3 +148,21 @@ def test_streaming_path_yields_the_cached_pixels(tmp_path):
     images, labels = next(iter(loader))
     np.testing.assert_array_equal(images.permute(0, 2, 3, 1).numpy(), ds.val.images)
     np.testing.assert_array_equal(labels.numpy(), ds.val.labels)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (10, 20_000), (20_000, 10), (333, 500)])
+def test_eval_transform_handles_tiny_huge_and_extreme_aspect_images(shape):
+    images = torch.randint(0, 256, (1, 3, *shape), dtype=torch.uint8)
+    x = BatchTransform((3, 64, 64), (0.5,) * 3, (0.5,) * 3, "bicubic")(images)
+    assert x.shape == (1, 3, 64, 64) and torch.isfinite(x).all() and x.abs().max() <= 1 + 1e-5
+
+
+def test_extreme_aspect_shortcut_matches_the_full_resize():
+    # A smooth image (as photos are): the shortcut's sampling grid differs from the full resize's by a
+    # fraction of a source pixel, which moves values only where neighbouring pixels differ.
+    coarse = torch.rand(1, 3, 4, 200) * 255
+    images = torch.nn.functional.interpolate(coarse, size=(40, 2000), mode="bilinear", align_corners=False)
+    ours = BatchTransform((3, 64, 64), (0, 0, 0), (1 / 255,) * 3, "bicubic")(images)
+    full = torch.nn.functional.interpolate(images, size=(64, 3200), mode="bicubic", align_corners=False).clamp(0, 255)
+    torch.testing.assert_close(ours, full[..., :, 1568:1632], atol=5.0, rtol=0)  # of 255, at the crop edges
+    assert (ours - full[..., :, 1568:1632]).abs().mean() < 0.2

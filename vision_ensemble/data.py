@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import tarfile
 import warnings
@@ -436,6 +437,14 @@ class BatchTransform:
         scale = max(th, tw) / self.crop_pct / min(h, w)
         rh, rw = (th, tw) if (h, w) == (th, tw) and self.crop_pct == 1.0 else (
             max(th, round(h * scale)), max(tw, round(w * scale)))
+        if rh * rw > 16 * th * tw:
+            # An extreme aspect ratio (a 10,000x10 banner) would make the resized image enormous: cut the
+            # source to the part the centre crop keeps, plus a margin for the interpolation kernel, first.
+            keep_h, keep_w = min(h, math.ceil(th / scale) + 4), min(w, math.ceil(tw / scale) + 4)
+            top, left = (h - keep_h) // 2, (w - keep_w) // 2
+            images = images[..., top:top + keep_h, left:left + keep_w]
+            h, w = keep_h, keep_w
+            rh, rw = max(th, round(h * scale)), max(tw, round(w * scale))
         if (rh, rw) != (h, w):
             kwargs = {}
             if self.interpolation in ("bilinear", "bicubic"):

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from scipy.optimize import minimize, minimize_scalar
+from tqdm.auto import tqdm
 
 from .data import BatchTransform
 from .hub import resolve_member
@@ -76,7 +77,8 @@ class Member:
         """Softmax probabilities for a uint8 NCHW batch (flip TTA: mean over the image and its mirror)."""
         device = next(self.model.parameters()).device
         out = []
-        for start in range(0, len(images), batch_size):
+        starts = range(0, len(images), batch_size)
+        for start in tqdm(starts, desc=self.source, unit="batch", leave=False, disable=len(starts) < 4):
             x = self.transform(images[start:start + batch_size].to(device))
             if tta_flip:
                 x = torch.cat([x, x.flip(3)])
