@@ -83,7 +83,7 @@ def make_classify(ensemble: Ensemble | None):
         if ensemble is None:
             raise gr.Error("No model weights are loaded; see the note on this tab for how to point the app at them.")
         path = image.get("path") if isinstance(image, dict) else image
-        if not path:
+        if not path or not os.path.isfile(path):
             raise gr.Error("Upload an image first.")
         if os.path.getsize(path) > MAX_UPLOAD_BYTES:
             raise gr.Error(f"The file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
@@ -92,7 +92,11 @@ def make_classify(ensemble: Ensemble | None):
         except ImageError as exc:
             raise gr.Error(f"Could not use this file: {exc}.") from None
         start = time.perf_counter()
-        probs, member_probs = ensemble.predict(torch.from_numpy(pixels).permute(2, 0, 1)[None])
+        try:
+            probs, member_probs = ensemble.predict(torch.from_numpy(pixels).permute(2, 0, 1)[None])
+        except Exception:  # never a stack trace in the UI; the server log keeps it
+            log.exception("prediction failed for a %sx%s image", pixels.shape[1], pixels.shape[0])
+            raise gr.Error("The prediction failed on the server; the details are in its log.") from None
         elapsed = (time.perf_counter() - start) * 1000
         names = ensemble.class_names
         top = int(probs[0].argmax())
