@@ -88,46 +88,13 @@ demo.queue().launch(server_name="127.0.0.1", server_port=int(sys.argv[1]))
 """
 
 
-def gradio_floor(args) -> None:
-    """The same request to a Gradio app that does no work: what Gradio itself costs per request here."""
-    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        f.write(FLOOR_APP)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, f.name, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
-    try:
-        url = f"http://127.0.0.1:{port}/"
-        for _ in range(240):
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                time.sleep(0.5)
-        from gradio_client import Client, handle_file
-        client, image = Client(url, verbose=False), handle_file(args.image)
-        for _ in range(5):
-            client.predict(image, api_name="/classify")
-        latencies = []
-        for _ in range(args.requests):
-            start = time.perf_counter()
-            client.predict(image, api_name="/classify")
-            latencies.append((time.perf_counter() - start) * 1000)
-        print(f"[gradio alone] no-op endpoint, same image upload: p50 {np.percentile(latencies, 50):.0f} ms, "
-              f"p95 {np.percentile(latencies, 95):.0f} ms")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def start_app(manifest: Path, runtime: str):
+def launch(command: list[str]) -> tuple[subprocess.Popen, str]:
+    """Start a server (`command` + a free port) and wait until it answers; returns (process, URL)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--manifest", str(manifest), "--host", "127.0.0.1",
-                             "--port", str(port), "--runtime", runtime], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*command, str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
     for _ in range(240):
         try:
@@ -136,7 +103,34 @@ def start_app(manifest: Path, runtime: str):
         except OSError:
             time.sleep(0.5)
     proc.kill()
-    raise SystemExit("the app did not start")
+    raise SystemExit(f"{command} did not start")
+
+
+def sequential_latency(client, image, requests: int) -> str:
+    """p50 and p95 of `requests` classify calls, after 5 warm-up calls."""
+    for _ in range(5):
+        client.predict(image, api_name="/classify")
+    latencies = []
+    for _ in range(requests):
+        start = time.perf_counter()
+        client.predict(image, api_name="/classify")
+        latencies.append((time.perf_counter() - start) * 1000)
+    return f"p50 {np.percentile(latencies, 50):.0f} ms, p95 {np.percentile(latencies, 95):.0f} ms"
+
+
+def gradio_floor(args) -> None:
+    """The same request to a Gradio app that does no work: what Gradio itself costs per request here."""
+    from gradio_client import Client, handle_file
+
+    with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
+        f.write(FLOOR_APP)
+    proc, url = launch([sys.executable, f.name])
+    try:
+        latency = sequential_latency(Client(url, verbose=False), handle_file(args.image), args.requests)
+        print(f"[gradio alone] no-op endpoint, same image upload: {latency}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def main():
@@ -168,21 +162,14 @@ def serve(manifest: Path, args, runtime: str) -> None:
     from gradio_client import Client, handle_file
 
     launched = time.perf_counter()
-    proc, url = start_app(manifest, runtime)
+    proc, url = launch([sys.executable, str(REPO / "app.py"), "--manifest", str(manifest), "--host", "127.0.0.1",
+                        "--runtime", runtime, "--port"])
     try:
         client = Client(url, verbose=False)
         image = handle_file(args.image)
         client.predict(image, api_name="/classify")
         print(f"[{runtime}] cold start (process start to first answer): {time.perf_counter() - launched:.1f} s")
-        for _ in range(5):
-            client.predict(image, api_name="/classify")
-        latencies = []
-        for _ in range(args.requests):
-            start = time.perf_counter()
-            client.predict(image, api_name="/classify")
-            latencies.append((time.perf_counter() - start) * 1000)
-        print(f"[{runtime}] sequential: {args.requests} requests, p50 {np.percentile(latencies, 50):.0f} ms, "
-              f"p95 {np.percentile(latencies, 95):.0f} ms")
+        print(f"[{runtime}] sequential: {args.requests} requests, {sequential_latency(client, image, args.requests)}")
 
         def worker():
             c = Client(url, verbose=False)
