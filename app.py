@@ -124,6 +124,9 @@ def _table_from_upload(csv_file):
 
 def inspect_csv(csv_file):
     """CSV -> column pickers pre-filled by detection, and the positive-class choices."""
+    if not csv_file:  # the file was cleared
+        return gr.Dropdown(choices=[], value=None), gr.Dropdown(choices=[], value=None), \
+            gr.Dropdown(choices=[AUTO], value=AUTO), ""
     table = _table_from_upload(csv_file)
     columns = table.column_names
     try:
@@ -210,7 +213,7 @@ def build_demo(ensemble: Ensemble | None, status: str, report: dict | None) -> g
                     find_button = gr.Button("Find the best threshold", variant="primary")
                     example_csv = EXAMPLES / "classifier_scores.csv"
                     if example_csv.exists():
-                        gr.Examples([[str(example_csv)]], inputs=csv_file)
+                        example_slot = gr.Examples([[str(example_csv)]], inputs=csv_file)
                 with gr.Column(scale=2):
                     summary = gr.Markdown()
                     metrics_table = gr.Dataframe(headers=["metric", "at 0.5", "at optimum"], label="Metrics",
@@ -227,6 +230,10 @@ def build_demo(ensemble: Ensemble | None, status: str, report: dict | None) -> g
                                       min_precision, min_recall],
                               outputs=[summary, metrics_table, pr_plot, roc_plot, metrics_plot, results_csv],
                               api_name="optimize_threshold", concurrency_limit=2)
+            if example_csv.exists():  # picking the example fills the column pickers as an upload does
+                example_slot.load_input_event.then(inspect_csv, inputs=csv_file,
+                                                   outputs=[label_col, score_col, positive, csv_info],
+                                                   api_visibility="private")
         with gr.Tab("Model card"):
             gr.Markdown(model_card_markdown(report))
     return demo

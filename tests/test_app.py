@@ -201,6 +201,7 @@ def test_headless_chromium_renders_every_tab(app, tmp_path):
         page.get_by_text("members agree").first.wait_for(state="visible", timeout=30_000)
         page.get_by_role("tab", name="Threshold optimization").click()
         page.get_by_text("classifier_scores.csv").first.click()
+        page.get_by_text("285 rows, columns: label, score").first.wait_for(state="visible", timeout=20_000)
         page.get_by_role("button", name="Find the best threshold").click()
         page.get_by_text("Best threshold").first.wait_for(state="visible", timeout=30_000)
         for tab, expected in (("Classify", "members agree"), ("Threshold optimization", "Best threshold"),
