@@ -66,7 +66,7 @@ def test_two_process_run_writes_metrics_and_exports_best(two_process_run):
 def test_push_without_network_says_so_and_keeps_the_folder(two_process_run):
     stdout = (two_process_run / "stdout.txt").read_text()
     assert "not pushed: HF_HUB_OFFLINE=1 is set" in stdout
-    assert "huggingface-cli upload someone/tiny-cifar10" in stdout
+    assert "hf upload someone/tiny-cifar10" in stdout
     assert (two_process_run / "best" / "model.safetensors").exists()
 
 

@@ -272,7 +272,7 @@ def main(argv=None) -> int:
                 print_main(f"pushed to {url}")
             except HubError as exc:
                 print_main(f"not pushed: {exc}. The model folder is saved at {output_dir / 'best'}; push it later "
-                           f"with: huggingface-cli upload {repo_id} {output_dir / 'best'} .")
+                           f"with: hf upload {repo_id} {output_dir / 'best'} .")
     return 0
 
 
