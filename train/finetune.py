@@ -10,6 +10,7 @@ Reads top to bottom: config -> data -> model -> optimisation -> loop (train, eva
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import sys
@@ -169,6 +170,7 @@ def main(argv=None) -> int:
     train_loss_fn = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(cfg.label_smoothing)
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay) if cfg.ema else None
     if cfg.compile:
+        torch._logging.set_logs(dynamo=logging.ERROR, inductor=logging.ERROR)  # recompile chatter drowns the log
         model = torch.compile(model)
 
     state = RunState()
