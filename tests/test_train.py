@@ -157,3 +157,14 @@ def test_three_class_100x80_folder_trains_through_both_loaders(tmp_path, data_mo
     config = json.loads((out / "best" / "config.json").read_text())
     assert config["label_names"] == ["circle", "square", "stripes"] and config["num_classes"] == 3
     assert config["pretrained_cfg"]["input_size"] == [3, 48, 48]
+
+
+def test_compiled_run_saves_plain_timm_keys(cifar10, cifar10_archive, cache_root, tmp_path):
+    """--compile wraps the model (keys gain '_orig_mod.'); checkpoints and the export must not."""
+    run([sys.executable, FINETUNE, "--model", "test_resnet", "--img-size", "32", "--batch-size", "64", "--epochs", "1",
+         "--data-dir", str(cifar10_archive), "--cache-dir", str(cache_root), "--output-dir", str(tmp_path),
+         "--max-train-samples", "256", "--max-eval-samples", "64", "--compile"])
+    for weights in (tmp_path / "best" / "model.safetensors", tmp_path / "checkpoints" / "epoch_001" / "model.safetensors"):
+        keys = load_file(weights).keys()
+        assert keys and not any("_orig_mod" in k for k in keys)
+    timm.create_model(f"local-dir:{tmp_path / 'best'}", pretrained=True)
