@@ -27,7 +27,7 @@ from vision_ensemble.ensemble import Ensemble
 from vision_ensemble.hub import MODEL_CARD, HubError, fill_results, results_markdown, split_front_matter
 from vision_ensemble.images import ImageError, load_rgb
 from vision_ensemble.model import ModelError
-from vision_ensemble.thresholds import (OBJECTIVES, TABLE_METRICS, ObjectiveParams, ThresholdError, curve_figures,
+from vision_ensemble.thresholds import (OBJECTIVES, ObjectiveParams, ThresholdError, comparison_rows, curve_figures,
                                         detect_columns, optimize, read_table, results_table,
                                         scored_labels_from_table)
 
@@ -77,12 +77,17 @@ def model_card_markdown(report: dict | None) -> str:
 
 # --- handlers ------------------------------------------------------------------------------------------
 
+def _upload_path(payload) -> str | None:
+    """The server-side path of an uploaded file (a FileData dict when preprocessing is off, else a path)."""
+    return payload.get("path") if isinstance(payload, dict) else payload
+
+
 def make_classify(ensemble: Ensemble | None):
     def classify(image):
         """Image -> (top-3 calibrated probabilities, each member's top-3, timing)."""
         if ensemble is None:
             raise gr.Error("No model weights are loaded; see the note on this tab for how to point the app at them.")
-        path = image.get("path") if isinstance(image, dict) else image
+        path = _upload_path(image)
         if not path or not os.path.isfile(path):
             raise gr.Error("Upload an image first.")
         if os.path.getsize(path) > MAX_UPLOAD_BYTES:
@@ -113,7 +118,7 @@ def make_classify(ensemble: Ensemble | None):
 
 
 def _table_from_upload(csv_file):
-    path = csv_file.get("path") if isinstance(csv_file, dict) else csv_file
+    path = _upload_path(csv_file)
     if not path:
         raise gr.Error("Upload a CSV file first.")
     try:
@@ -152,9 +157,7 @@ def optimize_threshold(csv_file, label_column, score_column, positive, objective
         result = optimize(data, objective, params)
     except ThresholdError as exc:
         raise gr.Error(f"{exc}.") from None
-    opt, half = result.at_optimum, result.at_half
-    rows = [[k, half["confusion_matrix"][k], opt["confusion_matrix"][k]] for k in ("tp", "fp", "fn", "tn")]
-    rows += [[k, round(half[k], 4), round(opt[k], 4)] for k in TABLE_METRICS]
+    rows = [[name, round(at_half, 4), round(at_optimum, 4)] for name, at_half, at_optimum in comparison_rows(result)]
     s = result.summary()
     summary = (f"### Best threshold: **{result.threshold:.6g}**\n\n{OBJECTIVES[objective]} = **{result.value:.4f}** "
                f"(predict '{data.positive_label}' where `{data.score_column}` >= threshold). {s['rows']:,} rows, "

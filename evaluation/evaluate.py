@@ -25,7 +25,7 @@ import torch
 from sklearn.metrics import classification_report, confusion_matrix
 
 from vision_ensemble.config import CIFAR10_NAME, DEFAULT_SEED, DEFAULT_VAL_SIZE
-from vision_ensemble.data import DataError, load_dataset
+from vision_ensemble.data import DataError, load_dataset, subset_indices
 from vision_ensemble.ensemble import (Ensemble, Member, calibration_bins, expected_calibration_error, fit_temperature,
                                       fit_weights, nll, topk_accuracy)
 from vision_ensemble.hub import MODEL_CARD, fill_results, results_markdown
@@ -67,9 +67,9 @@ def main(argv=None) -> int:
         return 2
 
     def as_batch(arrays):
-        n = args.max_eval_samples or len(arrays)
-        keep = np.sort(np.random.default_rng(args.seed).permutation(len(arrays))[:n])
-        return torch.from_numpy(arrays.images[keep]).permute(0, 3, 1, 2), arrays.labels[keep]
+        keep = subset_indices(len(arrays), args.max_eval_samples, args.seed)
+        arrays = arrays if keep is None else arrays.subset(keep)
+        return torch.from_numpy(arrays.images).permute(0, 3, 1, 2), arrays.labels
 
     val_images, val_labels = as_batch(data.val)
     test_images, test_labels = as_batch(data.test)

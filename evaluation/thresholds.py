@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from vision_ensemble.config import MAX_CSV_ROWS
-from vision_ensemble.thresholds import (OBJECTIVES, TABLE_METRICS, ObjectiveParams, ThresholdError, curve_figures,
+from vision_ensemble.thresholds import (OBJECTIVES, ObjectiveParams, ThresholdError, comparison_rows, curve_figures,
                                         optimize, read_scores_csv, results_table)
 
 
@@ -43,18 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def print_table(summary: dict) -> None:
-    opt, half = summary["at_optimum"], summary["at_0.5"]
+def print_table(result) -> None:
+    summary = result.summary()
     print(f"{summary['rows']:,} rows ({summary['positives']:,} positive = '{summary['positive_label']}'), "
           f"{summary['distinct_thresholds']:,} distinct scores; ROC AUC {summary['roc_auc']:.4f}, "
           f"AP {summary['average_precision']:.4f}")
     print(f"best threshold for {summary['objective_description']}: {summary['threshold']:.6g} "
           f"(value {summary['value']:.4f})\n")
     print(f"{'metric':<20}{'at 0.5':>12}{'at optimum':>14}")
-    for key in ("tp", "fp", "fn", "tn"):
-        print(f"{key:<20}{half['confusion_matrix'][key]:>12,}{opt['confusion_matrix'][key]:>14,}")
-    for key in TABLE_METRICS:
-        print(f"{key:<20}{half[key]:>12.4f}{opt[key]:>14.4f}")
+    for name, at_half, at_optimum in comparison_rows(result):
+        fmt = ",d" if isinstance(at_half, int) else ".4f"
+        print(f"{name:<20}{at_half:>12{fmt}}{at_optimum:>14{fmt}}")
 
 
 def main(argv=None) -> int:
@@ -77,7 +76,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        print_table(summary)
+        print_table(result)
         if args.out_dir:
             print(f"\nwrote results.csv, summary.json, pr.png, roc.png, metrics.png to {args.out_dir}")
     return 0

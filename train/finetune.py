@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from vision_ensemble.config import TrainConfig, build_parser, recipe_config
 from vision_ensemble.data import (BatchTransform, DataError, DeviceImageDataset, device_loader, fits_on_device,
-                                  load_dataset, streaming_splits)
+                                  load_dataset, streaming_splits, subset_indices)
 from vision_ensemble.hub import HubError, default_repo_id, member_card, push_folder
 from vision_ensemble.model import ModelError, create_model, export_model
 from vision_ensemble.plots import plot_training_curves
@@ -57,13 +57,6 @@ class RunState:
 
     def load_state_dict(self, state):
         self.epoch, self.num_updates, self.best_top1 = state["epoch"], state["num_updates"], state["best_top1"]
-
-
-def subset_indices(total: int, n: int | None, seed: int) -> np.ndarray | None:
-    """A seeded random subset for --max-*-samples quick runs (None: use everything)."""
-    if n is None or n >= total:
-        return None
-    return np.sort(np.random.default_rng(seed).permutation(total)[:n])
 
 
 @torch.no_grad()
@@ -235,7 +228,7 @@ def main(argv=None) -> int:
                 bar.set_postfix(loss=f"{total / step:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
         accelerator.wait_for_everyone()
         epoch_time = time.perf_counter() - start
-        train_loss = accelerator.reduce(running_loss, reduction="mean").item() / steps_per_epoch
+        train_loss = total / steps_per_epoch  # the check at the epoch's last step already reduced the sum
 
         eval_model = ema.module if ema is not None else model
         metrics = {"epoch": epoch, "train_loss": train_loss, **evaluate(eval_model, val_loader, eval_transform, accelerator),

@@ -281,6 +281,13 @@ def stratified_split(labels: np.ndarray, val_size: float | int, seed: int) -> np
     return np.sort(np.concatenate(val))
 
 
+def subset_indices(total: int, n: int | None, seed: int) -> np.ndarray | None:
+    """Sorted indices of a seeded random subset of size n (None when n is None or covers everything)."""
+    if n is None or n >= total:
+        return None
+    return np.sort(np.random.default_rng(seed).permutation(total)[:n])
+
+
 def load_split(cache_dir: Path, labels: np.ndarray, val_size: float | int, seed: int) -> tuple[np.ndarray, Path]:
     """Validation indices, read from (or first written to) a split file beside the cache."""
     split_file = cache_dir / f"split-seed{seed}-val{val_size:g}.json"

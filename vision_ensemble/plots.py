@@ -26,9 +26,7 @@ def plot_training_curves(metrics_jsonl: str | Path, out_png: str | Path) -> Path
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Validation accuracy")
     ax_acc.legend()
     fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return Path(out_png)
+    return save(fig, out_png)
 
 
 def confusion_matrix_figure(matrix: np.ndarray, class_names: list[str], title: str = "Confusion matrix"):

@@ -3,8 +3,8 @@ threshold that optimises an objective exactly, and report metrics, curves and pl
 
 Exact search: every distinct score t is a candidate (predict positive where score >= t).  The positives'
 and the negatives' scores are sorted separately; binary searches then give TP and FP at every candidate
-at once, O(n log n).  scikit-learn's metrics are the reference
-in the tests; `benchmarks/thresholds_10m.py` measures why this is not scikit-learn's own sweep.
+at once, O(n log n).  scikit-learn's metrics are the reference in the tests;
+`benchmarks/thresholds_10m.py` measures why this is not scikit-learn's own sweep.
 """
 
 from __future__ import annotations
@@ -289,7 +289,6 @@ class ThresholdResult:
     sweep: Sweep = field(repr=False)
     metrics: dict = field(repr=False)  # per candidate threshold, descending
     data: ScoredLabels = field(repr=False)
-    params: ObjectiveParams = field(default_factory=ObjectiveParams)
 
     def summary(self) -> dict:
         return {"objective": self.objective, "objective_description": OBJECTIVES[self.objective],
@@ -330,7 +329,7 @@ def optimize(data: ScoredLabels, objective: str = "f1", params: ObjectiveParams 
         objective=objective, threshold=float(s.thresholds[best]), value=value,
         at_optimum=_point(s.tp[best], s.fp[best], s.fn[best], s.tn[best], params),
         at_half=_point(tp_half, fp_half, s.positives - tp_half, s.negatives - fp_half, params),
-        sweep=s, metrics=metrics, data=data, params=params)
+        sweep=s, metrics=metrics, data=data)
 
 
 # --- curves --------------------------------------------------------------------------------------------
@@ -356,15 +355,21 @@ def roc_auc(s: Sweep) -> float:
 
 def average_precision(s: Sweep) -> float:
     """Step-wise area under the PR curve, as scikit-learn's `average_precision_score`."""
-    recall = _div(s.tp, s.positives)
-    precision = _div(s.tp, s.tp + s.fp)
-    return float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
+    precision, recall, _ = pr_curve(s)
+    return float(-np.sum(np.diff(recall) * precision[:-1]))
 
 
 # --- output --------------------------------------------------------------------------------------------
 
 TABLE_METRICS = ("precision", "recall", "specificity", "f1", "fbeta", "accuracy", "balanced_accuracy", "mcc",
                  "youden", "cost")
+
+
+def comparison_rows(result: ThresholdResult) -> list[tuple[str, float, float]]:
+    """(metric, value at 0.5, value at the optimum): the confusion counts, then TABLE_METRICS."""
+    half, opt = result.at_half, result.at_optimum
+    rows = [(k, half["confusion_matrix"][k], opt["confusion_matrix"][k]) for k in ("tp", "fp", "fn", "tn")]
+    return rows + [(k, half[k], opt[k]) for k in TABLE_METRICS]
 
 
 def results_table(result: ThresholdResult, max_rows: int = 100_000):
