@@ -39,7 +39,7 @@ def measure(batches, device, warmup: int, steps: int) -> float:
     sync(device)
     start, n = time.perf_counter(), 0
     for _ in range(steps):
-        x = next(it)
+        x, _ = next(it)
         n += x.shape[0]
     sync(device)
     return n / (time.perf_counter() - start)
@@ -49,22 +49,23 @@ def device_resident(data, size, batch_size, device):
     loader = device_loader(DeviceImageDataset(data.train, device), batch_size, shuffle=True, drop_last=True)
     transform = BatchTransform((3, size, size), MEAN, STD, "bilinear", train=True)
     while True:
-        for images, _ in loader:
-            yield transform(images)
+        for images, labels in loader:
+            yield transform(images), labels
 
 
-def torchvision_pipeline(data, size, batch_size, device, workers):
+def torchvision_pipeline(data, size, batch_size, device, workers, mean=MEAN, std=STD):
+    """(images, labels) batches from ImageFolder files through PIL transforms in DataLoader workers."""
     tf = [transforms.RandomCrop(32, padding=4, padding_mode="reflect"), transforms.RandomHorizontalFlip()]
     if size != 32:
         tf.append(transforms.Resize(size, interpolation=transforms.InterpolationMode.BILINEAR, antialias=True))
-    tf += [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+    tf += [transforms.ToTensor(), transforms.Normalize(mean, std)]
     dataset = datasets.ImageFolder(tree_root_of(data.cache_dir) / "train", transforms.Compose(tf))
     loader = torch.utils.data.DataLoader(dataset, batch_size, shuffle=True, drop_last=True, num_workers=workers,
                                          pin_memory=device.type == "cuda", persistent_workers=True,
                                          prefetch_factor=4)
     while True:
-        for images, _ in loader:
-            yield images.to(device, non_blocking=True)
+        for images, labels in loader:
+            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
 
 
 def main():

@@ -26,9 +26,10 @@ import timm
 import torch
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
-from torchvision import datasets, transforms
 
-from vision_ensemble.data import BatchTransform, DeviceImageDataset, device_loader, load_dataset, tree_root_of
+from vision_ensemble.data import BatchTransform, DeviceImageDataset, device_loader, load_dataset
+
+from loader_throughput import torchvision_pipeline  # the same baseline pipeline in both benchmarks
 
 
 def batches_synthetic(batch_size, size, device):
@@ -42,18 +43,6 @@ def batches_device_resident(data, batch_size, device):
     loader = device_loader(DeviceImageDataset(data.train, device), batch_size, shuffle=True, drop_last=True)
     while True:
         yield from loader
-
-
-def batches_torchvision(data, batch_size, size, device, workers, mean, std):
-    tf = transforms.Compose([transforms.RandomCrop(32, padding=4, padding_mode="reflect"),
-                             transforms.RandomHorizontalFlip(), transforms.Resize(size, antialias=True),
-                             transforms.ToTensor(), transforms.Normalize(mean, std)])
-    loader = torch.utils.data.DataLoader(datasets.ImageFolder(tree_root_of(data.cache_dir) / "train", tf), batch_size,
-                                         shuffle=True, drop_last=True, num_workers=workers, persistent_workers=True,
-                                         pin_memory=device.type == "cuda", prefetch_factor=4)
-    while True:
-        for x, y in loader:
-            yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
 
 
 def run(model, optimizer, batches, prepare, steps, warmup, device, dtype) -> float:
@@ -106,8 +95,8 @@ def main():
                   args.steps, args.warmup, device, dtype)
     ours = run(model, optimizer, batches_device_resident(data, args.batch_size, device), train_tf,
                args.steps, args.warmup, device, dtype)
-    standard = run(model, optimizer, batches_torchvision(data, args.batch_size, args.img_size, device, args.workers,
-                                                         cfg["mean"], cfg["std"]),
+    standard = run(model, optimizer, torchvision_pipeline(data, args.img_size, args.batch_size, device, args.workers,
+                                                          cfg["mean"], cfg["std"]),
                    lambda x: x.contiguous(memory_format=torch.channels_last), args.steps, args.warmup, device, dtype)
     print(f"ceiling (synthetic, on device): {ceiling:,.0f} img/s")
     print(f"device-resident pipeline:       {ours:,.0f} img/s ({100 * ours / ceiling:.0f}% of ceiling)")
