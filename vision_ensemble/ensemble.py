@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -87,10 +87,36 @@ class Member:
         return torch.cat(out).cpu()
 
 
+@dataclass
+class UncertaintyRule:
+    """When to tell a person the ensemble is unsure: the calibrated top probability is under
+    `min_confidence`, or fewer than `min_agreement` of the members (by count) share the ensemble's top class.
+    The evaluation chooses the numbers on the validation split and stores them in ensemble.json."""
+
+    min_confidence: float = 0.0
+    min_agreement: float = 0.0
+
+    def flags(self, probs: np.ndarray, member_probs: np.ndarray) -> np.ndarray:
+        """(N,) bool for calibrated probabilities (N, C) and member probabilities (M, N, C)."""
+        top = probs.argmax(axis=1)
+        agreement = (member_probs.argmax(axis=2) == top[None]).mean(axis=0)
+        return (probs.max(axis=1) < self.min_confidence) | (agreement < self.min_agreement)
+
+
+def manifest_dict(class_names: list[str], members: list[tuple[str, float, dict]], temperature: float,
+                  tta_flip: bool, uncertainty: UncertaintyRule) -> dict:
+    """The `ensemble.json` content; members as (source, weight, preprocessing config)."""
+    return {"version": MANIFEST_VERSION, "class_names": list(class_names), "temperature": float(temperature),
+            "tta_flip": tta_flip, "uncertainty": asdict(uncertainty),
+            "members": [{"source": source, "weight": float(weight), "preprocessing": data_config}
+                        for source, weight, data_config in members]}
+
+
 class Ensemble:
     """Weighted soft voting of member probabilities, then temperature scaling of the log-probabilities."""
 
-    def __init__(self, members: list[Member], weights=None, temperature: float = 1.0, tta_flip: bool = False):
+    def __init__(self, members: list[Member], weights=None, temperature: float = 1.0, tta_flip: bool = False,
+                 uncertainty: UncertaintyRule | None = None):
         if not members:
             raise ModelError("an ensemble needs at least one member")
         reference = members[0].class_names
@@ -103,6 +129,7 @@ class Ensemble:
         self.weights = np.full(len(members), 1 / len(members)) if weights is None else np.asarray(weights, float)
         self.temperature = float(temperature)
         self.tta_flip = tta_flip
+        self.uncertainty = uncertainty or UncertaintyRule()
 
     def use_onnxruntime(self, folder: str | Path) -> None:
         for member in self.members:
@@ -123,10 +150,8 @@ class Ensemble:
 
     # --- the manifest ---------------------------------------------------------------------------------
     def manifest(self) -> dict:
-        return {"version": MANIFEST_VERSION, "class_names": self.class_names, "temperature": self.temperature,
-                "tta_flip": self.tta_flip,
-                "members": [{"source": m.source, "weight": float(w), "preprocessing": m.data_config}
-                            for m, w in zip(self.members, self.weights)]}
+        return manifest_dict(self.class_names, [(m.source, w, m.data_config) for m, w in zip(self.members, self.weights)],
+                             self.temperature, self.tta_flip, self.uncertainty)
 
     def save_manifest(self, path: str | Path) -> Path:
         path = Path(path)
@@ -148,7 +173,7 @@ class Ensemble:
             raise ModelError(f"{path}: not a valid ensemble manifest ({exc})") from None
         loaded = [Member.load(m["source"], path.parent, device) for m in members]
         return cls(loaded, [m.get("weight", 1 / len(members)) for m in members], manifest.get("temperature", 1.0),
-                   manifest.get("tta_flip", False))
+                   manifest.get("tta_flip", False), UncertaintyRule(**manifest.get("uncertainty", {})))
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:

@@ -1,0 +1,107 @@
+"""The evaluation report from member probabilities alone: soft-voting weights and temperature fitted on the
+validation split, then accuracy, calibration and per-class numbers on the test split, the figures, and the
+`ensemble.json` manifest.
+
+Working from probabilities (not models) lets the same report come from loaded model folders or from the
+prediction files a training run leaves behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import classification_report, confusion_matrix
+
+from .ensemble import (UncertaintyRule, apply_temperature, calibration_bins, expected_calibration_error,
+                       fit_temperature, fit_weights, manifest_dict, nll, topk_accuracy)
+from .plots import confusion_matrix_figure, reliability_figure, save
+
+
+@dataclass
+class MemberPredictions:
+    """One member's softmax probabilities on the validation and test splits, and how it preprocesses."""
+
+    source: str           # a Hub repo id or a folder, as the manifest will name it
+    data_config: dict     # input_size, mean, std, interpolation, crop_pct
+    val_probs: np.ndarray   # (N_val, C)
+    test_probs: np.ndarray  # (N_test, C)
+
+
+@dataclass
+class EnsembleEvaluation:
+    report: dict
+    weights: np.ndarray
+    temperature: float
+    uncertainty: UncertaintyRule
+    test_uncalibrated: np.ndarray  # (N_test, C) weighted soft vote before temperature scaling
+    test_calibrated: np.ndarray
+
+
+def evaluate_ensemble(members: list[MemberPredictions], val_labels: np.ndarray, test_labels: np.ndarray,
+                      class_names: list[str], tta_flip: bool, equal_weights: bool = False,
+                      context: dict | None = None) -> EnsembleEvaluation:
+    """Fit weights (unless `equal_weights`) and temperature on val, measure everything on test."""
+    val_member = np.stack([m.val_probs for m in members])
+    test_member = np.stack([m.test_probs for m in members])
+    weights = np.full(len(members), 1 / len(members)) if equal_weights else fit_weights(val_member, val_labels)
+    temperature = fit_temperature(np.tensordot(weights, val_member, axes=1), val_labels)
+    raw = np.tensordot(weights, test_member, axes=1)
+    calibrated = apply_temperature(raw, temperature)
+    predicted = calibrated.argmax(axis=1)
+    labels = range(len(class_names))
+    report = {
+        **(context or {}), "date": time.strftime("%Y-%m-%d"), "val_images": len(val_labels),
+        "test_images": len(test_labels), "tta_flip": tta_flip, "class_names": list(class_names),
+        "members": [{"source": m.source, "weight": float(w), "top1": topk_accuracy(p, test_labels, 1),
+                     "top3": topk_accuracy(p, test_labels, 3), "nll": nll(p, test_labels),
+                     "ece": expected_calibration_error(p, test_labels), "input_size": m.data_config["input_size"]}
+                    for m, w, p in zip(members, weights, test_member)],
+        "ensemble": {"top1": topk_accuracy(calibrated, test_labels, 1), "top3": topk_accuracy(calibrated, test_labels, 3),
+                     "temperature": temperature,
+                     "nll_uncalibrated": nll(raw, test_labels), "nll_calibrated": nll(calibrated, test_labels),
+                     "ece_uncalibrated": expected_calibration_error(raw, test_labels),
+                     "ece_calibrated": expected_calibration_error(calibrated, test_labels),
+                     "equal_weight_top1": topk_accuracy(test_member.mean(axis=0), test_labels, 1)},
+        "per_class": classification_report(test_labels, predicted, labels=labels, target_names=class_names,
+                                           output_dict=True, zero_division=0),
+        "confusion_matrix": confusion_matrix(test_labels, predicted, labels=labels).tolist(),
+    }
+    return EnsembleEvaluation(report, weights, temperature, UncertaintyRule(), raw, calibrated)
+
+
+def write_outputs(evaluation: EnsembleEvaluation, members: list[MemberPredictions], test_labels: np.ndarray,
+                  output_dir: Path) -> list[Path]:
+    """report.json, ensemble.json (local members relative to it), confusion_matrix.png, reliability_diagram.png."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    report = evaluation.report
+    sources = [os.path.relpath(Path(m.source).resolve(), output_dir.resolve()) if Path(m.source).is_dir() else m.source
+               for m in members]  # so the manifest and its member folders can move together
+    manifest = manifest_dict(report["class_names"],
+                             [(s, w, m.data_config) for s, w, m in zip(sources, evaluation.weights, members)],
+                             evaluation.temperature, report["tta_flip"], evaluation.uncertainty)
+    paths = [output_dir / name for name in ("report.json", "ensemble.json", "confusion_matrix.png",
+                                             "reliability_diagram.png")]
+    paths[0].write_text(json.dumps(report, indent=2))
+    paths[1].write_text(json.dumps(manifest, indent=2))
+    e = report["ensemble"]
+    save(confusion_matrix_figure(np.asarray(report["confusion_matrix"]), report["class_names"],
+                                 f"Ensemble, test split (top-1 {e['top1']:.2f}%)"), paths[2])
+    save(reliability_figure({
+        f"before (ECE {e['ece_uncalibrated'] * 100:.2f}%)": calibration_bins(evaluation.test_uncalibrated, test_labels),
+        f"after T={e['temperature']:.2f} (ECE {e['ece_calibrated'] * 100:.2f}%)":
+            calibration_bins(evaluation.test_calibrated, test_labels)}), paths[3])
+    return paths
+
+
+def summary_lines(report: dict) -> list[str]:
+    lines = [f"{m['source']}: top-1 {m['top1']:.2f}%  top-3 {m['top3']:.2f}%  weight {m['weight']:.3f}"
+             for m in report["members"]]
+    e = report["ensemble"]
+    lines.append(f"ensemble: top-1 {e['top1']:.2f}%  top-3 {e['top3']:.2f}%  ECE {e['ece_uncalibrated'] * 100:.2f}% -> "
+                 f"{e['ece_calibrated'] * 100:.2f}% (T = {e['temperature']:.3f})")
+    return lines
