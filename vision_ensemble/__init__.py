@@ -8,4 +8,5 @@ hub         push to and fetch from the Hugging Face Hub; model cards from model_
 ensemble    members, soft voting, temperature scaling, calibration, the ensemble.json manifest
 thresholds  exact decision-threshold search for binary-classifier scores, curves, plots
 plots       training curves, confusion matrix, reliability diagram
+tracking    experiment trackers: checked before training, MLflow runs for training and evaluation
 """

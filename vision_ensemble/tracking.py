@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from .config import TRACKERS, TRACKING_INSTALL, TRACKING_PROJECT, TrainConfig
-from .hub import dataset_name, resolve_member
+from .hub import HubError, dataset_name, resolve_member
 
 RUN_IDS_FILE = "tracking.json"  # {"mlflow": run id, "wandb": run id}, in the run folder and in best/
 MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # what each tracker imports
@@ -36,7 +37,9 @@ def require_trackers(report_to: str) -> list[str]:
         try:
             importlib.import_module(MODULES[name])
         except ImportError as exc:
-            raise TrackingError(f"--report-to {report_to} needs {MODULES[name]}, which cannot be imported ({exc}); "
+            not_installed = isinstance(exc, ModuleNotFoundError) and exc.name == MODULES[name]
+            raise TrackingError(f"--report-to {report_to} needs {MODULES[name]}, which "
+                                f"{'is not installed' if not_installed else f'fails to import ({exc})'}; "
                                 f"install it with: {TRACKING_INSTALL}") from None
     return names
 
@@ -109,7 +112,8 @@ def start_trackers(accelerator, cfg: TrainConfig, output_dir: Path) -> None:
 
 def log_run_files(accelerator, output_dir: Path) -> None:
     """After training (main process): copy the run ids into best/ and give MLflow best/, curves and metrics."""
-    run_ids = read_run_ids(output_dir) if accelerator.log_with else {}
+    active = {str(t) for t in accelerator.log_with}  # ignore ids an earlier, differently tracked run left behind
+    run_ids = {k: v for k, v in read_run_ids(output_dir).items() if k in active}
     best = output_dir / "best"
     if not run_ids or not best.is_dir():
         return
@@ -130,14 +134,16 @@ def log_evaluation(report: dict, output_dir: Path) -> str:
     import mlflow
 
     tags = {"dataset": dataset_name(report["data_dir"]), "members": ", ".join(m["source"] for m in report["members"])}
-    for i, member in enumerate(report["members"]):
-        member_run = read_run_ids(resolve_member(member["source"])).get("mlflow")  # cached when loaded
-        if member_run:
-            tags[f"member_{i}_run_id"] = member_run
     metrics = {k: v for k, v in report["ensemble"].items() if isinstance(v, (int, float))}
     for i, member in enumerate(report["members"]):
         metrics.update({f"member_{i}_{k}": member[k] for k in ("top1", "top3", "nll", "ece", "weight")})
-    mlflow.set_experiment(TRACKING_PROJECT)
+        try:
+            member_run = read_run_ids(resolve_member(member["source"])).get("mlflow")  # cached when it was loaded
+        except HubError:  # a link we cannot make must not cost the evaluation run
+            member_run = None
+        if member_run:
+            tags[f"member_{i}_run_id"] = member_run
+    mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME", TRACKING_PROJECT))  # as Accelerate's tracker
     with mlflow.start_run(run_name=run_name("ensemble", report["data_dir"]), tags=tags) as run:
         mlflow.log_params({"members": tags["members"], "tta_flip": report["tta_flip"], "data_dir": report["data_dir"],
                            "val_images": report["val_images"], "test_images": report["test_images"],
