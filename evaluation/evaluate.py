@@ -26,6 +26,7 @@ from vision_ensemble.ensemble import Ensemble, Member
 from vision_ensemble.hub import MODEL_CARD, fill_results, results_markdown
 from vision_ensemble.model import ModelError
 from vision_ensemble.report import MemberPredictions, evaluate_ensemble, summary_lines, write_outputs
+from vision_ensemble.tracking import TrackingError, log_evaluation, require_trackers
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-eval-samples", type=int, help="evaluate on only this many val and test images")
     p.add_argument("--update-card", action="store_true", help="write the results into model_card.md")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--report-to", choices=("none", "mlflow"), default="none",
+                   help="also log the report as an MLflow run ($MLFLOW_TRACKING_URI, default sqlite:///mlflow.db)")
     return p
 
 
@@ -49,6 +52,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     command = "python evaluation/evaluate.py " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
+        require_trackers(args.report_to)  # before decoding data or loading members
         data = load_dataset(args.data_dir, args.cache_dir, args.val_size if args.val_size < 1 else int(args.val_size),
                             args.seed)
         if data.test is None:
@@ -57,7 +61,7 @@ def main(argv=None) -> int:
         class_names = Ensemble(members).class_names  # checks that the members agree
         if class_names != data.class_names:
             raise ModelError(f"the members' classes {class_names} differ from the dataset's {data.class_names}")
-    except (DataError, ModelError) as exc:
+    except (DataError, ModelError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -80,6 +84,8 @@ def main(argv=None) -> int:
     write_outputs(evaluation, predictions, test_labels, args.output_dir)
     if args.update_card:
         MODEL_CARD.write_text(fill_results(MODEL_CARD.read_text(), results_markdown(evaluation.report)))
+    if args.report_to == "mlflow":
+        print(f"logged to MLflow run {log_evaluation(evaluation.report, args.output_dir)}")
     print("\n".join(summary_lines(evaluation.report)))
     print(f"wrote report.json, ensemble.json, confusion_matrix.png, reliability_diagram.png to {args.output_dir}")
     return 0

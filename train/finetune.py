@@ -37,6 +37,7 @@ from vision_ensemble.data import (BatchTransform, DataError, DeviceImageDataset,
 from vision_ensemble.hub import HubError, default_repo_id, member_card, push_folder
 from vision_ensemble.model import ModelError, create_model, export_model
 from vision_ensemble.plots import plot_training_curves
+from vision_ensemble.tracking import TrackingError, log_run_files, require_trackers, start_trackers
 
 CHECK_EVERY = 50  # steps between loss finiteness checks (each one synchronises the device)
 
@@ -99,11 +100,12 @@ def save_checkpoint(accelerator, output_dir: Path, epoch: int, keep: int = 2) ->
 
 def main(argv=None) -> int:
     cfg: TrainConfig = recipe_config(build_parser(__doc__.split("\n\n")[0]).parse_args(argv))
+    trackers = require_trackers(cfg.report_to)  # a missing tracker stops here, before any data is decoded
     output_dir = Path(cfg.output_dir)
     on_gpu = torch.cuda.is_available()
     accelerator = Accelerator(
         mixed_precision=cfg.mixed_precision or ("bf16" if on_gpu else "no"),
-        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        log_with=trackers or None,
         project_dir=str(output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
@@ -183,8 +185,7 @@ def main(argv=None) -> int:
         (output_dir / "training_args.json").write_text(json.dumps(asdict(cfg), indent=2))
         history = [json.loads(line) for line in metrics_file.read_text().splitlines()] if metrics_file.exists() else []
         metrics_file.write_text("".join(json.dumps(m) + "\n" for m in history if m["epoch"] <= state.epoch))
-    accelerator.init_trackers("vision_ensemble", config={k: v for k, v in asdict(cfg).items()
-                                                        if isinstance(v, (int, float, str, bool))})
+    start_trackers(accelerator, cfg, output_dir)
     print_main(f"{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, input "
                f"{data_config['input_size']}, {len(train_arrays)} train / {len(val_arrays)} val images, "
                f"data on {data_mode}, {accelerator.num_processes} process(es), {accelerator.mixed_precision} precision")
@@ -258,6 +259,7 @@ def main(argv=None) -> int:
     accelerator.end_training()
     if accelerator.is_main_process:
         plot_training_curves(metrics_file, output_dir / "training_curves.png")
+        log_run_files(accelerator, output_dir)
         print_main(f"best val top-1 {state.best_top1:.2f}%; model folder: {output_dir / 'best'}")
         if cfg.push_to_hub:
             repo_id = cfg.hub_repo_id or default_repo_id(cfg.model, cfg.data_dir)
@@ -273,6 +275,6 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (DataError, ModelError, NonFiniteLoss) as exc:
+    except (DataError, ModelError, NonFiniteLoss, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -9,4 +9,5 @@ ensemble    members, soft voting, temperature scaling, calibration, uncertainty 
 report      the evaluation report from member probabilities: fitted weights and temperature, metrics, figures
 thresholds  exact decision-threshold search for binary-classifier scores, curves, plots
 plots       training curves, confusion matrix, reliability diagram
+tracking    experiment trackers: checked before training, MLflow runs for training and evaluation
 """

@@ -41,6 +41,13 @@ MAX_CSV_ROWS = 20_000_000
 DEFAULT_MANIFEST = "ensemble.json"  # the app's default: a path, a folder holding it, or a Hub repo id
 
 
+# --- experiment tracking ----------------------------------------------------------------------------
+
+TRACKERS = ("tensorboard", "mlflow", "wandb")  # what `--report-to all` means
+TRACKING_PROJECT = "vision_ensemble"  # MLflow experiment, W&B project, TensorBoard folder under --output-dir
+TRACKING_INSTALL = "pip install 'vision-ensemble[tracking]'"
+
+
 # --- training recipes ------------------------------------------------------------------------------
 
 #: Per-backbone defaults for CIFAR-10-sized data trained from scratch or fine-tuned.  ViT-Small keeps
@@ -93,7 +100,8 @@ class TrainConfig:
     max_eval_samples: int | None = field(default=None, metadata={"help": "use only this many validation images"})
     output_dir: str = field(default="runs/{model}", metadata={"help": "run folder: checkpoints/, best/, metrics.jsonl, curves"})
     resume: str | None = field(default=None, metadata={"help": "'latest' or a checkpoint folder to continue from"})
-    report_to: str = field(default="none", metadata={"help": "tensorboard|mlflow|wandb|all|none (Accelerate trackers)"})
+    report_to: str = field(default="none", metadata={"help": "tensorboard|mlflow|wandb|all|none: Accelerate trackers (all = the three; "
+                                                             "MLflow logs to $MLFLOW_TRACKING_URI, default sqlite:///mlflow.db)"})
     push_to_hub: bool = field(default=False, metadata={"help": "push <output-dir>/best to the Hub when training ends"})
     hub_repo_id: str | None = field(default=None, metadata={"help": "Hub repo id for --push-to-hub (default: <user>/<model>-<dataset>)"})
     hub_private: bool = field(default=False, metadata={"help": "create the Hub repo as private"})
@@ -101,7 +109,7 @@ class TrainConfig:
     stop_after_epoch: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: simulate an interruption
 
 
-CHOICES = {"data_mode": ("auto", "device", "stream"), "report_to": ("none", "tensorboard", "mlflow", "wandb", "all"),
+CHOICES = {"data_mode": ("auto", "device", "stream"), "report_to": ("none", *TRACKERS, "all"),
            "mixed_precision": (None, "no", "bf16", "fp16")}
 
 

@@ -25,9 +25,13 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}"[:300]
 
 
+def dataset_name(data_dir: str) -> str:
+    """A short name for `--data-dir`: 'cifar10' for cifar10, ../data/cifar10.tar.gz or a cifar10/ folder."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "-", Path(str(data_dir)).name.split(".")[0]) or "data"
+
+
 def default_repo_id(model: str, data_dir: str) -> str:
-    dataset = re.sub(r"[^A-Za-z0-9_.-]", "-", Path(str(data_dir)).name.split(".")[0]) or "data"
-    return f"{model}-{dataset}"
+    return f"{model}-{dataset_name(data_dir)}"
 
 
 def push_folder(folder: str | Path, repo_id: str, private: bool = False) -> str:
