@@ -38,14 +38,18 @@ def start_app(manifest: Path, log_file: Path):
     process = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--manifest", str(manifest), "--host",
                                 "127.0.0.1", "--port", str(port)], cwd=REPO, env=env,
                                stdout=log_file.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+    return process, wait_for_server(process, f"http://127.0.0.1:{port}/", log_file)
+
+
+def wait_for_server(process: subprocess.Popen, url: str, log_file: Path) -> str:
+    """`url` once the server `process` answers there; its log in the error if it exits or never answers."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"app exited:\n{log_file.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2):
-                return process, url
+                return url
         except OSError:
             time.sleep(0.5)
     process.kill()

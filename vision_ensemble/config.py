@@ -41,6 +41,14 @@ MAX_CSV_ROWS = 20_000_000
 DEFAULT_MANIFEST = "ensemble.json"  # the app's default: a path, a folder holding it, or a Hub repo id
 
 
+# --- labelling your own images (python -m vision_ensemble.labeler) ---------------------------------
+
+LABELS_FILENAME = "labels.csv"  # written in the image folder unless --labels says otherwise
+SPLITS_FILENAME = "splits.csv"  # written at the root of an exported tree
+DEFAULT_SPLIT_RATIOS = (0.8, 0.1, 0.1)  # train, val, test shares of the labelled images
+LABELER_DISPLAY_SIZE = 1600  # longest side, in pixels, of the image sent to the browser
+
+
 # --- training recipes ------------------------------------------------------------------------------
 
 #: Per-backbone defaults for CIFAR-10-sized data trained from scratch or fine-tuned.  ViT-Small keeps
