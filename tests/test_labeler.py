@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import REPO, make_image_folder
-from test_app import CHROMIUM, free_port, wait_for_server
+from test_app import CHROMIUM, CHROMIUM_ARGS, free_port, wait_for_server
 from test_ensemble import make_member
 from vision_ensemble.ensemble import Ensemble, Member
 from vision_ensemble.images import load_rgb
@@ -156,10 +156,10 @@ def test_keyboard_labelling_undo_kill_and_resume_in_chromium(tmp_path):
     labels_csv = folder / "labels.csv"
     process, url = start_labeler(folder, tmp_path / "first.log")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         try:
-            page.goto(url, wait_until="networkidle")
+            page.goto(url)  # not "networkidle": the queue's event stream stays open
             progress_is(page, "0 / 9 labelled")
             assert shown_file(page) == queue[0]
             page.get_by_text("1 unreadable file(s), skipped").wait_for(state="visible")
@@ -190,7 +190,7 @@ def test_keyboard_labelling_undo_kill_and_resume_in_chromium(tmp_path):
 
         process, url = start_labeler(folder, tmp_path / "second.log")
         try:
-            page.goto(url, wait_until="networkidle")
+            page.goto(url)  # not "networkidle": the queue's event stream stays open
             progress_is(page, "4 / 9 labelled")
             assert shown_file(page) == queue[3]  # the first unlabelled image: the one skipped before the kill
             page.get_by_role("tab", name="Export").click()
@@ -201,9 +201,9 @@ def test_keyboard_labelling_undo_kill_and_resume_in_chromium(tmp_path):
             page.get_by_role("button", name="Export").click()
             page.get_by_text("Exported 4 images").wait_for(state="visible", timeout=20_000)
         finally:
+            browser.close()
             process.terminate()
             process.wait(timeout=30)
-            browser.close()
     exported = read_rows(tmp_path / "export" / "splits.csv")
     assert sorted((r["filename"], r["label"]) for r in exported) == sorted(expected)
     assert {r["split"] for r in exported} == {"train", "val"}

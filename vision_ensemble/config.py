@@ -46,7 +46,7 @@ DEFAULT_MANIFEST = "ensemble.json"  # the app's default: a path, a folder holdin
 LABELS_FILENAME = "labels.csv"  # written in the image folder unless --labels says otherwise
 SPLITS_FILENAME = "splits.csv"  # written at the root of an exported tree
 DEFAULT_SPLIT_RATIOS = (0.8, 0.1, 0.1)  # train, val, test shares of the labelled images
-LABELER_DISPLAY_SIZE = 1600  # longest side, in pixels, of the image sent to the browser
+LABELER_DISPLAY_SIZE = (512, 1600)  # smallest and largest longest side, in pixels, of the image shown
 
 
 # --- training recipes ------------------------------------------------------------------------------

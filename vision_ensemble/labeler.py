@@ -64,9 +64,14 @@ def keyboard_head(classes: list[str]) -> str:
 
 
 def for_display(pixels) -> Image.Image:
-    """A browser-sized copy: a 40-megapixel photo need not cross the wire to fill the screen."""
+    """A screen-sized copy: a 40-megapixel photo need not cross the wire, and a 32 px thumbnail is enlarged
+    by whole pixels (nearest neighbour, so nothing is invented) until it can be judged."""
     image = Image.fromarray(pixels)
-    image.thumbnail((LABELER_DISPLAY_SIZE, LABELER_DISPLAY_SIZE))
+    smallest, largest = LABELER_DISPLAY_SIZE
+    factor = smallest // max(image.size)
+    if factor > 1:
+        return image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+    image.thumbnail((largest, largest))
     return image
 
 
@@ -139,7 +144,7 @@ def build_demo(queue: LabelQueue, classes: list[str], default_export: Path) -> g
     with gr.Blocks(title="Vision Ensemble labeller") as demo:
         gr.Markdown(f"# Label `{queue.folder}`\nKeys: "
                     + ", ".join(f"**{'/'.join(k).upper()}** {name}" for name, k in zip(classes, keys) if k)
-                    + ", **S** skip, **U**/**Backspace** undo. Every label is saved to "
+                    + ", **S** skip, **U** or **Backspace** undo. Every label is saved to "
                       f"`{queue.store.path}` at once.")
         current = gr.State(None)
         with gr.Tab("Label"):
