@@ -112,7 +112,7 @@ def test_cli_export_is_stratified_hard_linked_and_trains_one_epoch(tmp_path):
         exported = out / row["split"] / row["label"] / row["filename"].replace("/", "__")
         assert os.path.samefile(original, exported) and original.stat().st_nlink == 2  # a hard link, not a move
     # The same seed gives the same split when exported again (the earlier export is replaced); another seed differs.
-    subprocess.run(export, cwd=REPO, env=ENV, capture_output=True, timeout=120, check=True)
+    export_dataset(folder, store.labels(), out, "0.6,0.2,0.2", seed=3)
     assert read_rows(out / "splits.csv") == rows
     other = assign_splits(store.labels(), "0.6,0.2,0.2", seed=4)
     assert other != {r["filename"]: r["split"] for r in rows}
@@ -133,7 +133,7 @@ def test_cli_export_is_stratified_hard_linked_and_trains_one_epoch(tmp_path):
 def start_labeler(folder: Path, log_file: Path, *extra):
     port = free_port()
     process = subprocess.Popen([sys.executable, "-m", "vision_ensemble.labeler", str(folder), "--classes",
-                                ",".join(CLASSES), "--port", str(port), *extra], cwd=REPO, env=ENV,
+                                ",".join(CLASSES), "--port", str(port), *extra], cwd=REPO, env=ENV,  # later --classes wins
                                stdout=log_file.open("w"), stderr=subprocess.STDOUT)
     return process, wait_for_server(process, f"http://127.0.0.1:{port}/", log_file)
 
@@ -176,9 +176,11 @@ def test_keyboard_labelling_undo_kill_and_resume_in_chromium(tmp_path):
             page.locator("#caption code").get_by_text(queue[4]).wait_for(state="visible")
             page.keyboard.press("3")
             progress_is(page, "4 / 9 labelled")
-            # Keys typed into a text box are text, not labels.
+            # Keys typed into the export tab's text box are text, not labels.
             page.get_by_role("tab", name="Export").click()
-            page.get_by_label("Output folder").fill(str(tmp_path / "export1"))
+            page.get_by_label("Output folder").fill(str(tmp_path))
+            page.get_by_label("Output folder").press_sequentially("/s1u2")
+            assert page.get_by_label("Output folder").input_value() == f"{tmp_path}/s1u2"
             page.get_by_role("tab", name="Label").click()
             progress_is(page, "4 / 9 labelled")
         finally:
@@ -188,23 +190,30 @@ def test_keyboard_labelling_undo_kill_and_resume_in_chromium(tmp_path):
         assert [(r["filename"], r["label"]) for r in read_rows(labels_csv)] == expected
         assert not list(folder.glob(".*tmp"))
 
-        process, url = start_labeler(folder, tmp_path / "second.log")
+        # Restarted with two classes: A and B are their keys too; the stripes label from before stays.
+        process, url = start_labeler(folder, tmp_path / "second.log", "--classes", "circle,square")
         try:
             page.goto(url)  # not "networkidle": the queue's event stream stays open
             progress_is(page, "4 / 9 labelled")
             assert shown_file(page) == queue[3]  # the first unlabelled image: the one skipped before the kill
+            page.keyboard.press("b")
+            progress_is(page, "5 / 9 labelled")
+            page.keyboard.press("u")
+            progress_is(page, "4 / 9 labelled")
+            page.keyboard.press("b")
+            progress_is(page, "5 / 9 labelled")
             page.get_by_role("tab", name="Export").click()
             page.get_by_label("Output folder").fill(str(tmp_path / "export"))
             page.get_by_label("train share").fill("0.5")
             page.get_by_label("val share").fill("0.5")
             page.get_by_label("test share").fill("0")
             page.get_by_role("button", name="Export").click()
-            page.get_by_text("Exported 4 images").wait_for(state="visible", timeout=20_000)
+            page.get_by_text("Exported 5 images").wait_for(state="visible", timeout=20_000)
         finally:
             browser.close()
             process.terminate()
             process.wait(timeout=30)
     exported = read_rows(tmp_path / "export" / "splits.csv")
-    assert sorted((r["filename"], r["label"]) for r in exported) == sorted(expected)
+    assert sorted((r["filename"], r["label"]) for r in exported) == sorted([*expected, (queue[3], "square")])
     assert {r["split"] for r in exported} == {"train", "val"}
-    assert not (tmp_path / "export1").exists()
+    assert not (tmp_path / "s1u2").exists()

@@ -110,7 +110,10 @@ def build_demo(queue: LabelQueue, classes: list[str], default_export: Path) -> g
         def label(current):
             if current is None:
                 raise gr.Error("Nothing to label: every readable image has a label.")
-            queue.store.set(current, name)
+            try:
+                queue.store.set(current, name)
+            except LabelingError as exc:  # e.g. the disk is full: the label is not recorded, nothing else lost
+                raise gr.Error(str(exc)) from None
             log.info("%s -> %s", current, name)
             return view(*queue.next_image(current))
         return label
@@ -119,12 +122,16 @@ def build_demo(queue: LabelQueue, classes: list[str], default_export: Path) -> g
         return view(*queue.next_image(current))
 
     def undo(current):
-        filename = queue.store.undo()
+        try:
+            filename = queue.store.undo()
+        except LabelingError as exc:
+            raise gr.Error(str(exc)) from None
         if filename is None:
             gr.Warning("Nothing to undo.")
-            return view(current, queue.decode(current)) if current else view(None)
-        pixels = queue.decode(filename)
-        if pixels is None:  # the file became unreadable since it was labelled: carry on with the queue
+            return gr.skip()  # the page stays as it is
+        pixels = queue.decode(filename) if filename in queue.order else None
+        if pixels is None:  # its file was removed or damaged since it was labelled: carry on with the queue
+            gr.Warning(f"Removed the label of {filename}, which can no longer be shown.")
             return view(*queue.next_image(current))
         return view(filename, pixels)
 
@@ -253,7 +260,7 @@ def main(argv=None) -> None:
     else:
         queue = LabelQueue(folder, files, store)
     labelled, total, _ = queue.progress()
-    log.info("%d images in %s, %d already labelled in %s", total, folder, labelled, store.path)
+    log.info("%d image files in %s, %d already labelled in %s", total, folder, labelled, store.path)
     demo = build_demo(queue, classes, folder.with_name(folder.name + "-dataset"))
     demo.queue(max_size=256)
     demo.launch(server_name=args.host, server_port=args.port, head=keyboard_head(classes), show_error=True)

@@ -81,6 +81,9 @@ class LabelStore:
         self.path = Path(path)
         self.rows: dict[str, tuple[str, str]] = {}  # filename -> (label, time), insertion order = label order
         self._lock = threading.Lock()
+        if not os.access(self.path.parent, os.W_OK):
+            raise LabelingError(f"cannot write {self.path.name} in {self.path.parent}; pass --labels with a "
+                                "path in a writable folder")
         if self.path.exists():
             with open(self.path, newline="", encoding="utf-8") as f:
                 reader = csv.DictReader(f)
@@ -98,29 +101,36 @@ class LabelStore:
 
     def set(self, filename: str, label: str) -> None:
         with self._lock:
-            self.rows.pop(filename, None)
-            self.rows[filename] = (label, datetime.now(timezone.utc).isoformat(timespec="seconds"))
-            self._write()
+            rows = dict(self.rows)
+            rows.pop(filename, None)
+            rows[filename] = (label, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            self._commit(rows)
 
     def undo(self) -> str | None:
         """Remove the last label given; return its file (None when there is nothing to undo)."""
         with self._lock:
             if not self.rows:
                 return None
-            filename = next(reversed(self.rows))
-            del self.rows[filename]
-            self._write()
+            rows = dict(self.rows)
+            filename = next(reversed(rows))
+            del rows[filename]
+            self._commit(rows)
             return filename
 
-    def _write(self) -> None:
+    def _commit(self, rows: dict[str, tuple[str, str]]) -> None:
+        """Write `rows` to disk, then make them the store's: a failed write changes neither."""
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(LABEL_COLUMNS)
-            writer.writerows([name, label, time] for name, (label, time) in self.rows.items())
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the rename makes it the labels file
-        os.replace(tmp, self.path)
+        try:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                writer = csv.writer(f)
+                writer.writerow(LABEL_COLUMNS)
+                writer.writerows([name, label, time] for name, (label, time) in rows.items())
+                f.flush()
+                os.fsync(f.fileno())  # on disk before the rename makes it the labels file
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            raise LabelingError(f"could not save labels to {self.path}: {exc.strerror or exc}") from None
+        self.rows = rows
 
 
 # --- the queue -----------------------------------------------------------------------------------------
@@ -145,7 +155,7 @@ class LabelQueue:
         """(labelled, total readable, labels per class) over the images in the folder."""
         labels = self.store.labels()
         counts = Counter(labels[f] for f in self.order if f in labels)
-        return sum(counts.values()), len(self.order) - len(self.unreadable), counts
+        return sum(counts.values()), sum(f not in self.unreadable for f in self.order), counts
 
     def next_image(self, after: str | None = None) -> tuple[str | None, np.ndarray | None]:
         """The first unlabelled, readable image after `after` in queue order (wrapping round, so skipped
@@ -162,6 +172,7 @@ class LabelQueue:
         return None, None
 
     def decode(self, filename: str) -> np.ndarray | None:
+        """The pixels of `filename`, or None (and the file listed as unreadable) when it cannot be decoded."""
         try:
             return load_rgb(self.folder / filename)
         except ImageError as exc:
