@@ -109,7 +109,7 @@ def test_cli_export_is_stratified_hard_linked_and_trains_one_epoch(tmp_path):
     assert counts == {(c, s): n for c in CLASSES for s, n in (("train", 6), ("val", 2), ("test", 2))}
     for row in rows:
         original = folder / row["filename"]
-        exported = out / row["split"] / row["label"] / row["filename"].replace("/", "__")
+        exported = out / row["split"] / row["label"] / row["filename"]
         assert os.path.samefile(original, exported) and original.stat().st_nlink == 2  # a hard link, not a move
     # The same seed gives the same split when exported again (the earlier export is replaced); another seed differs.
     export_dataset(folder, store.labels(), out, "0.6,0.2,0.2", seed=3)

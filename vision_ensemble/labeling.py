@@ -272,7 +272,9 @@ def export_dataset(folder: str | Path, labels: dict[str, str], out_dir: str | Pa
         writer.writerow(["filename", "label", "split"])
         for filename in tqdm(sorted(labels), desc=f"exporting to {out_dir.name}", unit="img", mininterval=1.0):
             label, split = labels[filename], split_of[filename]
-            linked += _link_or_copy(folder / filename, tmp / split / label / filename.replace("/", "__"))
+            dest = tmp / split / label / filename  # subfolders kept: finetune.py reads class folders at any depth
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            linked += _link_or_copy(folder / filename, dest)
             counts[label][split] += 1
             writer.writerow([filename, label, split])
     if out_dir.exists():
