@@ -4,8 +4,8 @@ train/finetune.py, and the live app driven by keyboard in headless Chromium (kil
 from __future__ import annotations
 
 import csv
+import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,8 +20,8 @@ from test_app import CHROMIUM, CHROMIUM_ARGS, free_port, wait_for_server
 from test_ensemble import make_member
 from vision_ensemble.ensemble import Ensemble, Member
 from vision_ensemble.images import load_rgb
-from vision_ensemble.labeling import (LabelingError, LabelQueue, LabelStore, assign_splits, export_dataset,
-                                      find_images, parse_classes, rank_by_uncertainty)
+from vision_ensemble.labeling import (LabelingError, LabelStore, assign_splits, export_dataset, find_images,
+                                      parse_classes, rank_by_uncertainty)
 
 CLASSES = ("circle", "square", "stripes")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",
@@ -123,7 +123,6 @@ def test_cli_export_is_stratified_hard_linked_and_trains_one_epoch(tmp_path):
                     "--output-dir", str(run_dir)], cwd=REPO, env=ENV, capture_output=True, timeout=300, check=True)
     metrics = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
     assert len(metrics) == 1 and '"val_count": 6' in metrics[0]  # the exported val/, not a re-split of train
-    import json
     config = json.loads((run_dir / "best" / "config.json").read_text())
     assert config["num_classes"] == 3 and config["label_names"] == list(CLASSES)
 
