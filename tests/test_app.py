@@ -38,14 +38,18 @@ def start_app(manifest: Path, log_file: Path):
     process = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--manifest", str(manifest), "--host",
                                 "127.0.0.1", "--port", str(port)], cwd=REPO, env=env,
                                stdout=log_file.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
+    return process, wait_for_server(process, f"http://127.0.0.1:{port}/", log_file)
+
+
+def wait_for_server(process: subprocess.Popen, url: str, log_file: Path) -> str:
+    """`url` once the server `process` answers there; its log in the error if it exits or never answers."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"app exited:\n{log_file.read_text()[-3000:]}")
         try:
             with urllib.request.urlopen(url, timeout=2):
-                return process, url
+                return url
         except OSError:
             time.sleep(0.5)
     process.kill()
@@ -180,6 +184,9 @@ def test_without_weights_the_app_starts_and_the_threshold_tab_works(tmp_path):
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# No sandbox (containers), and no background traffic that would keep "networkidle" from ever arriving.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
 
 
 @pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true", reason="Debian's chromium is not installed")
@@ -190,9 +197,7 @@ def test_headless_chromium_renders_every_tab(app, tmp_path):
     shots = Path(os.environ.get("SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(url, wait_until="networkidle")
         page.get_by_role("tab", name="Classify").click()

@@ -2,6 +2,8 @@
 
 config      every option and per-backbone recipe, in one place
 images      any image file -> RGB uint8 pixels (used by the cache, evaluation and the app)
+labeling    labels.csv store, labelling queue, stratified export to an image-folder tree
+labeler     the local labelling app (python -m vision_ensemble.labeler FOLDER --classes a,b)
 data/       sources -> decoded cache -> stratified split -> device-resident / streaming loaders -> BatchTransform
 model       timm creation (pretrained or local weights), export in timm's Hub format, loading it back
 hub         push to and fetch from the Hugging Face Hub; model cards from model_card.md

@@ -47,6 +47,13 @@ TRACKERS = ("tensorboard", "mlflow", "wandb")  # what `--report-to all` means
 TRACKING_PROJECT = "vision_ensemble"  # MLflow experiment, W&B project, TensorBoard folder under --output-dir
 TRACKING_INSTALL = "pip install 'vision-ensemble[tracking]'"
 
+# --- labelling your own images (python -m vision_ensemble.labeler) ---------------------------------
+
+LABELS_FILENAME = "labels.csv"  # written in the image folder unless --labels says otherwise
+SPLITS_FILENAME = "splits.csv"  # written at the root of an exported tree
+DEFAULT_SPLIT_RATIOS = (0.8, 0.1, 0.1)  # train, val, test shares of the labelled images
+LABELER_DISPLAY_SIZE = (512, 1600)  # smallest and largest longest side, in pixels, of the image shown
+
 
 # --- training recipes ------------------------------------------------------------------------------
 
