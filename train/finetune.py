@@ -161,7 +161,10 @@ def main(argv=None) -> int:
     optimizer = create_optimizer(model, cfg, cfg.effective_lr)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     steps_per_epoch = len(train_loader)
-    scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
+    # A warmup as long as the run (a 1-epoch quick run under a 2-epoch recipe warmup) would end the run before
+    # the rate peaks and skip the cosine decay: cap it at a tenth of the run (the recipes' warmups fit in it).
+    warmup_epochs = min(cfg.warmup_epochs, cfg.epochs / 10)
+    scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=cfg.epochs, warmup_epochs=warmup_epochs,
                                        min_lr=cfg.min_lr, warmup_lr=cfg.effective_lr * 1e-3, step_on_epochs=False,
                                        updates_per_epoch=steps_per_epoch)
     mixup = None
@@ -200,7 +203,8 @@ def main(argv=None) -> int:
     print_main(f"augment {cfg.augment}, eval crop_pct {data_config['crop_pct']}; freeze {cfg.freeze} "
                f"({len(frozen)} frozen tensors); lr {cfg.effective_lr:.3g} = {cfg.lr:g} at batch {cfg.lr_base_size} "
                f"scaled ({cfg.lr_scale}) to the global batch {cfg.global_batch_size}"
-               + (f", layer decay {cfg.layer_decay}" if cfg.layer_decay is not None else ""))
+               + (f", layer decay {cfg.layer_decay}" if cfg.layer_decay is not None else "")
+               + (f"; warmup capped at {warmup_epochs:g} epoch(s)" if warmup_epochs < cfg.warmup_epochs else ""))
 
     # --- the loop ---------------------------------------------------------------------------------------------
     for epoch in range(state.epoch + 1, cfg.epochs + 1):

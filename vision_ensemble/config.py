@@ -69,10 +69,10 @@ class TrainConfig:
     epochs: int | None = field(default=None, metadata={"help": "training epochs"})
     batch_size: int | None = field(default=None, metadata={"help": "batch size per process"})
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (AdamW) for a global batch of --lr-base-size; the run's rate follows its global batch (--lr-scale)"})
-    lr_base_size: int | None = field(default=None, metadata={"help": "global batch size that --lr is given for (recipes: their batch, 512; otherwise 256, as timm)"})
+    lr_base_size: int | None = field(default=None, metadata={"help": "global batch size that --lr is given for (default 256, as timm; a recipe's own lr is given at its batch, 512)"})
     lr_scale: str = field(default="auto", metadata={"help": "how the rate follows the global batch, as timm's train.py: lr * (global_batch / lr_base_size) for linear, its square root for sqrt; auto: sqrt for Adam-family optimizers, linear otherwise; none: --lr as given"})
     layer_decay: float | None = field(default=None, metadata={"help": "layer-wise lr decay (timm create_optimizer_v2): each layer group below the head trains at this factor times the rate of the one above, e.g. 0.75"})
-    freeze: str = field(default="none", metadata={"help": "none: train everything; backbone: train only the classifier (linear probe); stages:N: the last N of timm's parameter groups (model.group_matcher(coarse=True)) plus the classifier. Frozen BatchNorm layers keep their running statistics"})
+    freeze: str = field(default="none", metadata={"help": "none: train everything; backbone: only the classifier (linear probe); stages:N: the last N stages (timm's coarse parameter groups, model.group_matcher(coarse=True): ResNet layer1-4, EfficientNet blocks.0-6, ViT blocks) plus the head. Frozen parameters leave the optimizer; frozen BatchNorm layers keep their running statistics"})
     weight_decay: float | None = field(default=None, metadata={"help": "AdamW weight decay"})
     warmup_epochs: int | None = field(default=None, metadata={"help": "linear warmup epochs before the cosine decay"})
     min_lr: float = field(default=1e-6, metadata={"help": "final learning rate of the cosine schedule"})
@@ -149,6 +149,8 @@ def recipe_config(args: argparse.Namespace | dict) -> TrainConfig:
     values = {**RECIPES.get(model, {}), **given}
     if "model_kwargs" in given:  # merge with the recipe's instead of replacing it
         values["model_kwargs"] = {**RECIPES.get(model, {}).get("model_kwargs", {}), **given["model_kwargs"]}
+    if "lr" in given and "lr_base_size" not in given:  # a recipe's base batch describes the recipe's own rate
+        values.pop("lr_base_size", None)
     cfg = TrainConfig(**values)
     cfg.output_dir = cfg.output_dir.format(model=cfg.model)
     for name, allowed in CHOICES.items():
