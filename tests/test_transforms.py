@@ -89,3 +89,13 @@ def test_train_transform_follows_the_resolved_augment():
     assert isinstance(cifar, BatchTransform) and cifar.train and cifar.crop_padding == 4
     assert isinstance(photo, PhotoTrainTransform) and photo.erase is None
     assert type(photo.policy).__name__ == "TrivialAugment"
+
+
+def test_policy_operations_are_drawn_per_group_of_images():
+    transform = PhotoTrainTransform((3, 32, 32), MEAN, STD, auto_augment="randaugment", erase_prob=0.0)
+    drawn = []  # the names of the operations each policy call picked
+    transform.policy.register_forward_hook(lambda module, args, out: drawn.append({p.name for p in module._params}))
+    torch.manual_seed(0)
+    transform(photo_batch(4 * PhotoTrainTransform.POLICY_GROUP, size=40))
+    assert len(drawn) == 4 and all(len(ops) == 2 for ops in drawn)
+    assert len(set().union(*drawn)) > 2  # one batch, more than one pair of operations

@@ -104,9 +104,12 @@ class PhotoTrainTransform(torch.nn.Module):
     The order of timm's training transform: geometry (RandomResizedCrop with timm's scale (0.08, 1) and
     ratio (3/4, 4/3), horizontal flip) -> colour/policy (RandAugment or TrivialAugment, on [0, 1] images)
     -> normalise -> RandomErasing (erased boxes become 0, the mean colour).  MixUp/CutMix come after, in
-    the training loop.  Kornia picks a policy's operations once per batch and draws their magnitudes
-    (and signs) per sample.
+    the training loop.  Kornia picks a policy's operations once per call (their magnitudes and signs per
+    image), so the policy runs on groups of `POLICY_GROUP` images: a batch mixes many operations, as timm's
+    per-image draw does, without a call per image.
     """
+
+    POLICY_GROUP = 16
 
     def __init__(self, input_size: tuple[int, int, int], mean, std, interpolation: str = "bilinear",
                  hflip: bool = True, auto_augment: str = "randaugment", magnitude: int = 9,
@@ -127,7 +130,7 @@ class PhotoTrainTransform(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.flip(self.crop(images.float() / 255.0)).clamp_(0, 1)  # bicubic overshoots
         if self.policy is not None:
-            x = self.policy(x).clamp_(0, 1)
+            x = torch.cat([self.policy(group) for group in x.split(self.POLICY_GROUP)]).clamp_(0, 1)
         x = self.normalize(x)
         if self.erase is not None:
             x = self.erase(x)
