@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import math
 
-import kornia.augmentation as K
 import torch
 import torch.nn.functional as F
-from kornia.augmentation.auto import RandAugment, TrivialAugment
 
 from ..config import TrainConfig
 
@@ -114,6 +112,10 @@ class PhotoTrainTransform(torch.nn.Module):
     def __init__(self, input_size: tuple[int, int, int], mean, std, interpolation: str = "bilinear",
                  hflip: bool = True, auto_augment: str = "randaugment", magnitude: int = 9,
                  erase_prob: float = 0.25, channels_last: bool = False):
+        # Imported here: evaluation and the app use only BatchTransform and need not pay Kornia's import.
+        import kornia.augmentation as K
+        from kornia.augmentation.auto import RandAugment, TrivialAugment
+
         super().__init__()
         size = tuple(int(s) for s in input_size[-2:])
         resample = "bicubic" if interpolation == "bicubic" else "bilinear"
