@@ -97,7 +97,8 @@ class BatchTransform:
 
 
 class PhotoTrainTransform(torch.nn.Module):
-    """uint8 NCHW batch -> augmented, normalised float NCHW model input, every random draw per sample.
+    """uint8 NCHW batch -> augmented, normalised float NCHW model input; crops, flips, policy magnitudes and
+    erased boxes are drawn per sample.
 
     The order of timm's training transform: geometry (RandomResizedCrop with timm's scale (0.08, 1) and
     ratio (3/4, 4/3), horizontal flip) -> colour/policy (RandAugment or TrivialAugment, on [0, 1] images)
