@@ -26,14 +26,14 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from vision_ensemble.config import TrainConfig, build_parser, recipe_config
-from vision_ensemble.data import (BatchTransform, DataError, DeviceImageDataset, device_loader, fits_on_device,
-                                  load_dataset, streaming_splits, subset_indices)
+from vision_ensemble.data import (BatchTransform, DataError, DeviceImageDataset, choose_augment, device_loader,
+                                  fits_on_device, load_dataset, streaming_splits, subset_indices, train_transform)
+from vision_ensemble.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
 from vision_ensemble.hub import HubError, default_repo_id, member_card, push_folder
 from vision_ensemble.model import ModelError, create_model, export_model
 from vision_ensemble.plots import plot_training_curves
@@ -121,12 +121,18 @@ def main(argv=None) -> int:
     val_arrays = data.val if val_subset is None else data.val.subset(val_subset)
     num_classes = len(data.class_names)
 
-    # --- model and its preprocessing ------------------------------------------------------------------------
+    # --- model, what of it trains, and its preprocessing -------------------------------------------------------
+    # Resolved here so training_args.json records the augmentation that ran; it also sets the eval geometry
+    # (photo: the model's own crop_pct; cifar: the whole image).
+    cfg.augment = choose_augment(cfg.augment, min(train_arrays.images.shape[1:3]))
     model, data_config = create_model(cfg, num_classes)
+    try:
+        frozen = freeze(model, cfg.freeze)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from None
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_transform = BatchTransform.from_data_config(data_config, train=True, crop_padding=cfg.crop_padding,
-                                                      hflip=cfg.hflip, channels_last=cfg.channels_last)
+    train_augment = train_transform(cfg, data_config)
     eval_transform = BatchTransform.from_data_config(data_config, channels_last=cfg.channels_last)
 
     # MixUp/CutMix pair samples within a batch, so train batches have a fixed, even size.
@@ -150,12 +156,18 @@ def main(argv=None) -> int:
                                                    **loader_args)
         val_loader = torch.utils.data.DataLoader(streams["val"], cfg.batch_size * 2, **loader_args)
 
-    # --- optimisation: timm's AdamW, warmup + cosine per step, MixUp/CutMix + label smoothing, EMA ----------
-    optimizer = create_optimizer_v2(model, "adamw", lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # --- optimisation: timm's AdamW at a rate scaled to the global batch, warmup + cosine per step, ------------
+    # MixUp/CutMix + label smoothing, EMA
+    cfg.global_batch_size = batch_size * accelerator.num_processes
+    cfg.effective_lr, cfg.lr_scale = scaled_lr(cfg.lr, cfg.global_batch_size, cfg.lr_base_size, cfg.lr_scale)
+    optimizer = create_optimizer(model, cfg, cfg.effective_lr)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     steps_per_epoch = len(train_loader)
-    scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=cfg.epochs, warmup_epochs=cfg.warmup_epochs,
-                                       min_lr=cfg.min_lr, warmup_lr=cfg.lr * 1e-3, step_on_epochs=False,
+    # A warmup as long as the run (a 1-epoch quick run under a 2-epoch recipe warmup) would end the run before
+    # the rate peaks and skip the cosine decay: cap it at a tenth of the run (the recipes' warmups fit in it).
+    warmup_epochs = min(cfg.warmup_epochs, cfg.epochs / 10)
+    scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=cfg.epochs, warmup_epochs=warmup_epochs,
+                                       min_lr=cfg.min_lr, warmup_lr=cfg.effective_lr * 1e-3, step_on_epochs=False,
                                        updates_per_epoch=steps_per_epoch)
     mixup = None
     if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
@@ -189,17 +201,22 @@ def main(argv=None) -> int:
     print_main(f"{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, input "
                f"{data_config['input_size']}, {len(train_arrays)} train / {len(val_arrays)} val images, "
                f"data on {data_mode}, {accelerator.num_processes} process(es), {accelerator.mixed_precision} precision")
+    print_main(f"augment {cfg.augment}, eval crop_pct {data_config['crop_pct']}; freeze {cfg.freeze} "
+               f"({len(frozen)} frozen tensors); lr {cfg.effective_lr:.3g} = {cfg.lr:g} at batch {cfg.lr_base_size} "
+               f"scaled ({cfg.lr_scale}) to the global batch {cfg.global_batch_size}"
+               + (f", layer decay {cfg.layer_decay}" if cfg.layer_decay is not None else "")
+               + (f"; warmup capped at {warmup_epochs:g} epoch(s)" if warmup_epochs < cfg.warmup_epochs else ""))
 
     # --- the loop ---------------------------------------------------------------------------------------------
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
-        model.train()
+        keep_frozen_norms_in_eval(model.train())
         train_loader.set_epoch(epoch)
         running_loss = torch.zeros((), device=accelerator.device)
         last_checked, start = 0, time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not accelerator.is_local_main_process,
                    leave=False)
         for step, (images, labels) in enumerate(bar, 1):
-            inputs = train_transform(images)
+            inputs = train_augment(images)
             targets = labels
             if mixup is not None:
                 inputs, targets = mixup(inputs, labels)

@@ -4,8 +4,10 @@ config      every option and per-backbone recipe, in one place
 images      any image file -> RGB uint8 pixels (used by the cache, evaluation and the app)
 labeling    labels.csv store, labelling queue, stratified export to an image-folder tree
 labeler     the local labelling app (python -m vision_ensemble.labeler FOLDER --classes a,b)
-data/       sources -> decoded cache -> stratified split -> device-resident / streaming loaders -> BatchTransform
+data/       sources -> decoded cache -> stratified split -> device-resident / streaming loaders -> batched
+            transforms (CIFAR or photo augmentation, timm's eval geometry)
 model       timm creation (pretrained or local weights), export in timm's Hub format, loading it back
+finetuning  --freeze (timm's stage groups), frozen BatchNorm, lr scaled to the global batch, --layer-decay
 hub         push to and fetch from the Hugging Face Hub; model cards from model_card.md
 ensemble    members, soft voting, temperature scaling, calibration, uncertainty rule, the ensemble.json manifest
 report      the evaluation report from member probabilities: fitted weights and temperature, metrics, figures

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,10 +62,10 @@ LABELER_DISPLAY_SIZE = (512, 1600)  # smallest and largest longest side, in pixe
 #: timm's architecture and adapts to 32 px images through timm's own `img_size`/`patch_size` arguments,
 #: so the exported config rebuilds it with timm alone.
 RECIPES: dict[str, dict] = {
-    "seresnet50": dict(img_size=64, epochs=30, batch_size=512, lr=2e-3, weight_decay=0.05, warmup_epochs=2),
-    "efficientnet_b0": dict(img_size=64, epochs=30, batch_size=512, lr=3e-3, weight_decay=0.05, warmup_epochs=2),
+    "seresnet50": dict(img_size=64, epochs=30, batch_size=512, lr=2e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=2),
+    "efficientnet_b0": dict(img_size=64, epochs=30, batch_size=512, lr=3e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=2),
     "vit_small_patch16_224": dict(
-        img_size=32, epochs=30, batch_size=512, lr=1e-3, weight_decay=0.05, warmup_epochs=3,
+        img_size=32, epochs=30, batch_size=512, lr=1e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=3,
         model_kwargs={"img_size": 32, "patch_size": 4},
     ),
 }
@@ -81,7 +82,11 @@ class TrainConfig:
     img_size: int | None = field(default=None, metadata={"help": "model input size in pixels (default: recipe, else the model's pretrained config)"})
     epochs: int | None = field(default=None, metadata={"help": "training epochs"})
     batch_size: int | None = field(default=None, metadata={"help": "batch size per process"})
-    lr: float | None = field(default=None, metadata={"help": "peak learning rate (AdamW)"})
+    lr: float | None = field(default=None, metadata={"help": "peak learning rate (AdamW) for a global batch of --lr-base-size; the run's rate follows its global batch (--lr-scale)"})
+    lr_base_size: int | None = field(default=None, metadata={"help": "global batch size that --lr is given for (default 256, as timm; a recipe's own lr is given at its batch, 512)"})
+    lr_scale: str = field(default="auto", metadata={"help": "how the rate follows the global batch, as timm's train.py: lr * (global_batch / lr_base_size) for linear, its square root for sqrt; auto: sqrt for Adam-family optimizers, linear otherwise; none: --lr as given"})
+    layer_decay: float | None = field(default=None, metadata={"help": "layer-wise lr decay (timm create_optimizer_v2): each layer group below the head trains at this factor times the rate of the one above, e.g. 0.75"})
+    freeze: str = field(default="none", metadata={"help": "none: train everything; backbone: only the classifier (linear probe); stages:N: the last N stages (timm's coarse parameter groups, model.group_matcher(coarse=True): ResNet layer1-4, EfficientNet blocks.0-6, ViT blocks) plus the head. Frozen parameters leave the optimizer; frozen BatchNorm layers keep their running statistics"})
     weight_decay: float | None = field(default=None, metadata={"help": "AdamW weight decay"})
     warmup_epochs: int | None = field(default=None, metadata={"help": "linear warmup epochs before the cosine decay"})
     min_lr: float = field(default=1e-6, metadata={"help": "final learning rate of the cosine schedule"})
@@ -89,8 +94,12 @@ class TrainConfig:
     cutmix_alpha: float = field(default=1.0, metadata={"help": "CutMix alpha (0 disables)"})
     mixup_prob: float = field(default=1.0, metadata={"help": "probability of applying MixUp or CutMix to a batch"})
     label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing (also inside MixUp targets)"})
-    crop_padding: int = field(default=4, metadata={"help": "random-crop padding in source pixels (0 disables)"})
+    augment: str = field(default="auto", metadata={"help": "training augmentation. cifar: random crop from reflection-padded images + flip; photo: RandomResizedCrop + flip + --auto-augment policy + RandomErasing (Kornia, per sample, on the device), evaluated at the model's own crop_pct; auto: cifar when the cached images are <= 64 px, else photo (recorded resolved in training_args.json)"})
+    crop_padding: int = field(default=4, metadata={"help": "cifar: random-crop padding in source pixels (0 disables)"})
     hflip: bool = field(default=True, metadata={"help": "random horizontal flips"})
+    auto_augment: str = field(default="randaugment", metadata={"help": "photo: randaugment (2 operations at --augment-magnitude), trivialaugment (1 operation, its magnitude drawn per image) or none"})
+    augment_magnitude: int = field(default=9, metadata={"help": "photo: RandAugment magnitude, 1-29 on Kornia's scale (each operation at m/30 of its range)"})
+    erase_prob: float = field(default=0.25, metadata={"help": "photo: probability of RandomErasing per image (0 disables)"})
     ema: bool = field(default=False, metadata={"help": "keep an EMA of the weights (timm ModelEmaV3) and evaluate it"})
     ema_decay: float = field(default=0.999, metadata={"help": "EMA decay per step"})
     clip_grad: float | None = field(default=None, metadata={"help": "clip the gradient norm to this value"})
@@ -114,10 +123,14 @@ class TrainConfig:
     hub_private: bool = field(default=False, metadata={"help": "create the Hub repo as private"})
     fail_at_epoch: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: inject a NaN loss
     stop_after_epoch: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: simulate an interruption
+    # Filled in by train/finetune.py (not options) so training_args.json records what the run used.
+    global_batch_size: int | None = field(default=None, init=False)
+    effective_lr: float | None = field(default=None, init=False)
 
 
 CHOICES = {"data_mode": ("auto", "device", "stream"), "report_to": ("none", *TRACKERS, "all"),
-           "mixed_precision": (None, "no", "bf16", "fp16")}
+           "mixed_precision": (None, "no", "bf16", "fp16"), "augment": ("auto", "cifar", "photo"),
+           "auto_augment": ("randaugment", "trivialaugment", "none"), "lr_scale": ("auto", "sqrt", "linear", "none")}
 
 
 def _parse_bool_flag(parser: argparse.ArgumentParser, name: str, f: dataclasses.Field) -> None:
@@ -131,6 +144,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(TrainConfig):
+        if not f.init:  # derived during the run, not an option
+            continue
         name = f.name.replace("_", "-")
         help_text = f.metadata.get("help")
         if f.type in ("bool",):
@@ -149,13 +164,20 @@ def recipe_config(args: argparse.Namespace | dict) -> TrainConfig:
     values = {**RECIPES.get(model, {}), **given}
     if "model_kwargs" in given:  # merge with the recipe's instead of replacing it
         values["model_kwargs"] = {**RECIPES.get(model, {}).get("model_kwargs", {}), **given["model_kwargs"]}
+    if "lr" in given and "lr_base_size" not in given:  # a recipe's base batch describes the recipe's own rate
+        values.pop("lr_base_size", None)
     cfg = TrainConfig(**values)
     cfg.output_dir = cfg.output_dir.format(model=cfg.model)
     for name, allowed in CHOICES.items():
         if getattr(cfg, name) not in allowed:
             raise SystemExit(f"--{name.replace('_', '-')} {getattr(cfg, name)}: choose one of {', '.join(map(str, allowed))}")
+    if cfg.freeze not in ("none", "backbone") and not re.fullmatch(r"stages:[1-9]\d*", cfg.freeze):
+        raise SystemExit(f"--freeze {cfg.freeze}: choose none, backbone or stages:N (N >= 1)")
+    if not 1 <= cfg.augment_magnitude <= 29:
+        raise SystemExit(f"--augment-magnitude {cfg.augment_magnitude}: choose 1-29")
     # Options a recipe-less model still needs.
-    for name, fallback in dict(epochs=10, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_epochs=1).items():
+    for name, fallback in dict(epochs=10, batch_size=128, lr=1e-3, lr_base_size=256, weight_decay=0.05,
+                               warmup_epochs=1).items():
         if getattr(cfg, name) is None:
             setattr(cfg, name, fallback)
     return cfg

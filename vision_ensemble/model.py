@@ -53,15 +53,21 @@ def create_model(cfg: TrainConfig, num_classes: int) -> tuple[torch.nn.Module, d
             raise ModelError(f"could not load --pretrained-path {cfg.pretrained_path}: {_short(exc)}") from None
         raise ModelError(f"could not download ImageNet weights for {cfg.model} ({_short(exc)}). "
                          "Train from scratch with --no-pretrained, or give local weights with --pretrained-path.") from None
-    return model, training_data_config(model, cfg.img_size)
+    return model, training_data_config(model, cfg.img_size, whole_image=cfg.augment != "photo")
 
 
-def training_data_config(model: torch.nn.Module, img_size: int | None) -> dict:
-    """timm's preprocessing for the model (mean, std, interpolation), at `img_size`, whole image (crop_pct 1)."""
+def training_data_config(model: torch.nn.Module, img_size: int | None, whole_image: bool = True) -> dict:
+    """timm's preprocessing for the model (mean, std, interpolation, crop_pct), at `img_size`.
+
+    `whole_image` (CIFAR-style training) sets crop_pct 1: thumbnails are seen whole in training, evaluation
+    and the app alike.  Photo training keeps the model's own crop_pct (resize to size / crop_pct, centre
+    crop), which the exported config.json carries to evaluation and the app.
+    """
     data_config = resolve_data_config({}, model=model)
     if img_size:
         data_config["input_size"] = (3, img_size, img_size)
-    data_config["crop_pct"] = 1.0  # the model sees the whole image in training, evaluation and the app alike
+    if whole_image:
+        data_config["crop_pct"] = 1.0
     return data_config
 
 

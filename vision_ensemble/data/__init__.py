@@ -4,17 +4,19 @@ sources     image-folder trees, archives of them, torchvision's CIFAR-10
 cache       images decoded once into uint8 arrays, rebuilt when the source changes
 split       the stratified train/val split, stored beside the cache
 loaders     device-resident batches (one gather per batch) or files streamed by workers
-transforms  `BatchTransform`: crop, flip, resize, normalise a uint8 batch on its device
+transforms  `BatchTransform` (resize, normalise; CIFAR crop + flip) and `PhotoTrainTransform`
+            (Kornia RandomResizedCrop, flip, RandAugment, RandomErasing) of a uint8 batch on its device
 """
 
 from .cache import DecodedDataset, ImageArrays, load_dataset, prepare_cache, tree_root_of
 from .loaders import DeviceImageDataset, StreamingImageFolder, device_loader, fits_on_device, streaming_splits
 from .sources import IMAGE_EXTENSIONS, DataError, find_tree_root, fingerprint, scan_image_folder
 from .split import load_split, stratified_split, subset_indices
-from .transforms import BatchTransform
+from .transforms import BatchTransform, PhotoTrainTransform, choose_augment, train_transform
 
 __all__ = [
     "IMAGE_EXTENSIONS", "BatchTransform", "DataError", "DecodedDataset", "DeviceImageDataset", "ImageArrays",
+    "PhotoTrainTransform", "choose_augment", "train_transform",
     "StreamingImageFolder", "device_loader", "find_tree_root", "fingerprint", "fits_on_device", "load_dataset",
     "load_split", "prepare_cache", "scan_image_folder", "stratified_split", "streaming_splits", "subset_indices",
     "tree_root_of",

@@ -1,5 +1,10 @@
-"""`BatchTransform`: crop, flip, resize and normalisation of a uint8 batch wherever it lives.  Its eval
-form, built from a model's saved config, is the preprocessing of training, evaluation and the app alike."""
+"""Batched transforms of uint8 NCHW batches on whatever device they live.
+
+`BatchTransform`: resize + normalise (its eval form, built from a model's saved config, is the preprocessing
+of evaluation and the app alike), with CIFAR's training augmentation (reflect-pad crop, flip) as its train
+form.  `PhotoTrainTransform`: timm's photo fine-tuning augmentation through Kornia, drawn per sample.
+`train_transform` picks one for `--augment`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from ..config import TrainConfig
 
 
 _INTERPOLATION = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest", "area": "area"}
@@ -54,9 +61,11 @@ class BatchTransform:
     def resize(self, images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2:]
         th, tw = self.size
-        scale = max(th, tw) / self.crop_pct / min(h, w)
-        rh, rw = (th, tw) if (h, w) == (th, tw) and self.crop_pct == 1.0 else (
-            max(th, round(h * scale)), max(tw, round(w * scale)))
+        # timm's eval geometry (transforms_imagenet_eval: torchvision Resize + CenterCrop): the shorter side
+        # to floor(size / crop_pct), the longer one in proportion (truncated), then the centred crop.
+        short = math.floor(max(th, tw) / self.crop_pct)
+        rh, rw = (short, int(short * w / h)) if h < w else (int(short * h / w), short)
+        scale = short / min(h, w)
         if rh * rw > 16 * th * tw:
             # An extreme aspect ratio (a 10,000x10 banner) would make the resized image enormous: cut the
             # source to the part the centre crop keeps, plus a margin for the interpolation kernel, first.
@@ -71,7 +80,7 @@ class BatchTransform:
                 # Antialiasing only changes downscaling; its kernel is slower, so upscaling skips it.
                 kwargs = {"align_corners": False, "antialias": rh < h or rw < w}
             images = F.interpolate(images, size=(rh, rw), mode=self.interpolation, **kwargs).clamp_(0, 255)
-        top, left = (rh - th) // 2, (rw - tw) // 2
+        top, left = int(round((rh - th) / 2)), int(round((rw - tw) / 2))
         return images[..., top:top + th, left:left + tw]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -85,3 +94,69 @@ class BatchTransform:
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
         x = (x - self.mean) / self.std
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+
+
+class PhotoTrainTransform(torch.nn.Module):
+    """uint8 NCHW batch -> augmented, normalised float NCHW model input; crops, flips, policy magnitudes and
+    erased boxes are drawn per sample.
+
+    The order of timm's training transform: geometry (RandomResizedCrop with timm's scale (0.08, 1) and
+    ratio (3/4, 4/3), horizontal flip) -> colour/policy (RandAugment or TrivialAugment, on [0, 1] images)
+    -> normalise -> RandomErasing (erased boxes become 0, the mean colour).  MixUp/CutMix come after, in
+    the training loop.  Kornia picks a policy's operations once per call (their magnitudes and signs per
+    image), so the policy runs on groups of `POLICY_GROUP` images: a batch mixes many operations, as timm's
+    per-image draw does, without a call per image.
+    """
+
+    POLICY_GROUP = 16
+
+    def __init__(self, input_size: tuple[int, int, int], mean, std, interpolation: str = "bilinear",
+                 hflip: bool = True, auto_augment: str = "randaugment", magnitude: int = 9,
+                 erase_prob: float = 0.25, channels_last: bool = False):
+        # Imported here: evaluation and the app use only BatchTransform and need not pay Kornia's import.
+        import kornia.augmentation as K
+        from kornia.augmentation.auto import RandAugment, TrivialAugment
+
+        super().__init__()
+        size = tuple(int(s) for s in input_size[-2:])
+        resample = "bicubic" if interpolation == "bicubic" else "bilinear"
+        self.crop = K.RandomResizedCrop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), resample=resample,
+                                        align_corners=False)
+        self.flip = K.RandomHorizontalFlip(p=0.5 if hflip else 0.0)
+        self.policy = {"randaugment": lambda: RandAugment(n=2, m=magnitude), "trivialaugment": TrivialAugment,
+                       "none": lambda: None}[auto_augment]()
+        self.normalize = K.Normalize(torch.tensor(mean), torch.tensor(std))
+        self.erase = K.RandomErasing(scale=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3), p=erase_prob) if erase_prob > 0 else None
+        self.channels_last = channels_last
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.flip(self.crop(images.float() / 255.0)).clamp_(0, 1)  # bicubic overshoots
+        if self.policy is not None:
+            x = torch.cat([self.policy(group) for group in x.split(self.POLICY_GROUP)]).clamp_(0, 1)
+        x = self.normalize(x)
+        if self.erase is not None:
+            x = self.erase(x)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
+
+
+#: `--augment auto` uses CIFAR's augmentation for images up to this size (thumbnails), photo's above.
+THUMBNAIL_MAX_SIZE = 64
+
+
+def choose_augment(augment: str, image_size: int) -> str:
+    """Resolve `--augment auto` from the shorter side of the cached source images."""
+    if augment != "auto":
+        return augment
+    return "cifar" if image_size <= THUMBNAIL_MAX_SIZE else "photo"
+
+
+def train_transform(cfg: TrainConfig, data_config: dict):
+    """The training transform for `cfg.augment` (cifar or photo, already resolved) at the model's input."""
+    if cfg.augment == "cifar":
+        return BatchTransform.from_data_config(data_config, train=True, crop_padding=cfg.crop_padding,
+                                               hflip=cfg.hflip, channels_last=cfg.channels_last)
+    return PhotoTrainTransform(data_config["input_size"], data_config["mean"], data_config["std"],
+                               data_config.get("interpolation", "bilinear"), hflip=cfg.hflip,
+                               auto_augment=cfg.auto_augment, magnitude=cfg.augment_magnitude,
+                               erase_prob=cfg.erase_prob, channels_last=cfg.channels_last)

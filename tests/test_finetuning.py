@@ -1,0 +1,150 @@
+"""Fine-tuning strategies: --freeze, frozen BatchNorm, --layer-decay, the lr scaled to the global batch, and a real
+photo fine-tuning run of train/finetune.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from timm.scheduler import create_scheduler_v2
+
+from conftest import REPO, make_image_folder
+from test_train import ENV, FINETUNE
+from vision_ensemble.config import RECIPES, recipe_config
+from vision_ensemble.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
+
+
+def optimizer_params(optimizer) -> set[int]:
+    return {id(p) for group in optimizer.param_groups for p in group["params"]}
+
+
+def train_step(model, optimizer):
+    keep_frozen_norms_in_eval(model.train())
+    loss = F.cross_entropy(model(torch.randn(8, 3, 32, 32)), torch.randint(0, 5, (8,)))
+    loss.backward()
+    optimizer.step()
+
+
+def test_linear_probe_trains_only_the_classifier_and_keeps_bn_statistics():
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=5)
+    frozen = freeze(model, "backbone")
+    optimizer = create_optimizer(model, recipe_config({"model": "test_resnet"}), lr=1e-2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_step(model, optimizer)
+
+    trained = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trained == {"fc.weight", "fc.bias"} and len(frozen) == len(list(model.parameters())) - 2
+    for name, p in model.named_parameters():
+        assert (p.grad is None) == (name in frozen), name
+    assert optimizer_params(optimizer) == {id(model.fc.weight), id(model.fc.bias)}
+    after = model.state_dict()
+    for key, value in before.items():  # weights and BN running statistics alike
+        changed = not torch.equal(value, after[key])
+        assert changed == key.startswith("fc."), key
+
+
+def test_stages_freeze_keeps_bn_statistics_only_in_the_frozen_stages():
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=5)
+    freeze(model, "stages:1")
+    optimizer = create_optimizer(model, recipe_config({"model": "test_resnet"}), lr=1e-2)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running_mean" in k}
+    train_step(model, optimizer)
+    assert not model.layer3[0].bn1.training and model.layer4[0].bn1.training
+    for key, value in before.items():
+        assert torch.equal(value, model.state_dict()[key]) != key.startswith("layer4."), key
+    assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"layer4", "fc"}
+
+
+@pytest.mark.parametrize("model_name,stages,trained,frozen", [
+    ("seresnet50", 1, {"layer4", "fc"}, {"layer3"}),
+    ("seresnet50", 2, {"layer3", "layer4", "fc"}, {"layer2"}),
+    ("efficientnet_b0", 1, {"blocks.6", "conv_head", "bn2", "classifier"}, {"blocks.5"}),
+    ("vit_small_patch16_224", 2, {"blocks.10", "blocks.11", "norm", "head"}, {"blocks.9", "patch_embed"}),
+])
+def test_stages_freeze_follows_timms_stage_groups(model_name, stages, trained, frozen):
+    model = timm.create_model(model_name, num_classes=4)
+    freeze(model, f"stages:{stages}")
+
+    def prefix(name):  # "blocks.6.0.conv_pw.weight" -> "blocks.6"; "layer4.0.conv1.weight" -> "layer4"
+        parts = name.split(".")
+        return ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
+
+    trainable = {prefix(n) for n, p in model.named_parameters() if p.requires_grad}
+    still = {prefix(n) for n, p in model.named_parameters() if not p.requires_grad}
+    assert trainable == trained
+    assert frozen <= still
+
+
+def test_too_many_stages_is_a_clear_error():
+    model = timm.create_model("test_resnet", num_classes=4)
+    with pytest.raises(ValueError, match="stages:1-4"):
+        freeze(model, "stages:5")
+
+
+def test_layer_decay_scales_each_groups_lr_below_the_head():
+    model = timm.create_model("test_resnet", num_classes=4)
+    cfg = recipe_config({"model": "test_resnet", "layer_decay": 0.5})
+    optimizer = create_optimizer(model, cfg, lr=1e-3)
+    scales = sorted({group["lr_scale"] for group in optimizer.param_groups})
+    assert scales[-1] == 1.0 and len(scales) > 3
+    assert all(a / b == pytest.approx(0.5) for a, b in zip(scales, scales[1:]))
+    fc_group = next(g for g in optimizer.param_groups if any(p is model.fc.weight for p in g["params"]))
+    assert fc_group["lr_scale"] == 1.0
+    # timm's scheduler applies the scale: each group's rate is the scheduled rate times its lr_scale
+    scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=2, warmup_epochs=0, step_on_epochs=False,
+                                       updates_per_epoch=10)
+    scheduler.step_update(num_updates=5)
+    rates = {g["lr"] / g["lr_scale"] for g in optimizer.param_groups}
+    assert len({round(r, 12) for r in rates}) == 1
+
+
+def test_lr_follows_the_global_batch_as_timm_and_recipes_keep_their_rate():
+    for model_name, recipe in RECIPES.items():
+        cfg = recipe_config({"model": model_name})
+        assert scaled_lr(cfg.lr, 512, cfg.lr_base_size, cfg.lr_scale) == (recipe["lr"], "sqrt")
+    # A rate given on the command line is at --lr-base-size (default 256), not at the recipe's batch.
+    assert recipe_config({"model": "efficientnet_b0", "lr": 1e-3}).lr_base_size == 256
+    assert recipe_config({"model": "efficientnet_b0", "lr": 1e-3, "lr_base_size": 64}).lr_base_size == 64
+    assert scaled_lr(3e-3, 64, 512, "auto") == (pytest.approx(3e-3 / 8 ** 0.5), "sqrt")   # AdamW: sqrt
+    assert scaled_lr(0.1, 1024, 256, "auto", optimizer="sgd") == (pytest.approx(0.4), "linear")
+    assert scaled_lr(1e-3, 4096, 256, "linear")[0] == pytest.approx(1.6e-2)
+    assert scaled_lr(1e-3, 4096, 256, "none")[0] == 1e-3
+
+
+@pytest.mark.parametrize("spec", ["stages:x", "stages:0", "head"])
+def test_bad_freeze_spec_is_refused_in_one_line(spec):
+    with pytest.raises(SystemExit, match=f"--freeze {spec}: choose none, backbone or stages:N"):
+        recipe_config({"model": "test_resnet", "freeze": spec})
+
+
+def test_photo_linear_probe_run_records_its_options_and_exports_the_models_crop_pct(tmp_path):
+    root = make_image_folder(tmp_path / "photos", per_class=8, size=(120, 160), fmt="jpg")
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, FINETUNE, "--model", "test_resnet", "--img-size", "64", "--epochs", "1", "--batch-size", "8",
+         "--data-dir", str(root), "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(out),
+         "--val-size", "6", "--augment", "photo", "--auto-augment", "trivialaugment", "--erase-prob", "0.5",
+         "--freeze", "backbone", "--layer-decay", "0.7", "--lr", "4e-3", "--lr-base-size", "32"],
+        env=ENV, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    args = json.loads((out / "training_args.json").read_text())
+    assert args["augment"] == "photo" and args["auto_augment"] == "trivialaugment" and args["erase_prob"] == 0.5
+    assert args["freeze"] == "backbone" and args["layer_decay"] == 0.7
+    assert args["global_batch_size"] == 8 and args["lr_scale"] == "sqrt"
+    assert args["effective_lr"] == pytest.approx(4e-3 * (8 / 32) ** 0.5)  # AdamW: square-root rule
+    assert "lr 0.002 = 0.004 at batch 32 scaled (sqrt) to the global batch 8" in result.stdout
+    config = json.loads((out / "best" / "config.json").read_text())
+    assert config["pretrained_cfg"]["crop_pct"] == timm.create_model("test_resnet").pretrained_cfg["crop_pct"] == 0.95
+    assert config["pretrained_cfg"]["input_size"] == [3, 64, 64]
+    # A linear probe from scratch: the backbone's BatchNorm statistics are still their initial values.
+    weights = load_file(out / "best" / "model.safetensors")
+    assert torch.equal(weights["layer1.0.bn1.running_mean"], torch.zeros_like(weights["layer1.0.bn1.running_mean"]))
+    assert torch.equal(weights["layer4.0.bn2.running_var"], torch.ones_like(weights["layer4.0.bn2.running_var"]))

@@ -1,0 +1,78 @@
+"""Fine-tuning strategies: what trains (`--freeze`), at which rate (`--lr` scaled to the global batch,
+`--layer-decay`), and BatchNorm layers that stay frozen while the rest of the model trains.
+
+Stages are timm's own coarse parameter groups (`model.group_matcher(coarse=True)` through
+`timm.models.group_parameters`): the stem, then one group per stage (ResNet layer1-4, EfficientNet
+blocks.0-6 with conv_head, ViT one group per block with the final norm), then the head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.models import group_parameters
+from timm.optim import create_optimizer_v2
+
+from .config import TrainConfig
+
+OPTIMIZER = "adamw"
+
+
+def scaled_lr(lr: float, global_batch_size: int, lr_base_size: int, rule: str, optimizer: str = OPTIMIZER) -> tuple[float, str]:
+    """timm train.py's rule: lr * ratio, ratio = global batch / base batch, square-rooted for Adam-family
+    (and LAMB) optimizers under 'auto'.  Returns the rate and the rule used."""
+    if rule == "auto":
+        rule = "sqrt" if any(name in optimizer.lower() for name in ("ada", "lamb")) else "linear"
+    ratio = global_batch_size / lr_base_size
+    factor = {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[rule]
+    return lr * factor, rule
+
+
+def stage_groups(model: torch.nn.Module) -> list[list[str]]:
+    """Parameter names per coarse group, input to output; the last group is the head (classifier and neck)."""
+    if not hasattr(model, "group_matcher"):
+        raise ValueError(f"{type(model).__name__} has no timm group_matcher(): use --freeze none or backbone")
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    return [groups[i] for i in sorted(groups)]
+
+
+def freeze(model: torch.nn.Module, spec: str) -> list[str]:
+    """Apply `--freeze` (none | backbone | stages:N) in place: requires_grad False outside the trained part.
+
+    Returns the names of the frozen parameters.  `backbone` trains only `model.get_classifier()` (a linear
+    probe); `stages:N` trains the last N stages and the head.
+    """
+    if spec == "none":
+        return []
+    if spec == "backbone":
+        trained = {id(p) for p in model.get_classifier().parameters()}
+        frozen = [name for name, p in model.named_parameters() if id(p) not in trained]
+    else:
+        num_stages = int(spec.split(":", 1)[1])
+        groups = stage_groups(model)
+        if num_stages >= len(groups) - 1:
+            raise ValueError(f"--freeze {spec}: {type(model).__name__} has {len(groups) - 1} groups below its head "
+                             f"(stem and stages); use stages:1-{len(groups) - 2}, or none to train everything")
+        frozen = [name for group in groups[:len(groups) - 1 - num_stages] for name in group]
+    parameters = dict(model.named_parameters())
+    for name in frozen:
+        parameters[name].requires_grad_(False)
+    return frozen
+
+
+def keep_frozen_norms_in_eval(model: torch.nn.Module) -> torch.nn.Module:
+    """Call after `model.train()`: BatchNorm layers whose parameters are all frozen go back to eval mode, so
+    they normalise with their (pretrained) running statistics and do not update them."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                module.eval()
+    return model
+
+
+def create_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """timm's AdamW over the trainable parameters only (timm's param-group helpers skip requires_grad=False),
+    with per-group `lr_scale` under `--layer-decay` (applied by timm's schedulers)."""
+    return create_optimizer_v2(model, OPTIMIZER, lr=lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
