@@ -134,7 +134,7 @@ def test_killed_cache_build_is_finished_by_resuming_and_equals_a_clean_build(pho
 
 @pytest.fixture(scope="module")
 def trained_runs(photo_folder, tmp_path_factory):
-    """One 2-process epoch per memory mode, sharing one cache; then each best/ folder evaluated."""
+    """One 2-process epoch per memory mode, sharing one cache; then both best/ folders evaluated together."""
     root = tmp_path_factory.mktemp("runs")
     runs = {}
     for mode in ("device", "stream"):
@@ -147,12 +147,12 @@ def trained_runs(photo_folder, tmp_path_factory):
         result = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"data on {mode}" in result.stdout
-        evaluated = subprocess.run([sys.executable, str(REPO / "evaluation" / "evaluate.py"), "--models",
-                                    str(out / "best"), "--data-dir", str(photo_folder), "--cache-dir",
-                                    str(root / "cache"), "--output-dir", str(out / "results")],
-                                   env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600)
-        assert evaluated.returncode == 0, evaluated.stderr[-3000:]
         runs[mode] = out
+    evaluated = subprocess.run([sys.executable, str(REPO / "evaluation" / "evaluate.py"), "--models",
+                                *(str(out / "best") for out in runs.values()), "--data-dir", str(photo_folder),
+                                "--cache-dir", str(root / "cache"), "--output-dir", str(root / "results")],
+                               env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     return runs
 
 
@@ -163,8 +163,9 @@ def test_two_process_photo_run_trains_exports_and_evaluates(trained_runs, mode):
     (row,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert row["val_count"] == 21  # 21 val images over 2 processes: each counted once
     assert json.loads((out / "best" / "config.json").read_text())["label_names"] == list(CLASSES)
-    report = json.loads((out / "results" / "report.json").read_text())
+    report = json.loads((out.parent / "results" / "report.json").read_text())
     assert report["test_images"] == 3 * 14 and report["class_names"] == list(CLASSES)
+    assert str(out / "best") in [m["source"] for m in report["members"]]
     assert len(list((out.parent / "cache").iterdir())) == 1  # evaluation reused training's cache
 
 
