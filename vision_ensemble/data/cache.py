@@ -13,6 +13,7 @@ run decodes only the images still pending."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -89,7 +90,7 @@ class ImageArrays:
 
     def __setstate__(self, state):
         if isinstance(state["pixels"], Path):
-            state["pixels"] = np.load(state["pixels"], mmap_mode="r")
+            state["pixels"] = np.load(state["pixels"], mmap_mode="c")
         self.__dict__.update(state)
 
 
@@ -287,7 +288,8 @@ def prepare_cache(data_dir: str | Path, cache_root: str | Path | None = None, ca
         hf = sources.open_hf_dataset(data_dir)
         local = Path(data_dir).expanduser()
         source = str(local.resolve()) if local.exists() else data_dir
-        print_name = Path(data_dir.rstrip("/*")).name.split(".")[0] or "dataset"
+        print_name = next((part for part in reversed(Path(data_dir).parts) if not glob.has_magic(part)), "dataset")
+        print_name = print_name.split(".")[0]
         source_fp = "-".join(f"{name}:{split._fingerprint}" for name, split in hf.items())
     else:
         source = Path(data_dir).expanduser().resolve()
@@ -346,7 +348,8 @@ def tree_root_of(cache_dir: Path) -> Path:
 def _load_arrays(cache_dir: Path, split: str) -> ImageArrays | None:
     if not (cache_dir / f"{split}_images.npy").exists():
         return None
-    arrays = ImageArrays(np.load(cache_dir / f"{split}_images.npy", mmap_mode="r"),
+    # Copy-on-write: writable for torch.from_numpy, but nothing ever goes back to the file.
+    arrays = ImageArrays(np.load(cache_dir / f"{split}_images.npy", mmap_mode="c"),
                          np.load(cache_dir / f"{split}_labels.npy"))
     status_file = cache_dir / f"{split}_status.npy"
     if status_file.exists():

@@ -129,8 +129,9 @@ def open_hf_dataset(data_dir: str):
         try:
             loaded = datasets.load_dataset(data_dir)
         except Exception as exc:  # offline, unknown id, gated: many exception types
-            raise DataError(f"could not load the Hub dataset {data_dir} ({type(exc).__name__}); offline, pass a local "
-                            "copy instead: --data-dir <folder saved with Dataset.save_to_disk, or parquet files>") from None
+            raise DataError(f"{data_dir} is no local file or folder, and could not load the Hub dataset {data_dir} "
+                            f"({type(exc).__name__}); offline, pass a local copy instead: --data-dir <a folder saved "
+                            "with save_to_disk, or parquet files>") from None
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
     splits = datasets.DatasetDict({HF_SPLITS[name]: split for name, split in loaded.items() if name in HF_SPLITS})
