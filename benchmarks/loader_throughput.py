@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -99,6 +100,8 @@ def main():
     p.add_argument("--steps", type=int, default=20, help="timed batches per measurement")
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--pipelines", nargs="+", default=["device", "mapped", "torchvision"],
+                   choices=["device", "mapped", "torchvision"], help="measure only these (e.g. for peak memory)")
     args = p.parse_args()
     device = torch.device(args.device)
     data = load_dataset(args.data_dir, args.cache_dir, cache_size=args.cache_size)
@@ -107,11 +110,18 @@ def main():
           f"cache images {data.train.image_shape}")
     print(f"{'output size':>11}  {'device-resident img/s':>22}  {'memory-mapped img/s':>20}  "
           f"{'torchvision DataLoader img/s':>29}  {'speed-up':>8}")
+    pipelines = {"device": lambda size: device_resident(data, size, args.batch_size, device),
+                 "mapped": lambda size: memory_mapped(data, size, args.batch_size, device, args.workers),
+                 "torchvision": lambda size: torchvision_pipeline(data, size, args.batch_size, device, args.workers)}
     for size in args.sizes:
-        ours = measure(device_resident(data, size, args.batch_size, device), device, 3, args.steps)
-        mapped = measure(memory_mapped(data, size, args.batch_size, device, args.workers), device, 3, args.steps)
-        base = measure(torchvision_pipeline(data, size, args.batch_size, device, args.workers), device, 3, args.steps)
-        print(f"{size:>11}  {ours:>22,.0f}  {mapped:>20,.0f}  {base:>29,.0f}  {ours / base:>5.1f}x / {mapped / base:.1f}x")
+        rate = {name: measure(pipelines[name](size), device, 3, args.steps) if name in args.pipelines else float("nan")
+                for name in pipelines}
+        base = rate["torchvision"]
+        print(f"{size:>11}  {rate['device']:>22,.0f}  {rate['mapped']:>20,.0f}  {base:>29,.0f}  "
+              f"{rate['device'] / base:>5.1f}x / {rate['mapped'] / base:.1f}x")
+    peak = {who: resource.getrusage(getattr(resource, f"RUSAGE_{who.upper()}")).ru_maxrss / 2**20
+            for who in ("self", "children")}
+    print(f"peak RSS: this process {peak['self']:.2f} GiB, largest DataLoader worker {peak['children']:.2f} GiB")
 
 
 if __name__ == "__main__":

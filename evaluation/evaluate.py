@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch
 
-from vision_ensemble.config import CIFAR10_NAME, DEFAULT_CROP_PCT, DEFAULT_SEED, DEFAULT_VAL_SIZE, default_cache_size
+from vision_ensemble.config import CIFAR10_NAME, DEFAULT_SEED, DEFAULT_VAL_SIZE, default_cache_size
 from vision_ensemble.data import DataError, load_dataset, subset_indices
 from vision_ensemble.ensemble import Ensemble, Member
 from vision_ensemble.hub import MODEL_CARD, fill_results, results_markdown
@@ -53,9 +53,8 @@ def main(argv=None) -> int:
     try:
         members = [Member.load(source, device=args.device) for source in args.models]
         class_names = Ensemble(members).class_names  # checks that the members agree
-        # Training's default (input / 0.875) unless a member crops tighter: the same cache is reused.
-        cache_size = args.cache_size or max(default_cache_size(
-            max(m.data_config["input_size"][1:]), min(m.data_config.get("crop_pct", 1.0), DEFAULT_CROP_PCT))
+        cache_size = args.cache_size or max(  # as training's default, so its cache is reused
+            default_cache_size(max(m.data_config["input_size"][1:]), m.data_config.get("crop_pct", 1.0))
             for m in members)
         data = load_dataset(args.data_dir, args.cache_dir, args.val_size if args.val_size < 1 else int(args.val_size),
                             args.seed, cache_size)

@@ -3,7 +3,6 @@ resumable cache; 2-process training in both memory modes; Hugging Face datasets 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal

@@ -26,12 +26,13 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.models import get_pretrained_cfg
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
-from vision_ensemble.config import TrainConfig, build_parser, default_cache_size, recipe_config
+from vision_ensemble.config import DEFAULT_CROP_PCT, TrainConfig, build_parser, default_cache_size, recipe_config
 from vision_ensemble.data import (BatchTransform, DataError, DeviceImageDataset, device_loader, fits_on_device,
                                   load_dataset, stream_loader, subset_indices)
 from vision_ensemble.hub import HubError, default_repo_id, member_card, push_folder
@@ -112,7 +113,10 @@ def main(argv=None) -> int:
 
     # --- data: decoded once (main process first) into a memory-mapped cache, then kept on the device or
     # gathered from the memory map batch by batch -------------------------------------------------------------
-    cache_size = cfg.cache_size or default_cache_size(cfg.img_size or 224)
+    pretrained_cfg = get_pretrained_cfg(cfg.model, allow_unregistered=True)  # the model's own input size
+    cache_size = cfg.cache_size or default_cache_size(
+        cfg.img_size or (pretrained_cfg.input_size[-1] if pretrained_cfg else 224),
+        pretrained_cfg.crop_pct if pretrained_cfg else DEFAULT_CROP_PCT)
     with accelerator.main_process_first():
         data = load_dataset(cfg.data_dir, cfg.cache_dir, cfg.val_size, cfg.seed, cache_size)
     train_subset = subset_indices(len(data.train), cfg.max_train_samples, cfg.seed)

@@ -28,9 +28,11 @@ DEFAULT_CROP_PCT = 0.875  # timm's default eval crop: a 224 px input is cropped 
 
 
 def default_cache_size(img_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:
-    """Decoded-cache size for a model input: the eval resize (img_size / crop_pct) rounded up to a multiple of
-    32, so 224 px -> 256 px and 32 px -> 64 px; RandomResizedCrop and the eval crop both work inside it."""
-    return math.ceil(img_size / crop_pct / 32) * 32
+    """Decoded-cache size for a model input: the eval resize (img_size / crop_pct, with at least timm's default
+    margin) rounded up to a multiple of 32, so 224 px -> 256 px and 32 px -> 64 px whatever the model's
+    crop_pct between 0.875 and 1 (training and evaluation then share one cache); RandomResizedCrop and the
+    eval crop both work inside it."""
+    return math.ceil(img_size / min(crop_pct, DEFAULT_CROP_PCT) / 32) * 32
 
 
 def default_cache_root() -> Path:
