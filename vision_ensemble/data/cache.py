@@ -13,6 +13,7 @@ run decodes only the images still pending."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import io
@@ -159,10 +160,15 @@ def _worker_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _pool(items: dict[str, object]) -> ProcessPoolExecutor:
+@contextlib.contextmanager
+def _pool(items: dict[str, object]):
     # fork: workers inherit the split items (a `datasets` table, path lists) instead of unpickling them.
     context = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
-    return ProcessPoolExecutor(_worker_count(), mp_context=context, initializer=_init_worker, initargs=(items,))
+    pool = ProcessPoolExecutor(_worker_count(), mp_context=context, initializer=_init_worker, initargs=(items,))
+    try:
+        yield pool
+    finally:  # on Ctrl-C, stop after the chunks in progress instead of decoding the whole queue
+        pool.shutdown(cancel_futures=True)
 
 
 def _chunks(indices: np.ndarray) -> list[np.ndarray]:
@@ -182,8 +188,8 @@ def _choose_size(pool: ProcessPoolExecutor, split: str, count: int, cache_size: 
             warnings.warn(f"{other} image(s) are not {common[0]}x{common[1]}; resized and centre-cropped to it",
                           stacklevel=3)
         return common
-    print(f"images larger than {cache_size} px are stored resized (shorter side {cache_size} px) and "
-          f"centre-cropped to {cache_size}x{cache_size} (--cache-size)")
+    print(f"most images are {common[0]}x{common[1]} or so, larger than the cache size: they are stored resized "
+          f"(shorter side {cache_size} px) and centre-cropped to {cache_size}x{cache_size} (--cache-size)")
     return cache_size, cache_size
 
 
