@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch
 
-from vision_ensemble.config import CIFAR10_NAME, DEFAULT_SEED, DEFAULT_VAL_SIZE
+from vision_ensemble.config import CIFAR10_NAME, DEFAULT_SEED, DEFAULT_VAL_SIZE, default_cache_size
 from vision_ensemble.data import DataError, load_dataset, subset_indices
 from vision_ensemble.ensemble import Ensemble, Member
 from vision_ensemble.hub import MODEL_CARD, fill_results, results_markdown
@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", required=True, help="member model folders or Hub repo ids")
     p.add_argument("--data-dir", default=CIFAR10_NAME, help="dataset, as for training (default: cifar10)")
     p.add_argument("--cache-dir", help="decoded-dataset cache, as for training")
+    p.add_argument("--cache-size", type=int, help="decoded-cache image size, as for training (default: from the "
+                   "members' input size and crop_pct, e.g. 224 -> 256)")
     p.add_argument("--val-size", type=float, default=DEFAULT_VAL_SIZE, help="must match training's split")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="split seed; must match training's")
     p.add_argument("--output-dir", type=Path, default=Path("results"), help="where report.json etc. go")
@@ -53,12 +55,15 @@ def main(argv=None) -> int:
     command = "python evaluation/evaluate.py " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
         require_trackers(args.report_to)  # before decoding data or loading members
-        data = load_dataset(args.data_dir, args.cache_dir, args.val_size if args.val_size < 1 else int(args.val_size),
-                            args.seed)
-        if data.test is None:
-            raise DataError(f"{args.data_dir} has no test/ split to evaluate on")
         members = [Member.load(source, device=args.device) for source in args.models]
         class_names = Ensemble(members).class_names  # checks that the members agree
+        cache_size = args.cache_size or max(  # as training's default, so its cache is reused
+            default_cache_size(max(m.data_config["input_size"][1:]), m.data_config.get("crop_pct", 1.0))
+            for m in members)
+        data = load_dataset(args.data_dir, args.cache_dir, args.val_size if args.val_size < 1 else int(args.val_size),
+                            args.seed, cache_size)
+        if data.test is None:
+            raise DataError(f"{args.data_dir} has no test/ split to evaluate on")
         if class_names != data.class_names:
             raise ModelError(f"the members' classes {class_names} differ from the dataset's {data.class_names}")
     except (DataError, ModelError, TrackingError) as exc:

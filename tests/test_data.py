@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import make_image_folder
 from vision_ensemble.config import CIFAR10_CLASSES
 from vision_ensemble.data import (BatchTransform, DeviceImageDataset, device_loader, load_dataset, prepare_cache,
-                                  scan_image_folder, stratified_split, streaming_splits, tree_root_of)
+                                  scan_image_folder, stratified_split, stream_loader, tree_root_of)
 
 
 def test_cifar10_archive_counts_and_label_order(cifar10):
@@ -140,14 +140,20 @@ def test_eval_transform_matches_torchvision_resize_and_centre_crop():
     torch.testing.assert_close(ours, reference, atol=1e-3, rtol=0)
 
 
-def test_streaming_path_yields_the_cached_pixels(tmp_path):
+def test_stream_loader_gathers_batches_from_the_memory_mapped_cache(tmp_path):
     root = make_image_folder(tmp_path / "data", per_class=6, fmt="png")
-    ds = load_dataset(root, cache_root=tmp_path / "cache", val_size=0.25, seed=5)
-    splits = streaming_splits(ds.cache_dir, val_size=0.25, seed=5)
-    loader = torch.utils.data.DataLoader(splits["val"], batch_size=len(splits["val"]), num_workers=2)
-    images, labels = next(iter(loader))
-    np.testing.assert_array_equal(images.permute(0, 2, 3, 1).numpy(), ds.val.images)
-    np.testing.assert_array_equal(labels.numpy(), ds.val.labels)
+    ds = load_dataset(root, cache_root=tmp_path / "cache", val_size=0.5, seed=5)
+    assert isinstance(ds.val.pixels, np.memmap)  # nothing decoded or copied into RAM up front
+    expected = ds.val.images
+    loader = stream_loader(ds.val, batch_size=4, shuffle=True, num_workers=2)
+    found = []
+    for images, labels in loader:  # shuffled batches: each image still comes with its own label
+        assert images.dtype == torch.uint8 and images.shape[1:] == (3, 80, 100)
+        for image, label in zip(images.permute(0, 2, 3, 1).numpy(), labels.numpy()):
+            (index,) = [i for i in range(len(expected)) if np.array_equal(expected[i], image)]
+            assert ds.val.labels[index] == label
+            found.append(index)
+    assert sorted(found) == list(range(len(expected))) and found != sorted(found)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (5, 3), (10, 20_000), (20_000, 10), (333, 500)])

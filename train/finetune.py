@@ -26,13 +26,14 @@ from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, set_seed
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.models import get_pretrained_cfg
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
-from vision_ensemble.config import TrainConfig, build_parser, recipe_config
+from vision_ensemble.config import DEFAULT_CROP_PCT, TrainConfig, build_parser, default_cache_size, recipe_config
 from vision_ensemble.data import (BatchTransform, DataError, DeviceImageDataset, choose_augment, device_loader,
-                                  fits_on_device, load_dataset, streaming_splits, subset_indices, train_transform)
+                                  fits_on_device, load_dataset, stream_loader, subset_indices, train_transform)
 from vision_ensemble.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
 from vision_ensemble.hub import HubError, default_repo_id, member_card, push_folder
 from vision_ensemble.model import ModelError, create_model, export_model
@@ -112,9 +113,14 @@ def main(argv=None) -> int:
     set_seed(cfg.seed)
     print_main = accelerator.print
 
-    # --- data: decoded once (main process first), then kept on the device or streamed ---------------------
+    # --- data: decoded once (main process first) into a memory-mapped cache, then kept on the device or
+    # gathered from the memory map batch by batch -------------------------------------------------------------
+    pretrained_cfg = get_pretrained_cfg(cfg.model, allow_unregistered=True)  # the model's own input size
+    cache_size = cfg.cache_size or default_cache_size(
+        cfg.img_size or (pretrained_cfg.input_size[-1] if pretrained_cfg else 224),
+        pretrained_cfg.crop_pct if pretrained_cfg else DEFAULT_CROP_PCT)
     with accelerator.main_process_first():
-        data = load_dataset(cfg.data_dir, cfg.cache_dir, cfg.val_size, cfg.seed)
+        data = load_dataset(cfg.data_dir, cfg.cache_dir, cfg.val_size, cfg.seed, cache_size)
     train_subset = subset_indices(len(data.train), cfg.max_train_samples, cfg.seed)
     val_subset = subset_indices(len(data.val), cfg.max_eval_samples, cfg.seed)
     train_arrays = data.train if train_subset is None else data.train.subset(train_subset)
@@ -124,7 +130,7 @@ def main(argv=None) -> int:
     # --- model, what of it trains, and its preprocessing -------------------------------------------------------
     # Resolved here so training_args.json records the augmentation that ran; it also sets the eval geometry
     # (photo: the model's own crop_pct; cifar: the whole image).
-    cfg.augment = choose_augment(cfg.augment, min(train_arrays.images.shape[1:3]))
+    cfg.augment = choose_augment(cfg.augment, min(train_arrays.image_shape[:2]))
     model, data_config = create_model(cfg, num_classes)
     try:
         frozen = freeze(model, cfg.freeze)
@@ -137,7 +143,7 @@ def main(argv=None) -> int:
 
     # MixUp/CutMix pair samples within a batch, so train batches have a fixed, even size.
     batch_size = min(cfg.batch_size, len(train_arrays) // accelerator.num_processes) // 2 * 2
-    nbytes = train_arrays.images.nbytes + val_arrays.images.nbytes
+    nbytes = train_arrays.nbytes + val_arrays.nbytes
     data_mode = cfg.data_mode if cfg.data_mode != "auto" else (
         "device" if fits_on_device(nbytes, accelerator.device) else "stream")
     if data_mode == "device":
@@ -145,16 +151,10 @@ def main(argv=None) -> int:
                                      shuffle=True, drop_last=True, seed=cfg.seed)
         val_loader = device_loader(DeviceImageDataset(val_arrays, accelerator.device), cfg.batch_size * 2,
                                    shuffle=False)
-    else:
-        streams = streaming_splits(data.cache_dir, cfg.val_size, cfg.seed)  # same files, same order as the cache
-        if train_subset is not None:
-            streams["train"] = torch.utils.data.Subset(streams["train"], train_subset)
-        if val_subset is not None:
-            streams["val"] = torch.utils.data.Subset(streams["val"], val_subset)
-        loader_args = dict(num_workers=cfg.num_workers, pin_memory=on_gpu, persistent_workers=cfg.num_workers > 0)
-        train_loader = torch.utils.data.DataLoader(streams["train"], batch_size, shuffle=True, drop_last=True,
-                                                   **loader_args)
-        val_loader = torch.utils.data.DataLoader(streams["val"], cfg.batch_size * 2, **loader_args)
+    else:  # no decoding here: workers read whole batches from the memory-mapped cache
+        train_loader = stream_loader(train_arrays, batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
+                                     num_workers=cfg.num_workers)
+        val_loader = stream_loader(val_arrays, cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers)
 
     # --- optimisation: timm's AdamW at a rate scaled to the global batch, warmup + cosine per step, ------------
     # MixUp/CutMix + label smoothing, EMA

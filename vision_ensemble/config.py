@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -24,6 +25,15 @@ CIFAR10_CLASSES = (
 )
 DEFAULT_VAL_SIZE = 0.1  # fraction of train (or a count): 5,000 of CIFAR-10's 50,000
 DEFAULT_SEED = 0
+DEFAULT_CROP_PCT = 0.875  # timm's default eval crop: a 224 px input is cropped from a 256 px resize
+
+
+def default_cache_size(img_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:
+    """Decoded-cache size for a model input: the eval resize (img_size / crop_pct, with at least timm's default
+    margin) rounded up to a multiple of 32, so 224 px -> 256 px and 32 px -> 64 px whatever the model's
+    crop_pct between 0.875 and 1 (training and evaluation then share one cache); RandomResizedCrop and the
+    eval crop both work inside it."""
+    return math.ceil(img_size / min(crop_pct, DEFAULT_CROP_PCT) / 32) * 32
 
 
 def default_cache_root() -> Path:
@@ -107,10 +117,11 @@ class TrainConfig:
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format"})
     mixed_precision: str | None = field(default=None, metadata={"help": "no|bf16|fp16 (default: bf16 on GPU, no on CPU)"})
     seed: int = field(default=DEFAULT_SEED, metadata={"help": "random seed (data split, init, augmentation)"})
-    data_dir: str = field(default=CIFAR10_NAME, metadata={"help": "'cifar10' (torchvision download), an image-folder tree, or a .tar.gz/.zip of one"})
+    data_dir: str = field(default=CIFAR10_NAME, metadata={"help": "'cifar10' (torchvision download), an image-folder tree, a .tar.gz/.zip of one, a `datasets` save_to_disk folder, parquet files (folder or glob), or a Hub dataset id such as uoft-cs/cifar10"})
     cache_dir: str | None = field(default=None, metadata={"help": "decoded-dataset cache (default: $VISION_ENSEMBLE_CACHE or ~/.cache/vision_ensemble)"})
+    cache_size: int | None = field(default=None, metadata={"help": "decoded-cache image size in px: data whose typical image is larger is stored resized (shorter side) and centre-cropped to this square (default: img-size / 0.875 rounded up to a multiple of 32, e.g. 224 -> 256)"})
     val_size: float = field(default=DEFAULT_VAL_SIZE, metadata={"help": "validation split taken from train: a fraction or a count (ignored if the data has val/)"})
-    data_mode: str = field(default="auto", metadata={"help": "device: decoded data kept on the GPU; stream: DataLoader with workers; auto: device when it fits"})
+    data_mode: str = field(default="auto", metadata={"help": "device: decoded data kept on the GPU; stream: batches gathered from the memory-mapped cache by DataLoader workers; auto: device when it fits"})
     num_workers: int = field(default=4, metadata={"help": "DataLoader workers for --data-mode stream"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only this many training images (quick runs)"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use only this many validation images"})

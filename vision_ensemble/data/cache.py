@@ -1,12 +1,29 @@
-"""The decoded cache: images decoded once into uint8 arrays beside the source's fingerprint, rebuilt when
-the source changes; the stratified train/val split stored beside it; `load_dataset` returns all three splits."""
+"""The decoded cache: images decoded once, by a pool of worker processes, into memory-mapped uint8 `.npy`
+files beside the source's fingerprint; rebuilt when the source changes; the stratified train/val split stored
+beside it; `load_dataset` returns all three splits, read from the memory maps only where indexed.
+
+Image size: when the typical (most common) image is within `cache_size`, images are kept at that size as
+decoded (CIFAR-10 stays 32x32, bit for bit) and the odd other size is resized and centre-cropped to it.  Larger
+images (photos) are resized so the shorter side is `cache_size`, then centre-cropped to a `cache_size` square:
+one shape, so a batch is one tensor.
+
+Building is resumable: each split's `*_status.npy` marks every image pending, done or unreadable and is
+flushed as work completes; `meta.json` is written last, so a cache without it is never used, and the next
+run decodes only the images still pending."""
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import hashlib
+import io
 import json
+import mmap
+import multiprocessing
+import os
 import warnings
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,24 +31,68 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..config import CIFAR10_NAME, DEFAULT_SEED, DEFAULT_VAL_SIZE, default_cache_root
-from ..images import ImageError, load_rgb
+from ..config import CIFAR10_NAME, DEFAULT_SEED, DEFAULT_VAL_SIZE, default_cache_root, default_cache_size
+from ..images import ImageError, load_rgb, oriented_size
+from . import sources
 from .sources import DataError, extract, find_tree_root, fingerprint, is_archive, scan_image_folder
 from .split import load_split
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+PENDING, DONE, UNREADABLE = 0, 1, 2  # values of *_status.npy
+CHUNK = 64  # images per task given to a worker; the status file is flushed after each
 
 
 @dataclass
 class ImageArrays:
-    images: np.ndarray  # (N, H, W, 3) uint8
+    """Images and labels.  `pixels` is usually a read-only memory map of the cache: only what is indexed is read."""
+
+    pixels: np.ndarray  # (M, H, W, 3) uint8
     labels: np.ndarray  # (N,) int64
+    rows: np.ndarray | None = None  # which rows of `pixels` these N images are (None: all of them, in order)
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.pixels.shape[1:])
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * int(np.prod(self.image_shape))
+
+    @property
+    def images(self) -> np.ndarray:
+        """All N images (N, H, W, 3): the memory map itself when it holds exactly them, else a copy in RAM."""
+        return self.pixels if self.rows is None else self.gather(np.arange(len(self)))
+
     def subset(self, indices: np.ndarray) -> "ImageArrays":
-        return ImageArrays(self.images[indices], self.labels[indices])
+        """A view of some of the images (no pixels are read or copied)."""
+        rows = np.arange(len(self))[indices] if self.rows is None else self.rows[indices]
+        return ImageArrays(self.pixels, self.labels[indices], rows)
+
+    def gather(self, indices) -> np.ndarray:
+        """Images `indices` in RAM, in that order, read with one sorted fancy index (sequential on disk)."""
+        rows = np.asarray(indices) if self.rows is None else self.rows[indices]
+        order = np.argsort(rows, kind="stable")
+        out = np.empty((len(rows), *self.image_shape), dtype=np.uint8)
+        out[order] = self.pixels[rows[order]]
+        if isinstance(self.pixels, np.memmap):
+            # The pages just read stay in the OS page cache, but leave this process's resident set, so a
+            # long epoch over a large cache does not show up as (reclaimable) memory held by training.
+            self.pixels._mmap.madvise(mmap.MADV_DONTNEED)
+        return out
+
+    def __getstate__(self):  # DataLoader workers reopen the memory map instead of receiving a copy of it
+        state = dict(self.__dict__)
+        if isinstance(self.pixels, np.memmap):
+            state["pixels"] = Path(self.pixels.filename)
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state["pixels"], Path):
+            state["pixels"] = np.load(state["pixels"], mmap_mode="c")
+        self.__dict__.update(state)
 
 
 @dataclass
@@ -44,81 +105,172 @@ class DecodedDataset:
     split_file: Path
     skipped: int  # unreadable files left out of the cache
 
-def _decode_files(paths: list[Path], desc: str) -> tuple[list[np.ndarray | None], int]:
-    images, bad = [], []
-    for p in tqdm(paths, desc=desc, unit="img", mininterval=1.0):
+
+@dataclass
+class SplitSource:
+    """One split to decode: `items[i]` is what `load_rgb` reads (a file path, or a `datasets` image's bytes)."""
+
+    items: object  # a sequence
+    labels: np.ndarray
+    paths: list[Path] | None = None  # file sources: named in meta.json when unreadable
+
+    def name(self, index: int) -> str:
+        return str(self.paths[index]) if self.paths is not None else f"row {index}"
+
+
+# --- worker processes: each gets the items of every split once (inherited through fork) ------------------
+
+_ITEMS: dict[str, object] = {}
+
+
+def _init_worker(items: dict[str, object]) -> None:
+    global _ITEMS
+    _ITEMS = items
+
+
+def _read_sizes(split: str, indices: np.ndarray) -> Counter:
+    """Image sizes (height, width after EXIF rotation) from the headers, without decoding."""
+    sizes = Counter()
+    for i in indices:
+        item = _ITEMS[split][i]
         try:
-            images.append(load_rgb(p))
+            with Image.open(io.BytesIO(item) if isinstance(item, bytes) else item) as image:
+                sizes[oriented_size(image)] += 1
+        except (OSError, SyntaxError, ValueError):
+            pass  # unreadable: the decode reports it
+    return sizes
+
+
+def _decode_chunk(split: str, image_file: str, indices: np.ndarray, size: tuple[int, int]) -> list[tuple[int, str | None]]:
+    """Decode images `indices` straight into their rows of the memory-mapped cache file."""
+    images = np.load(image_file, mmap_mode="r+")
+    results = []
+    for i in indices:
+        try:
+            images[i] = load_rgb(_ITEMS[split][i], size=size)
+            results.append((int(i), None))
         except ImageError as exc:
-            images.append(None)
-            bad.append(f"{p}: {exc}")
-    if bad:
-        warnings.warn(f"{desc}: skipped {len(bad)} unreadable image file(s), e.g. {bad[0]}", stacklevel=2)
-    return images, len(bad)
+            results.append((int(i), str(exc)))
+    images.flush()  # on disk (or in the page cache, which outlives a killed process) before it is marked done
+    del images
+    return results
 
 
-def _resize_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Shorter side to fit, then centre crop: used only when a folder mixes image sizes."""
-    h, w = size
-    pil = Image.fromarray(image)
-    scale = max(h / pil.height, w / pil.width)
-    pil = pil.resize((max(w, round(pil.width * scale)), max(h, round(pil.height * scale))), Image.BICUBIC)
-    left, top = (pil.width - w) // 2, (pil.height - h) // 2
-    return np.asarray(pil.crop((left, top, left + w, top + h)))
+def _worker_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _stack(images: list[np.ndarray], labels: np.ndarray, size: tuple[int, int] | None) -> tuple[ImageArrays, tuple[int, int]]:
-    keep = [i for i, im in enumerate(images) if im is not None]
-    kept = [images[i] for i in keep]
-    if not kept:
+@contextlib.contextmanager
+def _pool(items: dict[str, object]):
+    # fork: workers inherit the split items (a `datasets` table, path lists) instead of unpickling them.
+    context = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
+    pool = ProcessPoolExecutor(_worker_count(), mp_context=context, initializer=_init_worker, initargs=(items,))
+    try:
+        yield pool
+    finally:  # on Ctrl-C, stop after the chunks in progress instead of decoding the whole queue
+        pool.shutdown(cancel_futures=True)
+
+
+def _chunks(indices: np.ndarray) -> list[np.ndarray]:
+    return [indices[i:i + CHUNK] for i in range(0, len(indices), CHUNK)]
+
+
+def _choose_size(pool: ProcessPoolExecutor, split: str, count: int, cache_size: int) -> tuple[int, int]:
+    sizes = Counter()
+    for result in pool.map(_read_sizes, [split] * len(range(0, count, CHUNK)), _chunks(np.arange(count))):
+        sizes.update(result)
+    if not sizes:
         raise DataError("no readable images")
-    if size is None:
-        size = Counter(im.shape[:2] for im in kept).most_common(1)[0][0]
-    mixed = sum(im.shape[:2] != tuple(size) for im in kept)
-    if mixed:
-        warnings.warn(f"{mixed} image(s) are not {size[0]}x{size[1]}; resized and centre-cropped to it", stacklevel=2)
-        kept = [im if im.shape[:2] == tuple(size) else _resize_to(im, size) for im in kept]
-    return ImageArrays(np.stack(kept), labels[keep]), tuple(size)
+    common = sizes.most_common(1)[0][0]
+    if max(common) <= cache_size:
+        other = sum(sizes.values()) - sizes[common]
+        if other:
+            warnings.warn(f"{other} image(s) are not {common[0]}x{common[1]}; resized and centre-cropped to it",
+                          stacklevel=3)
+        return common
+    print(f"most images are {common[0]}x{common[1]} or so, larger than the cache size: they are stored resized "
+          f"(shorter side {cache_size} px) and centre-cropped to {cache_size}x{cache_size} (--cache-size)")
+    return cache_size, cache_size
 
 
-def _save_arrays(cache_dir: Path, split: str, arrays: ImageArrays) -> None:
-    np.save(cache_dir / f"{split}_images.npy", arrays.images)
-    np.save(cache_dir / f"{split}_labels.npy", arrays.labels)
+def _resumable(cache_dir: Path, source_fp: str) -> bool:
+    """An interrupted build of this same source is there to finish."""
+    plan_file = cache_dir / "build.json"
+    plan = json.loads(plan_file.read_text()) if plan_file.exists() else {}
+    return plan.get("fingerprint") == source_fp and plan.get("format") == CACHE_FORMAT
 
 
-def _load_arrays(cache_dir: Path, split: str) -> ImageArrays | None:
-    if not (cache_dir / f"{split}_images.npy").exists():
-        return None
-    return ImageArrays(np.load(cache_dir / f"{split}_images.npy"), np.load(cache_dir / f"{split}_labels.npy"))
-
-
-def _build_from_folder(root: Path, cache_dir: Path) -> dict:
-    meta = {"splits": {}, "skipped": 0}
-    paths, labels, class_names = scan_image_folder(root / "train")
-    size = None
-    for split in ("train", "val", "test"):
-        if split != "train":
-            if not (root / split).is_dir():
-                continue
-            paths, labels, _ = scan_image_folder(root / split, class_names)
-        decoded, skipped = _decode_files(paths, f"decoding {split}")
-        arrays, size = _stack(decoded, labels, size)
-        _save_arrays(cache_dir, split, arrays)
-        meta["splits"][split] = len(arrays)
-        meta["skipped"] += skipped
-    meta["class_names"] = class_names
-    meta["image_size"] = list(size)
+def _build(cache_dir: Path, splits: dict[str, SplitSource], source_fp: str, cache_size: int) -> dict:
+    """Decode every split into memory-mapped files, resuming an interrupted build of the same source."""
+    plan_file = cache_dir / "build.json"
+    resuming = _resumable(cache_dir, source_fp)
+    with _pool({name: split.items for name, split in splits.items()}) as pool:
+        if resuming:
+            size = tuple(json.loads(plan_file.read_text())["image_size"])
+        else:
+            for stale in cache_dir.glob("*.npy"):
+                stale.unlink()
+            size = _choose_size(pool, "train", len(splits["train"].labels), cache_size)
+            for name, split in splits.items():
+                np.lib.format.open_memmap(cache_dir / f"{name}_images.npy", "w+", np.uint8, (len(split.labels), *size, 3))
+                np.save(cache_dir / f"{name}_labels.npy", split.labels)
+                np.save(cache_dir / f"{name}_status.npy", np.zeros(len(split.labels), np.uint8))
+            plan_file.write_text(json.dumps({"fingerprint": source_fp, "format": CACHE_FORMAT, "image_size": size}))
+        statuses = {name: np.load(cache_dir / f"{name}_status.npy", mmap_mode="r+") for name in splits}
+        total = sum(len(s) for s in statuses.values())
+        pending = sum(int((s == PENDING).sum()) for s in statuses.values())
+        if resuming and pending:
+            print(f"resuming an interrupted cache build in {cache_dir}: {total - pending:,} of {total:,} images done")
+        futures = {pool.submit(_decode_chunk, name, str(cache_dir / f"{name}_images.npy"), chunk, size): name
+                   for name, status in statuses.items() for chunk in _chunks(np.flatnonzero(status == PENDING))}
+        with tqdm(total=total, initial=total - pending, desc=f"decoding ({_worker_count()} processes)", unit="img",
+                  mininterval=1.0, smoothing=0.05) as bar:
+            for future in as_completed(futures):
+                status, results = statuses[futures[future]], future.result()
+                for i, error in results:
+                    status[i] = DONE if error is None else UNREADABLE
+                status.flush()
+                bar.update(len(results))
+    meta = {"splits": {}, "skipped_files": [], "image_size": list(size), "cache_size": cache_size}
+    for name, status in statuses.items():
+        meta["splits"][name] = int((status == DONE).sum())
+        meta["skipped_files"] += [f"{name}: {splits[name].name(i)}" for i in np.flatnonzero(status == UNREADABLE)]
+    meta["skipped"] = len(meta["skipped_files"])
+    if meta["skipped"]:
+        warnings.warn(f"skipped {meta['skipped']} unreadable image file(s), e.g. {meta['skipped_files'][0]} "
+                      f"(all listed in {cache_dir / 'meta.json'})", stacklevel=3)
+    if meta["splits"]["train"] == 0:
+        raise DataError("no readable images")
     return meta
+
+
+def _folder_splits(root: Path) -> tuple[dict[str, SplitSource], list[str]]:
+    paths, labels, class_names = scan_image_folder(root / "train")
+    splits = {"train": SplitSource([str(p) for p in paths], labels, paths)}
+    for name in ("val", "test"):
+        if (root / name).is_dir():
+            paths, labels, _ = scan_image_folder(root / name, class_names)
+            splits[name] = SplitSource([str(p) for p in paths], labels, paths)
+    return splits, class_names
+
+
+def _hf_splits(hf, data_dir: str) -> tuple[dict[str, SplitSource], list[str]]:
+    image, label = sources.hf_columns(hf["train"], data_dir)
+    class_names = sources.hf_class_names(hf, label)
+    splits = {name: SplitSource(sources.HFImages(split, image), sources.hf_labels(split, label, class_names))
+              for name, split in hf.items()}
+    return splits, class_names
 
 
 def _build_from_torchvision_cifar10(cache_dir: Path) -> dict:
     from torchvision.datasets import CIFAR10
 
-    meta = {"splits": {}, "skipped": 0}
+    meta = {"splits": {}, "skipped": 0, "skipped_files": []}
     try:
         for split, train in (("train", True), ("test", False)):
             ds = CIFAR10(root=cache_dir.parent / "torchvision", train=train, download=True)
-            _save_arrays(cache_dir, split, ImageArrays(np.asarray(ds.data), np.asarray(ds.targets, dtype=np.int64)))
+            np.save(cache_dir / f"{split}_images.npy", np.asarray(ds.data))
+            np.save(cache_dir / f"{split}_labels.npy", np.asarray(ds.targets, dtype=np.int64))
             meta["splits"][split] = len(ds)
     except Exception as exc:  # network errors come in many types
         raise DataError(f"could not download CIFAR-10 through torchvision ({type(exc).__name__}: {exc}). "
@@ -129,20 +281,33 @@ def _build_from_torchvision_cifar10(cache_dir: Path) -> dict:
     return meta
 
 
-def prepare_cache(data_dir: str | Path, cache_root: str | Path | None = None) -> Path:
+def prepare_cache(data_dir: str | Path, cache_root: str | Path | None = None, cache_size: int | None = None) -> Path:
     """Decode `data_dir` once into a cache folder (rebuilt when the source changes); return that folder."""
     cache_root = Path(cache_root) if cache_root else default_cache_root()
-    if str(data_dir) == CIFAR10_NAME:
+    cache_size = cache_size or default_cache_size(224)
+    data_dir = str(data_dir)
+    hf = None
+    if data_dir == CIFAR10_NAME:
         source, print_name, source_fp = CIFAR10_NAME, CIFAR10_NAME, "torchvision-cifar10"
+    elif sources.looks_like_hub_id(data_dir) or sources.parquet_files(data_dir) or \
+            sources.is_saved_hf_dataset(Path(data_dir).expanduser()):
+        hf = sources.open_hf_dataset(data_dir)
+        local = Path(data_dir).expanduser()
+        source = str(local.resolve()) if local.exists() else data_dir
+        print_name = next((part for part in reversed(Path(data_dir).parts) if not glob.has_magic(part)), "dataset")
+        print_name = print_name.split(".")[0]
+        source_fp = "-".join(f"{name}:{split._fingerprint}" for name, split in hf.items())
     else:
         source = Path(data_dir).expanduser().resolve()
         if not source.exists():
             raise DataError(f"data source not found: {data_dir}")
         if not (source.is_dir() or is_archive(source)):
-            raise DataError(f"{data_dir}: not a folder or a .tar.gz/.tgz/.tar/.zip archive")
+            raise DataError(f"{data_dir}: not a folder, a .tar.gz/.tgz/.tar/.zip archive, parquet files or a "
+                            "Hugging Face dataset")
         print_name = source.name.split(".")[0]
         source_fp = fingerprint(source)
-    cache_dir = cache_root / f"{print_name}-{hashlib.sha256(str(source).encode()).hexdigest()[:10]}"
+    key = hashlib.sha256(f"{source}\0{cache_size}".encode()).hexdigest()[:10]
+    cache_dir = cache_root / f"{print_name}-{cache_size}px-{key}"
     meta_file = cache_dir / "meta.json"
     if meta_file.exists():
         meta = json.loads(meta_file.read_text())
@@ -155,31 +320,57 @@ def prepare_cache(data_dir: str | Path, cache_root: str | Path | None = None) ->
     cache_dir.mkdir(parents=True, exist_ok=True)
     if source == CIFAR10_NAME:
         meta = _build_from_torchvision_cifar10(cache_dir)
-    elif source.is_dir():
-        meta = _build_from_folder(find_tree_root(source), cache_dir)
     else:
-        extracted = cache_dir / "extracted"
-        print(f"extracting {source.name} into {extracted}")
-        extract(source, extracted)
-        meta = _build_from_folder(find_tree_root(extracted), cache_dir)
+        if hf is not None:
+            splits, class_names = _hf_splits(hf, data_dir)
+        elif source.is_dir():
+            splits, class_names = _folder_splits(find_tree_root(source))
+        else:
+            extracted = cache_dir / "extracted"
+            if not (_resumable(cache_dir, source_fp) and extracted.is_dir()):
+                print(f"extracting {source.name} into {extracted}")
+                extract(source, extracted)
+            splits, class_names = _folder_splits(find_tree_root(extracted))
+        meta = _build(cache_dir, splits, source_fp, cache_size)
+        meta["class_names"] = class_names
     meta.update(source=str(source), fingerprint=source_fp, format=CACHE_FORMAT)
     tmp = meta_file.with_suffix(".partial")
     tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(meta_file)  # written last: a cache without meta.json is rebuilt
+    tmp.replace(meta_file)  # written last: a cache without meta.json is finished (or rebuilt) before use
     return cache_dir
 
 
 def tree_root_of(cache_dir: Path) -> Path:
-    """The image-folder tree behind a cache (for the streaming path)."""
+    """The image-folder tree behind a cache (for baselines that read the files)."""
     meta = json.loads((cache_dir / "meta.json").read_text())
     source = Path(meta["source"])
-    return find_tree_root(cache_dir / "extracted" if source.is_file() else source)
+    if (cache_dir / "extracted").is_dir():
+        return find_tree_root(cache_dir / "extracted")
+    if not source.is_dir() or sources.is_saved_hf_dataset(source) or sources.parquet_files(str(source)):
+        raise DataError(f"{meta['source']} is not an image-folder tree")
+    return find_tree_root(source)
+
+
+def _load_arrays(cache_dir: Path, split: str) -> ImageArrays | None:
+    if not (cache_dir / f"{split}_images.npy").exists():
+        return None
+    # Copy-on-write: writable for torch.from_numpy, but nothing ever goes back to the file.
+    arrays = ImageArrays(np.load(cache_dir / f"{split}_images.npy", mmap_mode="c"),
+                         np.load(cache_dir / f"{split}_labels.npy"))
+    status_file = cache_dir / f"{split}_status.npy"
+    if status_file.exists():
+        done = np.load(status_file) == DONE
+        if not done.all():  # unreadable files keep an empty row, left out here
+            arrays = arrays.subset(np.flatnonzero(done))
+    return arrays
 
 
 def load_dataset(data_dir: str | Path = CIFAR10_NAME, cache_root: str | Path | None = None,
-                 val_size: float | int = DEFAULT_VAL_SIZE, seed: int = DEFAULT_SEED) -> DecodedDataset:
-    """Decoded train/val/test arrays (val from `val/` if the data has one, else a stratified split)."""
-    cache_dir = prepare_cache(data_dir, cache_root)
+                 val_size: float | int = DEFAULT_VAL_SIZE, seed: int = DEFAULT_SEED,
+                 cache_size: int | None = None) -> DecodedDataset:
+    """Train/val/test images backed by the memory-mapped cache (val from the data's own val split if it has
+    one, else a stratified split of train).  `cache_size`: see the module docstring (default 256 px)."""
+    cache_dir = prepare_cache(data_dir, cache_root, cache_size)
     meta = json.loads((cache_dir / "meta.json").read_text())
     train = _load_arrays(cache_dir, "train")
     val = _load_arrays(cache_dir, "val")
@@ -188,7 +379,7 @@ def load_dataset(data_dir: str | Path = CIFAR10_NAME, cache_root: str | Path | N
         val_idx, split_file = load_split(cache_dir, train.labels, val_size, seed)
         mask = np.zeros(len(train), dtype=bool)
         mask[val_idx] = True
-        train, val = train.subset(~mask), train.subset(mask)
+        train, val = train.subset(np.flatnonzero(~mask)), train.subset(np.flatnonzero(mask))
     return DecodedDataset(train=train, val=val, test=_load_arrays(cache_dir, "test"),
                           class_names=meta["class_names"], cache_dir=cache_dir, split_file=split_file,
                           skipped=meta["skipped"])

@@ -1,8 +1,10 @@
 """Sources: where images come from.  An image-folder tree (`train/<class>/*`, `test/<class>/*`, optional
-`val/`), a `.tar.gz`/`.zip` of one (extracted once), or `cifar10` (torchvision's download)."""
+`val/`), a `.tar.gz`/`.zip` of one (extracted once), `cifar10` (torchvision's download), or a Hugging Face
+dataset (a `save_to_disk` folder, parquet files, or a Hub id read through `datasets`, imported only then)."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import shutil
 import tarfile
@@ -79,3 +81,107 @@ def scan_image_folder(split_dir: Path, class_names: list[str] | None = None) -> 
         paths += files
         labels += [label] * len(files)
     return paths, np.asarray(labels, dtype=np.int64), list(class_names)
+
+
+# --- Hugging Face `datasets`: a save_to_disk folder, parquet files, or a Hub dataset id -------------------
+
+HF_SPLITS = {"train": "train", "validation": "val", "val": "val", "test": "test"}  # theirs -> ours
+
+
+def _datasets():
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("reading Hugging Face datasets needs the `datasets` package: pip install datasets") from None
+    return datasets
+
+
+def parquet_files(data_dir: str) -> list[str]:
+    """The parquet files `data_dir` names: one file, a glob, or a folder holding them (at any depth)."""
+    path = Path(data_dir).expanduser()
+    if path.is_file():
+        return [str(path)] if path.suffix == ".parquet" else []
+    if path.is_dir():
+        return sorted(str(p) for p in path.rglob("*.parquet"))
+    return sorted(p for p in glob.glob(str(path)) if p.endswith(".parquet"))
+
+
+def is_saved_hf_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists())
+
+
+def looks_like_hub_id(data_dir: str) -> bool:
+    parts = str(data_dir).split("/")
+    return len(parts) == 2 and all(parts) and not Path(data_dir).expanduser().exists() and "*" not in data_dir
+
+
+def open_hf_dataset(data_dir: str):
+    """A `datasets.DatasetDict` of our splits (train, val, test) from a saved folder, parquet files or a Hub id."""
+    datasets = _datasets()
+    path = Path(data_dir).expanduser()
+    if is_saved_hf_dataset(path):
+        loaded = datasets.load_from_disk(str(path))
+    elif path.is_dir():  # split names from file names (train-*.parquet, test-*.parquet), as on the Hub
+        loaded = datasets.load_dataset("parquet", data_dir=str(path))
+    elif parquet_files(data_dir):
+        loaded = datasets.load_dataset("parquet", data_files={"train": parquet_files(data_dir)})
+    else:
+        try:
+            loaded = datasets.load_dataset(data_dir)
+        except Exception as exc:  # offline, unknown id, gated: many exception types
+            raise DataError(f"{data_dir} is no local file or folder, and could not load the Hub dataset {data_dir} "
+                            f"({type(exc).__name__}); offline, pass a local copy instead: --data-dir <a folder saved "
+                            "with save_to_disk, or parquet files>") from None
+    if isinstance(loaded, datasets.Dataset):
+        loaded = datasets.DatasetDict({"train": loaded})
+    splits = datasets.DatasetDict({HF_SPLITS[name]: split for name, split in loaded.items() if name in HF_SPLITS})
+    if "train" not in splits:
+        raise DataError(f"{data_dir}: no train split (found {', '.join(loaded)})")
+    return splits
+
+
+def hf_columns(split, data_dir: str) -> tuple[str, str]:
+    """(image column, label column): an Image and a ClassLabel feature, else columns named image/img, label/labels."""
+    datasets = _datasets()
+    features = split.features
+    image = next((n for n, f in features.items() if isinstance(f, datasets.Image)), None) or \
+        next((n for n in ("image", "img") if n in features), None)
+    label = next((n for n, f in features.items() if isinstance(f, datasets.ClassLabel)), None) or \
+        next((n for n in ("label", "labels") if n in features), None)
+    if image is None or label is None:
+        raise DataError(f"{data_dir}: needs an image column (an Image feature, or named image/img) and a label column "
+                        f"(a ClassLabel feature, or named label/labels); its columns are {', '.join(features)}")
+    return image, label
+
+
+def hf_class_names(splits, label: str) -> list[str]:
+    """Class names from the ClassLabel feature, else the sorted distinct labels of train."""
+    feature = splits["train"].features[label]
+    if isinstance(feature, _datasets().ClassLabel):
+        return list(feature.names)
+    return sorted({str(v) for v in splits["train"][label]})
+
+
+def hf_labels(split, label: str, class_names: list[str]) -> np.ndarray:
+    if isinstance(split.features[label], _datasets().ClassLabel):
+        return np.asarray(split[label], dtype=np.int64)
+    index = {name: i for i, name in enumerate(class_names)}
+    try:
+        return np.asarray([index[str(v)] for v in split[label]], dtype=np.int64)
+    except KeyError as exc:
+        raise DataError(f"label {exc} is not among train's labels {class_names}") from None
+
+
+class HFImages:
+    """Encoded images of one `datasets` split, read by index (in the cache's worker processes too)."""
+
+    def __init__(self, split, column: str):
+        self.rows = split.select_columns([column]).cast_column(column, _datasets().Image(decode=False))
+        self.column = column
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> bytes | str:
+        image = self.rows[int(index)][self.column]
+        return image["bytes"] if image["bytes"] is not None else image["path"]
