@@ -51,12 +51,24 @@ class BatchTransform:
         flip = torch.rand(images.shape[0], device=images.device) < 0.5
         return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
 
+    def resized_shape(self, h: int, w: int) -> tuple[float, int, int]:
+        """(scale, height, width) of an h x w image before the centre crop to `size`."""
+        th, tw = self.size
+        scale = max(th, tw) / self.crop_pct / min(h, w)
+        if (h, w) == (th, tw) and self.crop_pct == 1.0:
+            return 1.0, th, tw
+        return scale, max(th, round(h * scale)), max(tw, round(w * scale))
+
+    def crop_box(self, h: int, w: int) -> tuple[float, float, float, float]:
+        """(top, left, height, width), in an h x w source image's pixels, of the part the model sees."""
+        _, rh, rw = self.resized_shape(h, w)
+        th, tw = self.size
+        return (rh - th) // 2 * h / rh, (rw - tw) // 2 * w / rw, th * h / rh, tw * w / rw
+
     def resize(self, images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2:]
         th, tw = self.size
-        scale = max(th, tw) / self.crop_pct / min(h, w)
-        rh, rw = (th, tw) if (h, w) == (th, tw) and self.crop_pct == 1.0 else (
-            max(th, round(h * scale)), max(tw, round(w * scale)))
+        scale, rh, rw = self.resized_shape(h, w)
         if rh * rw > 16 * th * tw:
             # An extreme aspect ratio (a 10,000x10 banner) would make the resized image enormous: cut the
             # source to the part the centre crop keeps, plus a margin for the interpolation kernel, first.
