@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch
 
 from vision_ensemble.config import (CIFAR10_NAME, DEFAULT_ATTACK_SAMPLES, DEFAULT_SEED, DEFAULT_VAL_SIZE,
-                                    UNCERTAINTY_FLAGGED_ACCURACY)
+                                    PGD_STEPS, UNCERTAINTY_FLAGGED_ACCURACY)
 from vision_ensemble.data import DataError, load_dataset, subset_indices
 from vision_ensemble.diagnostics import diagnose
 from vision_ensemble.ensemble import Ensemble, Member
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "and accuracy under FGSM/PGD attacks (robustness.png)")
     p.add_argument("--attack-samples", type=int, default=DEFAULT_ATTACK_SAMPLES,
                    help="test images attacked by --diagnose (a seeded subset)")
+    p.add_argument("--pgd-steps", type=int, default=PGD_STEPS, help="PGD iterations per radius for --diagnose")
     p.add_argument("--update-card", action="store_true", help="write the results into model_card.md")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
     written = write_outputs(evaluation, predictions, test_labels, args.output_dir)
     if args.diagnose:
         diagnose(evaluation.report, ensemble, test_images, test_labels, evaluation.test_calibrated, args.output_dir,
-                 args.attack_samples, args.seed)
+                 args.attack_samples, args.pgd_steps, args.seed)
         written += [args.output_dir / "error_gallery.png", args.output_dir / "robustness.png"]
     if args.update_card:
         MODEL_CARD.write_text(fill_results(MODEL_CARD.read_text(), results_markdown(evaluation.report)))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +59,8 @@ def _per_sample_nll(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
-def _accuracy(model: PixelClassifier, pixels: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((model(pixels).argmax(dim=1) == labels).float().mean() * 100)
+def _correct(model: PixelClassifier, pixels: torch.Tensor, labels: torch.Tensor) -> int:
+    return int((model(pixels).argmax(dim=1) == labels).sum())
 
 
 def attack_accuracies(model: PixelClassifier, pixels: torch.Tensor, labels: torch.Tensor, epsilons: list[float],
@@ -81,7 +82,7 @@ def attack_accuracies(model: PixelClassifier, pixels: torch.Tensor, labels: torc
                                "pgd": pgd.perturb(x, radius=eps, step_size=2.5 * eps / pgd_steps, step_num=pgd_steps,
                                                   target=y)}
             for attack, x_adv in adversarial.items():
-                correct[attack][i] += _accuracy(model, x_adv, y) * len(y) / 100
+                correct[attack][i] += _correct(model, x_adv, y)
             if progress is not None:
                 progress.update(1)
     return {attack: (c / len(pixels) * 100).tolist() for attack, c in correct.items()}
@@ -98,7 +99,8 @@ def robustness(ensemble: Ensemble, images: torch.Tensor, labels: np.ndarray, eps
     start = time.perf_counter()
     result = {"fgsm": {}, "pgd": {}}
     steps = len(models) * len(epsilons) * -(-len(pixels) // batch_size)
-    with tqdm(total=steps, desc="FGSM/PGD", unit="batch") as progress:
+    with tqdm(total=steps, desc="FGSM/PGD", unit="batch") as progress, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Input Tensor 0 did not already require gradients")  # Captum sets it
         for name, model in models.items():
             accuracies = attack_accuracies(model.eval(), pixels, targets, epsilons, pgd_steps, batch_size, progress)
             for attack, values in accuracies.items():
@@ -140,7 +142,8 @@ def error_gallery(member: Member, images: torch.Tensor, labels: np.ndarray, prob
 
 
 def diagnose(report: dict, ensemble: Ensemble, images: torch.Tensor, labels: np.ndarray, probs: np.ndarray,
-             output_dir: Path, attack_samples: int = DEFAULT_ATTACK_SAMPLES, seed: int = 0) -> dict:
+             output_dir: Path, attack_samples: int = DEFAULT_ATTACK_SAMPLES, pgd_steps: int = PGD_STEPS,
+             seed: int = 0) -> dict:
     """Write error_gallery.png and robustness.png, add the "diagnostics" entry to `report`, rewrite report.json.
 
     `images` (uint8 NCHW), `labels` and calibrated `probs` are the test split `report` was measured on.
@@ -150,7 +153,7 @@ def diagnose(report: dict, ensemble: Ensemble, images: torch.Tensor, labels: np.
                            output_dir / "error_gallery.png")
     keep = subset_indices(len(labels), attack_samples, seed)
     keep = np.arange(len(labels)) if keep is None else keep
-    attacks = {**robustness(ensemble, images[torch.from_numpy(keep)], labels[keep]), "seed": seed}
+    attacks = {**robustness(ensemble, images[torch.from_numpy(keep)], labels[keep], pgd_steps=pgd_steps), "seed": seed}
     save(robustness_figure(attacks), output_dir / "robustness.png")
     report["diagnostics"] = {
         "gallery": "error_gallery.png", "gallery_member": explained.source, "confident_errors": errors,

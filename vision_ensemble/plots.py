@@ -70,7 +70,7 @@ def error_gallery_figure(rows: list[tuple], title: str):
             ax.set_title(caption, fontsize=9)
             ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the title above the first row
     return fig
 
 
