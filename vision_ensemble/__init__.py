@@ -6,7 +6,9 @@ data/       sources -> decoded cache -> stratified split -> device-resident / st
 model       timm creation (pretrained or local weights), export in timm's Hub format, loading it back
 hub         push to and fetch from the Hugging Face Hub; model cards from model_card.md
 ensemble    members, soft voting, temperature scaling, calibration, uncertainty rule, the ensemble.json manifest
-report      the evaluation report from member probabilities: fitted weights and temperature, metrics, figures
+report      the evaluation report from member probabilities: fitted weights, temperature, uncertainty rule, metrics
+explain     Grad-CAM heatmaps per member (grad-cam library) and their overlay on the image
+diagnostics evaluate.py --diagnose: confident-error gallery, top confusions, accuracy under FGSM/PGD (Captum)
 thresholds  exact decision-threshold search for binary-classifier scores, curves, plots
-plots       training curves, confusion matrix, reliability diagram
+plots       training curves, confusion matrix, reliability diagram, error gallery, accuracy under attack
 """
