@@ -72,19 +72,21 @@ def attack_accuracies(model: PixelClassifier, pixels: torch.Tensor, labels: torc
     # small everywhere, so with the default such images could never be attacked.
     fgsm.zero_thresh = pgd.fgsm.zero_thresh = 0.0
     correct = {"fgsm": np.zeros(len(epsilons)), "pgd": np.zeros(len(epsilons))}
-    for start in range(0, len(pixels), batch_size):
-        x, y = pixels[start:start + batch_size], labels[start:start + batch_size]
-        for i, eps in enumerate(epsilons):
-            if eps == 0:
-                adversarial = {"fgsm": x, "pgd": x}
-            else:
-                adversarial = {"fgsm": fgsm.perturb(x, eps, y),
-                               "pgd": pgd.perturb(x, radius=eps, step_size=2.5 * eps / pgd_steps, step_num=pgd_steps,
-                                                  target=y)}
-            for attack, x_adv in adversarial.items():
-                correct[attack][i] += _correct(model, x_adv, y)
-            if progress is not None:
-                progress.update(1)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Input Tensor 0 did not already require gradients")  # Captum sets it
+        for start in range(0, len(pixels), batch_size):
+            x, y = pixels[start:start + batch_size], labels[start:start + batch_size]
+            for i, eps in enumerate(epsilons):
+                if eps == 0:
+                    adversarial = {"fgsm": x, "pgd": x}
+                else:
+                    adversarial = {"fgsm": fgsm.perturb(x, eps, y),
+                                   "pgd": pgd.perturb(x, radius=eps, step_size=2.5 * eps / pgd_steps,
+                                                      step_num=pgd_steps, target=y)}
+                for attack, x_adv in adversarial.items():
+                    correct[attack][i] += _correct(model, x_adv, y)
+                if progress is not None:
+                    progress.update(1)
     return {attack: (c / len(pixels) * 100).tolist() for attack, c in correct.items()}
 
 
@@ -99,8 +101,7 @@ def robustness(ensemble: Ensemble, images: torch.Tensor, labels: np.ndarray, eps
     start = time.perf_counter()
     result = {"fgsm": {}, "pgd": {}}
     steps = len(models) * len(epsilons) * -(-len(pixels) // batch_size)
-    with tqdm(total=steps, desc="FGSM/PGD", unit="batch") as progress, warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Input Tensor 0 did not already require gradients")  # Captum sets it
+    with tqdm(total=steps, desc="FGSM/PGD", unit="batch") as progress:
         for name, model in models.items():
             accuracies = attack_accuracies(model.eval(), pixels, targets, epsilons, pgd_steps, batch_size, progress)
             for attack, values in accuracies.items():
