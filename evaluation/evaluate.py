@@ -103,9 +103,8 @@ def main(argv=None) -> int:
     evaluation.report["uncertainty"]["out_of_domain"] = out_of_domain_flags(ensemble, ood_images)
     written = write_outputs(evaluation, predictions, test_labels, args.output_dir)
     if args.diagnose:
-        diagnose(evaluation.report, ensemble, test_images, test_labels, evaluation.test_calibrated, args.output_dir,
-                 args.attack_samples, args.pgd_steps, args.seed)
-        written += [args.output_dir / "error_gallery.png", args.output_dir / "robustness.png"]
+        written += diagnose(evaluation.report, ensemble, test_images, test_labels, evaluation.test_calibrated,
+                            args.output_dir, args.attack_samples, args.pgd_steps, args.seed)
     if args.update_card:
         MODEL_CARD.write_text(fill_results(MODEL_CARD.read_text(), results_markdown(evaluation.report)))
     print("\n".join(summary_lines(evaluation.report)))

@@ -144,21 +144,24 @@ def error_gallery(member: Member, images: torch.Tensor, labels: np.ndarray, prob
 
 def diagnose(report: dict, ensemble: Ensemble, images: torch.Tensor, labels: np.ndarray, probs: np.ndarray,
              output_dir: Path, attack_samples: int = DEFAULT_ATTACK_SAMPLES, pgd_steps: int = PGD_STEPS,
-             seed: int = 0) -> dict:
-    """Write error_gallery.png and robustness.png, add the "diagnostics" entry to `report`, rewrite report.json.
+             seed: int = 0) -> list[Path]:
+    """Write error_gallery.png and robustness.png, add the "diagnostics" entry to `report`, rewrite report.json;
+    return the figures' paths.
 
     `images` (uint8 NCHW), `labels` and calibrated `probs` are the test split `report` was measured on.
     """
     explained = ensemble.members[int(np.argmax(ensemble.weights))]
-    errors = error_gallery(explained, images, labels, probs, confident_errors(probs, labels), ensemble.class_names,
-                           output_dir / "error_gallery.png")
+    worst = confident_errors(probs, labels)
+    errors = error_gallery(explained, images, labels, probs, worst, ensemble.class_names,
+                           output_dir / "error_gallery.png") if len(worst) else []
     keep = subset_indices(len(labels), attack_samples, seed)
     keep = np.arange(len(labels)) if keep is None else keep
     attacks = {**robustness(ensemble, images[torch.from_numpy(keep)], labels[keep], pgd_steps=pgd_steps), "seed": seed}
     save(robustness_figure(attacks), output_dir / "robustness.png")
     report["diagnostics"] = {
-        "gallery": "error_gallery.png", "gallery_member": explained.source, "confident_errors": errors,
+        "gallery": "error_gallery.png" if errors else None, "gallery_member": explained.source,
+        "confident_errors": errors,
         "top_confusions": top_confusions(report["confusion_matrix"], ensemble.class_names),
         "robustness_plot": "robustness.png", "robustness": attacks}
     (output_dir / "report.json").write_text(json.dumps(report, indent=2))
-    return report["diagnostics"]
+    return [output_dir / name for name in (report["diagnostics"]["gallery"], "robustness.png") if name]

@@ -141,8 +141,9 @@ def diagnostics_markdown(d: dict) -> list[str]:
     lines = ["\n### Where it goes wrong", "\nMost frequent confusions on the test split (true -> predicted):\n",
              "| true | predicted | images |", "| --- | --- | --- |"]
     lines += [f"| {c['true']} | {c['predicted']} | {c['count']} |" for c in d["top_confusions"]]
-    lines.append(f"\n`{d['gallery']}` shows the {len(d['confident_errors'])} most confident errors with Grad-CAM of "
-                 f"the highest-weight member, `{d['gallery_member']}`, for the true and the predicted class.")
+    if d["gallery"]:
+        lines.append(f"\n`{d['gallery']}` shows the {len(d['confident_errors'])} most confident errors with Grad-CAM "
+                     f"of the highest-weight member, `{d['gallery_member']}`, for the true and the predicted class.")
     r = d["robustness"]
     header = " | ".join(f"{e}/255" if e else "clean" for e in r["epsilons_255"])
     lines += ["\n### Robustness to small pixel changes",

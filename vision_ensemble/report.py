@@ -134,4 +134,8 @@ def summary_lines(report: dict) -> list[str]:
     e = report["ensemble"]
     lines.append(f"ensemble: top-1 {e['top1']:.2f}%  top-3 {e['top3']:.2f}%  ECE {e['ece_uncalibrated'] * 100:.2f}% -> "
                  f"{e['ece_calibrated'] * 100:.2f}% (T = {e['temperature']:.3f})")
+    if "uncertainty" in report:
+        u = report["uncertainty"]
+        lines.append(f"uncertainty hint (probability < {u['min_confidence']:.3f} or members agreeing < "
+                     f"{u['min_agreement']:.0%}): fires on {u['test_fire_rate'] * 100:.1f}% of test images")
     return lines
