@@ -148,7 +148,7 @@ def diagnostics_markdown(d: dict) -> list[str]:
     header = " | ".join(f"{e}/255" if e else "clean" for e in r["epsilons_255"])
     lines += ["\n### Robustness to small pixel changes",
               f"\nTop-1 (%) on {r['samples']} test images under untargeted L-inf attacks in pixel space (Captum's "
-              f"FGSM, and PGD with {r['pgd_steps']} steps of {r['pgd_step_size']}), each network attacked through "
+              f"FGSM, and PGD: {r['pgd_steps']} steps of 2.5 epsilon / {r['pgd_steps']}), each network attacked through "
               f"its own preprocessing, the ensemble through its soft vote (`{d['robustness_plot']}`):\n",
               f"| attack | model | {header} |", "| --- | --- |" + " --- |" * len(r["epsilons_255"])]
     for attack in ("fgsm", "pgd"):
