@@ -233,7 +233,7 @@ def build_demo(ensemble: Ensemble | None, status: str, report: dict | None) -> g
                                            interactive=False)
                     timing = gr.Markdown()
                     explanations = gr.Gallery(label="Grad-CAM: where each member looked for the top class",
-                                              columns=3, height="auto")
+                                              columns=3, height="auto", object_fit="contain")
                     explain_timing = gr.Markdown()
             example_files = sorted(str(p) for p in EXAMPLES.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
             if example_files:

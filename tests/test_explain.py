@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO
-from test_app import start_app
+from test_app import CHROMIUM, start_app
 from test_ensemble import make_member
 from vision_ensemble.config import CIFAR10_CLASSES
 from vision_ensemble.data import BatchTransform
@@ -88,7 +89,7 @@ def explain_app(tmp_path_factory):
     (root / "ensemble.json").write_text(json.dumps(manifest))
     process, url = start_app(root / "ensemble.json", tmp_path_factory.mktemp("log") / "app.log")
     from gradio_client import Client
-    yield Client(url, verbose=False)
+    yield Client(url, verbose=False), url
     process.terminate()
     process.wait(timeout=30)
 
@@ -97,7 +98,7 @@ def test_explain_endpoint_returns_one_overlay_per_member(explain_app, tmp_path):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    client = explain_app
+    client, _ = explain_app
     photo = EXAMPLES / "china.jpg"
     label, _, _ = client.predict(handle_file(str(photo)), api_name="/classify")
     gallery, timing = client.predict(handle_file(str(photo)), api_name="/explain")
@@ -111,3 +112,24 @@ def test_explain_endpoint_returns_one_overlay_per_member(explain_app, tmp_path):
     (tmp_path / "not_an_image.png").write_text("label,score\n1,0.5\n")
     with pytest.raises(AppError, match="not an image file"):
         client.predict(handle_file(str(tmp_path / "not_an_image.png")), api_name="/explain")
+
+
+@pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true", reason="Debian's chromium is not installed")
+def test_explain_button_shows_the_overlays_in_the_browser(explain_app, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    _, url = explain_app
+    shots = Path(os.environ.get("SCREENSHOT_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(url, wait_until="networkidle")
+        page.locator("input[type=file]").first.set_input_files(str(EXAMPLES / "china.jpg"))
+        page.get_by_role("button", name="Explain (Grad-CAM per member)").click()
+        page.get_by_text("Grad-CAM for the ensemble's top class").first.wait_for(state="visible", timeout=60_000)
+        gallery = page.locator("[data-testid='gallery'], .gallery-container").first
+        gallery.locator("img").first.wait_for(state="visible", timeout=20_000)
+        assert gallery.locator("img").count() >= 2  # one overlay per member
+        page.screenshot(path=str(shots / "tab_classify_explain.png"), full_page=True)
+        browser.close()
