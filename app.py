@@ -4,12 +4,13 @@
     python app.py --manifest results/ensemble.json --port 7860
     python app.py --manifest owner/ensemble-repo   # a Hub repo holding ensemble.json
 
-API endpoints (stable names for gradio_client): /classify, /inspect_csv, /optimize_threshold.
+API endpoints (stable names for gradio_client): /classify, /explain, /inspect_csv, /optimize_threshold.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -24,6 +25,7 @@ import torch
 
 from vision_ensemble.config import DEFAULT_MANIFEST, MAX_CSV_ROWS, MAX_UPLOAD_BYTES
 from vision_ensemble.ensemble import Ensemble
+from vision_ensemble.explain import explain_members
 from vision_ensemble.hub import MODEL_CARD, HubError, fill_results, results_markdown, split_front_matter
 from vision_ensemble.images import ImageError, load_rgb
 from vision_ensemble.model import ModelError
@@ -117,6 +119,46 @@ def make_classify(ensemble: Ensemble | None):
     return classify
 
 
+def _read_upload(image) -> np.ndarray:
+    """The uploaded image's pixels, or a gr.Error saying in plain words why not."""
+    path = _upload_path(image)
+    if not path or not os.path.isfile(path):
+        raise gr.Error("Upload an image first.")
+    if os.path.getsize(path) > MAX_UPLOAD_BYTES:
+        raise gr.Error(f"The file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
+    try:
+        return load_rgb(path)
+    except ImageError as exc:
+        raise gr.Error(f"Could not use this file: {exc}.") from None
+
+
+def make_explain(ensemble: Ensemble | None):
+    # Grad-CAM hooks see every forward pass of the module they are on: a member served by eager PyTorch may be
+    # running a Classify request at the same moment, so Explain uses its own copy (ONNX-served members' torch
+    # networks are idle and shared).
+    models = [m.model if m.session is not None else copy.deepcopy(m.model) for m in ensemble.members] if ensemble else []
+
+    def explain(image):
+        """Image -> (one Grad-CAM overlay per member for the ensemble's top class, with captions; timing)."""
+        if ensemble is None:
+            raise gr.Error("No model weights are loaded; see the note on this tab for how to point the app at them.")
+        pixels = _read_upload(image)
+        start = time.perf_counter()
+        try:
+            probs, _ = ensemble.predict(torch.from_numpy(pixels).permute(2, 0, 1)[None])
+            top = int(probs[0].argmax())
+            overlays = explain_members(ensemble.members, models, pixels, top)
+        except Exception:  # never a stack trace in the UI; the server log keeps it
+            log.exception("Grad-CAM failed for a %sx%s image", pixels.shape[1], pixels.shape[0])
+            raise gr.Error("Explaining the prediction failed on the server; the details are in its log.") from None
+        elapsed = time.perf_counter() - start
+        name = ensemble.class_names[top]
+        gallery = [(o, f"{m.source}: Grad-CAM for '{name}'") for m, o in zip(ensemble.members, overlays)]
+        return gallery, (f"Grad-CAM for the ensemble's top class '{name}' ({probs[0, top]:.2f}) on {len(overlays)} "
+                         f"members in {elapsed * 1000:.0f} ms. Red: the regions that raised this class's score most.")
+    return explain
+
+
 def _table_from_upload(csv_file):
     path = _upload_path(csv_file)
     if not path:
@@ -184,16 +226,22 @@ def build_demo(ensemble: Ensemble | None, status: str, report: dict | None) -> g
                 with gr.Column():
                     image = gr.Image(label="Image", type="filepath", sources=["upload", "webcam", "clipboard"], height=320)
                     classify_button = gr.Button("Classify", variant="primary")
+                    explain_button = gr.Button("Explain (Grad-CAM per member)")
                 with gr.Column():
                     label = gr.Label(num_top_classes=3, label="Ensemble (calibrated probabilities)")
                     members = gr.Dataframe(headers=["member", "top-3", "agrees with ensemble"], label="Members",
                                            interactive=False)
                     timing = gr.Markdown()
+                    explanations = gr.Gallery(label="Grad-CAM: where each member looked for the top class",
+                                              columns=3, height="auto", object_fit="contain")
+                    explain_timing = gr.Markdown()
             example_files = sorted(str(p) for p in EXAMPLES.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
             if example_files:
                 gr.Examples(example_files, inputs=image)
             classify_button.click(make_classify(ensemble), inputs=image, outputs=[label, members, timing],
                                   api_name="classify", preprocess=False, concurrency_limit=2)
+            explain_button.click(make_explain(ensemble), inputs=image, outputs=[explanations, explain_timing],
+                                 api_name="explain", preprocess=False, concurrency_limit=1)
         with gr.Tab("Threshold optimization"):
             gr.Markdown("Upload a CSV with one row per example: a true label (0/1, true/false, yes/no, or two class "
                         "names) and the classifier's score. Every distinct score is tried as the threshold.")

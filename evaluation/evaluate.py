@@ -5,8 +5,13 @@
 
 Members are timm model folders or Hub repo ids.  Weights (unless --equal-weights) and the temperature are
 fitted on the validation split, then everything is measured on the test split.  Writes report.json,
-ensemble.json (the manifest the app loads), confusion_matrix.png and reliability_diagram.png; with
---update-card, fills the results section of model_card.md from the report.
+ensemble.json (the manifest the app loads, with the uncertainty rule chosen on validation),
+confusion_matrix.png and reliability_diagram.png; --diagnose adds error_gallery.png, the top confusions and
+accuracy under FGSM/PGD attacks (robustness.png); with --update-card, fills the results section of
+model_card.md from the report.
+
+    python evaluation/evaluate.py --models ... --ood-images examples/china.jpg examples/flower.jpg \
+        --diagnose --attack-samples 256 --update-card
 """
 
 from __future__ import annotations
@@ -20,12 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch
 
-from vision_ensemble.config import CIFAR10_NAME, DEFAULT_SEED, DEFAULT_VAL_SIZE, default_cache_size
+from vision_ensemble.config import (CIFAR10_NAME, DEFAULT_ATTACK_SAMPLES, DEFAULT_SEED, DEFAULT_VAL_SIZE,
+                                    PGD_STEPS, UNCERTAINTY_FLAGGED_ACCURACY, default_cache_size)
 from vision_ensemble.data import DataError, load_dataset, subset_indices
+from vision_ensemble.diagnostics import diagnose
 from vision_ensemble.ensemble import Ensemble, Member
 from vision_ensemble.hub import MODEL_CARD, fill_results, results_markdown
+from vision_ensemble.images import ImageError, load_rgb
 from vision_ensemble.model import ModelError
-from vision_ensemble.report import MemberPredictions, evaluate_ensemble, summary_lines, write_outputs
+from vision_ensemble.report import (MemberPredictions, evaluate_ensemble, out_of_domain_flags, summary_lines,
+                                    write_outputs)
 from vision_ensemble.tracking import TrackingError, log_evaluation, require_trackers
 
 
@@ -43,6 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--equal-weights", action="store_true", help="do not fit soft-voting weights on val")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--max-eval-samples", type=int, help="evaluate on only this many val and test images")
+    p.add_argument("--flagged-accuracy", type=float, default=UNCERTAINTY_FLAGGED_ACCURACY,
+                   help="the uncertainty hint fires below the calibrated probability at which validation predictions "
+                        "are right at most this often (or when fewer than half the members agree)")
+    p.add_argument("--ood-images", nargs="+", default=[], metavar="IMAGE",
+                   help="out-of-domain photos to report the uncertainty hint on, e.g. examples/china.jpg "
+                        "examples/flower.jpg")
+    p.add_argument("--diagnose", action="store_true",
+                   help="also write error_gallery.png (most confident errors with Grad-CAM), the top confusions, "
+                        "and accuracy under FGSM/PGD attacks (robustness.png)")
+    p.add_argument("--attack-samples", type=int, default=DEFAULT_ATTACK_SAMPLES,
+                   help="test images attacked by --diagnose (a seeded subset)")
+    p.add_argument("--pgd-steps", type=int, default=PGD_STEPS, help="PGD iterations per radius for --diagnose")
     p.add_argument("--update-card", action="store_true", help="write the results into model_card.md")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--report-to", choices=("none", "mlflow"), default="none",
@@ -66,7 +87,8 @@ def main(argv=None) -> int:
             raise DataError(f"{args.data_dir} has no test/ split to evaluate on")
         if class_names != data.class_names:
             raise ModelError(f"the members' classes {class_names} differ from the dataset's {data.class_names}")
-    except (DataError, ModelError, TrackingError) as exc:
+        ood_images = {Path(path).name: load_rgb(path) for path in args.ood_images}
+    except (DataError, ModelError, ImageError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -85,14 +107,19 @@ def main(argv=None) -> int:
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     evaluation = evaluate_ensemble(predictions, val_labels, test_labels, data.class_names, args.tta, args.equal_weights,
                                    context={"command": command, "device": device, "data_dir": str(args.data_dir),
-                                            "inference_s": inference_s})
-    write_outputs(evaluation, predictions, test_labels, args.output_dir)
+                                            "inference_s": inference_s}, flagged_accuracy=args.flagged_accuracy)
+    ensemble = Ensemble(members, evaluation.weights, evaluation.temperature, args.tta, evaluation.uncertainty)
+    evaluation.report["uncertainty"]["out_of_domain"] = out_of_domain_flags(ensemble, ood_images)
+    written = write_outputs(evaluation, predictions, test_labels, args.output_dir)
+    if args.diagnose:
+        written += diagnose(evaluation.report, ensemble, test_images, test_labels, evaluation.test_calibrated,
+                            args.output_dir, args.attack_samples, args.pgd_steps, args.seed)
     if args.update_card:
         MODEL_CARD.write_text(fill_results(MODEL_CARD.read_text(), results_markdown(evaluation.report)))
     if args.report_to == "mlflow":
         print(f"logged to MLflow run {log_evaluation(evaluation.report, args.output_dir)}")
     print("\n".join(summary_lines(evaluation.report)))
-    print(f"wrote report.json, ensemble.json, confusion_matrix.png, reliability_diagram.png to {args.output_dir}")
+    print(f"wrote {', '.join(p.name for p in written)} to {args.output_dir}")
     return 0
 
 

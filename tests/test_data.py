@@ -78,7 +78,7 @@ def test_small_folder_end_to_end_with_corrupt_file(tmp_path):
 def test_zip_archive_is_extracted_once_into_the_cache(tmp_path):
     import shutil
 
-    root = make_image_folder(tmp_path / "shapes" / "inner", per_class=4)
+    make_image_folder(tmp_path / "shapes" / "inner", per_class=4)
     archive = shutil.make_archive(str(tmp_path / "shapes"), "zip", root_dir=tmp_path / "shapes")
     ds = load_dataset(archive, cache_root=tmp_path / "cache", val_size=3)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (9, 3, 12)

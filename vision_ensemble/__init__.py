@@ -10,8 +10,10 @@ model       timm creation (pretrained or local weights), export in timm's Hub fo
 finetuning  --freeze (timm's stage groups), frozen BatchNorm, lr scaled to the global batch, --layer-decay
 hub         push to and fetch from the Hugging Face Hub; model cards from model_card.md
 ensemble    members, soft voting, temperature scaling, calibration, uncertainty rule, the ensemble.json manifest
-report      the evaluation report from member probabilities: fitted weights and temperature, metrics, figures
+report      the evaluation report from member probabilities: fitted weights, temperature, uncertainty rule, metrics
+explain     Grad-CAM heatmaps per member (grad-cam library) and their overlay on the image
+diagnostics evaluate.py --diagnose: confident-error gallery, top confusions, accuracy under FGSM/PGD (Captum)
 thresholds  exact decision-threshold search for binary-classifier scores, curves, plots
-plots       training curves, confusion matrix, reliability diagram
+plots       training curves, confusion matrix, reliability diagram, error gallery, accuracy under attack
 tracking    experiment trackers: checked before training, MLflow runs for training and evaluation
 """

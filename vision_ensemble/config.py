@@ -65,6 +65,22 @@ SPLITS_FILENAME = "splits.csv"  # written at the root of an exported tree
 DEFAULT_SPLIT_RATIOS = (0.8, 0.1, 0.1)  # train, val, test shares of the labelled images
 LABELER_DISPLAY_SIZE = (512, 1600)  # smallest and largest longest side, in pixels, of the image shown
 
+# --- uncertainty hint and diagnostics (evaluation/evaluate.py) -------------------------------------
+
+#: The uncertainty rule flags a prediction when fewer than this fraction of the members share the
+#: ensemble's top class, or when its calibrated probability is under the highest cut-off at which the
+#: validation predictions below it are right at most UNCERTAINTY_FLAGGED_ACCURACY of the time.
+UNCERTAINTY_MIN_AGREEMENT = 0.5
+UNCERTAINTY_FLAGGED_ACCURACY = 0.5
+ATTACK_EPSILONS_255 = (0, 1, 2, 4, 8)  # L-inf attack radii, in 1/255 steps of [0, 1] pixel values
+DEFAULT_ATTACK_SAMPLES = 256  # test images attacked by `--diagnose`
+PGD_STEPS = 10  # PGD step size is 2.5 * epsilon / steps (Madry et al.), so it can reach the ball's edge
+#: Grad-CAM reads a CNN's last stage whose map is at least this many cells across at the member's input
+#: size: at the recipes' 64 px the last stage of a stride-32 CNN is 2x2, too coarse to show where.
+GRADCAM_MIN_GRID = 4
+GALLERY_ERRORS = 8  # most confident errors drawn in error_gallery.png
+TOP_CONFUSIONS = 10
+
 
 # --- training recipes ------------------------------------------------------------------------------
 

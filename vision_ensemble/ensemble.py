@@ -18,6 +18,7 @@ import torch
 from scipy.optimize import minimize, minimize_scalar
 from tqdm.auto import tqdm
 
+from .config import UNCERTAINTY_FLAGGED_ACCURACY, UNCERTAINTY_MIN_AGREEMENT
 from .data import BatchTransform
 from .hub import resolve_member
 from .model import ModelError, load_model_folder
@@ -101,6 +102,23 @@ class UncertaintyRule:
         top = probs.argmax(axis=1)
         agreement = (member_probs.argmax(axis=2) == top[None]).mean(axis=0)
         return (probs.max(axis=1) < self.min_confidence) | (agreement < self.min_agreement)
+
+    @classmethod
+    def choose(cls, probs: np.ndarray, labels: np.ndarray, max_flagged_accuracy: float = UNCERTAINTY_FLAGGED_ACCURACY,
+               min_agreement: float = UNCERTAINTY_MIN_AGREEMENT) -> "UncertaintyRule":
+        """The rule for validation probabilities: flag a prediction when fewer than `min_agreement` of the
+        members agree with it, or when its calibrated probability is under the highest cut-off at which the
+        validation predictions below it are right at most `max_flagged_accuracy` of the time."""
+        confidence = probs.max(axis=1)
+        order = np.argsort(confidence, kind="stable")
+        correct = (probs.argmax(axis=1) == labels)[order]
+        accuracy_below = np.cumsum(correct) / np.arange(1, len(order) + 1)  # of the k least confident, k = 1..N
+        low = np.flatnonzero(accuracy_below <= max_flagged_accuracy)
+        if len(low) == 0:
+            return cls(0.0, min_agreement)
+        k = low[-1] + 1  # flag the k least confident: cut halfway between the k-th and the next
+        cut = 1.0 if k == len(order) else (confidence[order[k - 1]] + confidence[order[k]]) / 2
+        return cls(float(cut), min_agreement)
 
 
 def manifest_dict(class_names: list[str], members: list[tuple[str, float, dict]], temperature: float,

@@ -108,4 +108,55 @@ def results_markdown(report: dict) -> str:
                  f"{e['ece_uncalibrated'] * 100:.2f} before) | |")
     lines.append(f"\nMeasured on {report['test_images']:,} test images of `{report['data_dir']}` on {report['device']}, "
                  f"{report['date']}, with `{report['command']}`.")
+    if "uncertainty" in report:
+        lines += uncertainty_markdown(report["uncertainty"])
+    if "diagnostics" in report:
+        lines += diagnostics_markdown(report["diagnostics"])
     return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}%"
+
+
+def uncertainty_markdown(u: dict) -> list[str]:
+    """The uncertainty hint: its rule in one sentence, and how often it fires in and out of domain."""
+    lines = ["\n### When the Space says it is unsure",
+             f"\nThe Space flags a prediction when fewer than {u['min_agreement']:.0%} of the members agree with the "
+             f"ensemble's top class, or when its calibrated probability is under **{u['min_confidence']:.3f}**: the "
+             f"highest cut-off at which the validation predictions below it were right at most "
+             f"{u['flagged_accuracy_target']:.0%} of the time. On the test split it fires on "
+             f"**{u['test_fire_rate'] * 100:.1f}%** of the images (validation: {u['val_fire_rate'] * 100:.1f}%); "
+             f"top-1 is {_percent(u['test_flagged_top1'])} on the flagged images and "
+             f"{_percent(u['test_unflagged_top1'])} on the rest."]
+    ood = u.get("out_of_domain") or []
+    if ood:
+        fired = sum(row["flagged"] for row in ood)
+        lines.append(f"\nOn the out-of-domain example photos, none of them one of the ten classes, it fires on "
+                     f"**{fired} of {len(ood)}**:\n\n| photo | top class | probability | members agreeing | flagged |\n"
+                     "| --- | --- | --- | --- | --- |")
+        lines += [f"| `{r['image']}` | {r['top_class']} | {r['probability']:.2f} | {r['members_agreeing']} | "
+                  f"{'yes' if r['flagged'] else '**no**'} |" for r in ood]
+    return lines
+
+
+def diagnostics_markdown(d: dict) -> list[str]:
+    """`evaluate.py --diagnose`: top confusions, the error gallery, accuracy under FGSM and PGD."""
+    lines = ["\n### Where it goes wrong", "\nMost frequent confusions on the test split (true -> predicted):\n",
+             "| true | predicted | images |", "| --- | --- | --- |"]
+    lines += [f"| {c['true']} | {c['predicted']} | {c['count']} |" for c in d["top_confusions"]]
+    if d["gallery"]:
+        lines.append(f"\n`{d['gallery']}` shows the {len(d['confident_errors'])} most confident errors with Grad-CAM "
+                     f"of the highest-weight member, `{d['gallery_member']}`, for the true and the predicted class.")
+    r = d["robustness"]
+    header = " | ".join(f"{e}/255" if e else "clean" for e in r["epsilons_255"])
+    lines += ["\n### Robustness to small pixel changes",
+              f"\nTop-1 (%) on {r['samples']} test images under untargeted L-inf attacks in pixel space (Captum's "
+              f"FGSM, and PGD: {r['pgd_steps']} steps of 2.5 epsilon / {r['pgd_steps']}), each network attacked through "
+              f"its own preprocessing, the ensemble through its soft vote (`{d['robustness_plot']}`):\n",
+              f"| attack | model | {header} |", "| --- | --- |" + " --- |" * len(r["epsilons_255"])]
+    for attack in ("fgsm", "pgd"):
+        for name, accuracies in r[attack].items():
+            model = "**ensemble**" if name == "ensemble" else f"`{name}`"
+            lines.append(f"| {attack.upper()} | {model} | " + " | ".join(f"{a:.1f}" for a in accuracies) + " |")
+    return lines

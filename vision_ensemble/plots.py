@@ -1,5 +1,6 @@
 """Figures people would rather look at than read: training curves, confusion matrix, reliability diagram,
-threshold curves.  All return or save matplotlib figures (Agg backend: no display needed)."""
+threshold curves, error gallery, accuracy under attack.  All return or save matplotlib figures (Agg backend:
+no display needed)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,35 @@ def reliability_figure(curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarra
         ax.plot(conf[keep], acc[keep], "o-", label=name)
     ax.set(xlabel="confidence", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
     ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def error_gallery_figure(rows: list[tuple], title: str):
+    """`rows`: (image, overlay 1, overlay 2, caption 1, caption 2, caption 3), one row of three panels each."""
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows) + 0.6), squeeze=False)
+    for row, (*pictures, caption_a, caption_b, caption_c) in zip(axes, rows):
+        for ax, picture, caption in zip(row, pictures, (caption_a, caption_b, caption_c)):
+            ax.imshow(picture, interpolation="nearest" if picture.shape[0] <= 64 else "antialiased")
+            ax.set_title(caption, fontsize=9)
+            ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / fig.get_figheight()))  # room for the title above the first row
+    return fig
+
+
+def robustness_figure(result: dict):
+    """Accuracy versus attack radius, FGSM and PGD side by side, one line per member and the ensemble."""
+    epsilons = result["epsilons_255"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, attack in zip(axes, ("fgsm", "pgd")):
+        for name, accuracies in result[attack].items():
+            ax.plot(epsilons, accuracies, "o-", lw=2.5 if name == "ensemble" else 1.5, label=name)
+        ax.set(xlabel="epsilon (x 1/255, L-inf, pixel space)", title=f"{attack.upper()} ({result['samples']} test images)",
+               xticks=epsilons)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1 accuracy (%)")
+    axes[1].legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -1,9 +1,9 @@
-"""The evaluation report from member probabilities alone: soft-voting weights and temperature fitted on the
-validation split, then accuracy, calibration and per-class numbers on the test split, the figures, and the
-`ensemble.json` manifest.
+"""The evaluation report from member probabilities alone: soft-voting weights, temperature and the
+uncertainty rule fitted on the validation split, then accuracy, calibration, per-class numbers and how often
+the rule fires on the test split, the figures, and the `ensemble.json` manifest.
 
 Working from probabilities (not models) lets the same report come from loaded model folders or from the
-prediction files a training run leaves behind.
+prediction files a training run leaves behind; only `out_of_domain_flags` runs the models, on a few photos.
 """
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.metrics import classification_report, confusion_matrix
 
-from .ensemble import (UncertaintyRule, apply_temperature, calibration_bins, expected_calibration_error,
+from .config import UNCERTAINTY_FLAGGED_ACCURACY
+from .ensemble import (Ensemble, UncertaintyRule, apply_temperature, calibration_bins, expected_calibration_error,
                        fit_temperature, fit_weights, manifest_dict, nll, topk_accuracy)
 from .plots import confusion_matrix_figure, reliability_figure, save
 
@@ -44,15 +46,20 @@ class EnsembleEvaluation:
 
 def evaluate_ensemble(members: list[MemberPredictions], val_labels: np.ndarray, test_labels: np.ndarray,
                       class_names: list[str], tta_flip: bool, equal_weights: bool = False,
-                      context: dict | None = None) -> EnsembleEvaluation:
-    """Fit weights (unless `equal_weights`) and temperature on val, measure everything on test."""
+                      context: dict | None = None,
+                      flagged_accuracy: float = UNCERTAINTY_FLAGGED_ACCURACY) -> EnsembleEvaluation:
+    """Fit weights (unless `equal_weights`), temperature and the uncertainty rule (`UncertaintyRule.choose`,
+    with `flagged_accuracy`) on val; measure everything, and how often the rule fires, on test."""
     val_member = np.stack([m.val_probs for m in members])
     test_member = np.stack([m.test_probs for m in members])
     weights = np.full(len(members), 1 / len(members)) if equal_weights else fit_weights(val_member, val_labels)
-    temperature = fit_temperature(np.tensordot(weights, val_member, axes=1), val_labels)
+    val_raw = np.tensordot(weights, val_member, axes=1)
+    temperature = fit_temperature(val_raw, val_labels)
     raw = np.tensordot(weights, test_member, axes=1)
     calibrated = apply_temperature(raw, temperature)
     predicted = calibrated.argmax(axis=1)
+    uncertainty = UncertaintyRule.choose(apply_temperature(val_raw, temperature), val_labels, flagged_accuracy)
+    flagged = uncertainty.flags(calibrated, test_member)
     labels = range(len(class_names))
     report = {
         **(context or {}), "date": time.strftime("%Y-%m-%d"), "val_images": len(val_labels),
@@ -70,8 +77,31 @@ def evaluate_ensemble(members: list[MemberPredictions], val_labels: np.ndarray, 
         "per_class": classification_report(test_labels, predicted, labels=labels, target_names=class_names,
                                            output_dict=True, zero_division=0),
         "confusion_matrix": confusion_matrix(test_labels, predicted, labels=labels).tolist(),
+        "uncertainty": {
+            **asdict(uncertainty), "flagged_accuracy_target": flagged_accuracy,
+            "val_fire_rate": float(uncertainty.flags(apply_temperature(val_raw, temperature), val_member).mean()),
+            "test_fire_rate": float(flagged.mean()),
+            "test_flagged_top1": _accuracy(predicted[flagged], test_labels[flagged]),
+            "test_unflagged_top1": _accuracy(predicted[~flagged], test_labels[~flagged])},
     }
-    return EnsembleEvaluation(report, weights, temperature, UncertaintyRule(), raw, calibrated)
+    return EnsembleEvaluation(report, weights, temperature, uncertainty, raw, calibrated)
+
+
+def _accuracy(predicted: np.ndarray, labels: np.ndarray) -> float | None:
+    return float(np.mean(predicted == labels) * 100) if len(labels) else None
+
+
+def out_of_domain_flags(ensemble: Ensemble, photos: dict[str, np.ndarray]) -> list[dict]:
+    """The ensemble's top class, its calibrated probability and the uncertainty flag for each (H, W, 3) photo."""
+    rows = []
+    for name, pixels in photos.items():
+        probs, member_probs = ensemble.predict(torch.from_numpy(pixels).permute(2, 0, 1)[None])
+        top = int(probs[0].argmax())
+        rows.append({"image": name, "top_class": ensemble.class_names[top],
+                     "probability": float(probs[0, top]),
+                     "members_agreeing": int((member_probs[:, 0].argmax(axis=1) == top).sum()),
+                     "flagged": bool(ensemble.uncertainty.flags(probs, member_probs)[0])})
+    return rows
 
 
 def write_outputs(evaluation: EnsembleEvaluation, members: list[MemberPredictions], test_labels: np.ndarray,
@@ -104,4 +134,8 @@ def summary_lines(report: dict) -> list[str]:
     e = report["ensemble"]
     lines.append(f"ensemble: top-1 {e['top1']:.2f}%  top-3 {e['top3']:.2f}%  ECE {e['ece_uncalibrated'] * 100:.2f}% -> "
                  f"{e['ece_calibrated'] * 100:.2f}% (T = {e['temperature']:.3f})")
+    if "uncertainty" in report:
+        u = report["uncertainty"]
+        lines.append(f"uncertainty hint (probability < {u['min_confidence']:.3f} or members agreeing < "
+                     f"{u['min_agreement']:.0%}): fires on {u['test_fire_rate'] * 100:.1f}% of test images")
     return lines

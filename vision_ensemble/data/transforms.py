@@ -58,14 +58,27 @@ class BatchTransform:
         flip = torch.rand(images.shape[0], device=images.device) < 0.5
         return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
 
+    def resized_shape(self, h: int, w: int) -> tuple[float, int, int]:
+        """(scale, height, width) of an h x w image before the centre crop to `size`.
+
+        timm's eval geometry (transforms_imagenet_eval: torchvision Resize + CenterCrop): the shorter side to
+        floor(size / crop_pct), the longer one in proportion (truncated), then the centred crop.
+        """
+        th, tw = self.size
+        short = math.floor(max(th, tw) / self.crop_pct)
+        rh, rw = (short, int(short * w / h)) if h < w else (int(short * h / w), short)
+        return short / min(h, w), rh, rw
+
+    def crop_box(self, h: int, w: int) -> tuple[float, float, float, float]:
+        """(top, left, height, width), in an h x w source image's pixels, of the part the model sees."""
+        _, rh, rw = self.resized_shape(h, w)
+        th, tw = self.size
+        return round((rh - th) / 2) * h / rh, round((rw - tw) / 2) * w / rw, th * h / rh, tw * w / rw
+
     def resize(self, images: torch.Tensor) -> torch.Tensor:
         h, w = images.shape[-2:]
         th, tw = self.size
-        # timm's eval geometry (transforms_imagenet_eval: torchvision Resize + CenterCrop): the shorter side
-        # to floor(size / crop_pct), the longer one in proportion (truncated), then the centred crop.
-        short = math.floor(max(th, tw) / self.crop_pct)
-        rh, rw = (short, int(short * w / h)) if h < w else (int(short * h / w), short)
-        scale = short / min(h, w)
+        scale, rh, rw = self.resized_shape(h, w)
         if rh * rw > 16 * th * tw:
             # An extreme aspect ratio (a 10,000x10 banner) would make the resized image enormous: cut the
             # source to the part the centre crop keeps, plus a margin for the interpolation kernel, first.
