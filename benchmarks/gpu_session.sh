@@ -108,10 +108,15 @@ pack() {  # pack NAME RUN_DIR... [-- OTHER_PATHS]: the runs' small files (no wei
     echo "$OUT/$name.tar.gz: $(du -h "$OUT/$name.tar.gz" | cut -f1) (unpack here with: tar xzf $name.tar.gz)"
 }
 
-ensemble() {  # ensemble [FILES]: the report from the members' predictions.npz into results/cifar10
-    local files=("$@")
+ensemble() {  # ensemble [FILES]: the report from the members' predictions.npz, and their curves, into $RESULTS
+    local files=("$@") results=${RESULTS:-results/cifar10} file
     ((${#files[@]})) || files=(runs/*/predictions.npz)
-    python3 evaluation/evaluate.py --predictions "${files[@]}" --output-dir "${RESULTS:-results/cifar10}" --tta
+    python3 evaluation/evaluate.py --predictions "${files[@]}" --output-dir "$results" --tta
+    for file in "${files[@]}"; do
+        mkdir -p "$results/$(basename "$(dirname "$file")")"
+        cp "$(dirname "$file")/metrics.jsonl" "$(dirname "$file")/training_curves.png" \
+            "$results/$(basename "$(dirname "$file")")/"
+    done
 }
 
 case $step in
@@ -136,12 +141,10 @@ case $step in
         [[ -n ${1:-} ]] || { echo "train MODEL[,MODEL...] [finetune.py options]" >&2; exit 2; }
         IFS=, read -ra members <<<"$1"
         shift
-        runs=()
-        for model in "${members[@]}"; do
+        for model in "${members[@]}"; do  # packed one by one: a later member's failure keeps the earlier ones
             train "$model" "runs/$model" "$@" 2>&1 | tee "$OUT/train-$model.log"
-            runs+=("runs/$model")
-        done
-        pack "runs-${members[*]// /-}" "${runs[@]}" ;;
+            pack "run-$model" "runs/$model"
+        done ;;
     ensemble)
         ensemble "$@" 2>&1 | tee "$OUT/ensemble.log" ;;
     *)

@@ -7,6 +7,7 @@ model       timm creation (pretrained or local weights), export in timm's Hub fo
 hub         push to and fetch from the Hugging Face Hub; model cards from model_card.md
 ensemble    members, soft voting, temperature scaling, calibration, uncertainty rule, the ensemble.json manifest
 report      the evaluation report from member probabilities: fitted weights and temperature, metrics, figures
+predictions a run's best-epoch val/test probabilities in predictions.npz: the report without weights or data
 thresholds  exact decision-threshold search for binary-classifier scores, curves, plots
 plots       training curves, confusion matrix, reliability diagram
 """
