@@ -5,10 +5,12 @@
    MixUp/CutMix (timm `Mixup`), exactly as train/finetune.py does;
 3. the standard pipeline: torchvision ImageFolder + CPU transforms + DataLoader workers.
 
-Same model, resolution, batch, precision (bf16 autocast on GPU), channels_last, AdamW step.
+Same model, resolution, batch, precision (bf16 autocast on GPU), channels_last, AdamW step; resolution,
+batch size and model arguments default to the model's training recipe (vision_ensemble/config.py).
 
+    python benchmarks/train_throughput.py --model seresnet50            # its recipe: 64 px, batch 512
+    python benchmarks/train_throughput.py --model vit_small_patch16_224 --compile
     python benchmarks/train_throughput.py --model seresnet50 --img-size 224 --batch-size 256
-    python benchmarks/train_throughput.py --model vit_small_patch16_224 --img-size 32 --model-kwargs '{"img_size": 32, "patch_size": 4}'
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
+from vision_ensemble.config import recipe_config
 from vision_ensemble.data import BatchTransform, DeviceImageDataset, device_loader, load_dataset
 
 from loader_throughput import torchvision_pipeline  # the same baseline pipeline in both benchmarks
@@ -69,9 +72,10 @@ def run(model, optimizer, batches, prepare, steps, warmup, device, dtype) -> flo
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="seresnet50")
-    p.add_argument("--model-kwargs", type=json.loads, default={})
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--model-kwargs", type=json.loads, help="timm.create_model arguments (default: the recipe's)")
+    p.add_argument("--img-size", type=int, help="default: the recipe's, else 224")
+    p.add_argument("--batch-size", type=int, help="default: the recipe's")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (compiled before the timings)")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--workers", type=int, default=os.cpu_count())
@@ -79,6 +83,9 @@ def main():
     p.add_argument("--cache-dir")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
+    recipe = recipe_config({"model": args.model, "img_size": args.img_size, "batch_size": args.batch_size,
+                            "model_kwargs": args.model_kwargs})
+    args.img_size, args.batch_size, args.model_kwargs = recipe.img_size or 224, recipe.batch_size, recipe.model_kwargs
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     data = load_dataset(args.data_dir, args.cache_dir)
@@ -86,11 +93,14 @@ def main():
     model = model.to(memory_format=torch.channels_last).train()
     cfg = timm.data.resolve_data_config({}, model=model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if args.compile:  # every path runs the same compiled model; the first warm-up steps compile it
+        model = torch.compile(model)
     eval_like = BatchTransform((3, args.img_size, args.img_size), cfg["mean"], cfg["std"], channels_last=True)
     train_tf = BatchTransform((3, args.img_size, args.img_size), cfg["mean"], cfg["std"], train=True,
                               channels_last=True)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"{args.model} {args.model_kwargs or ''} at {args.img_size} px, batch {args.batch_size}, {dtype}, {name}")
+    print(f"{args.model} {args.model_kwargs or ''} at {args.img_size} px, batch {args.batch_size}, {dtype}, {name}"
+          f"{', torch.compile' if args.compile else ''}")
     ceiling = run(model, optimizer, batches_synthetic(args.batch_size, args.img_size, device), eval_like,
                   args.steps, args.warmup, device, dtype)
     ours = run(model, optimizer, batches_device_resident(data, args.batch_size, device), train_tf,

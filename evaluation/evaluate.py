@@ -2,15 +2,17 @@
 
     python evaluation/evaluate.py --models runs/seresnet50/best runs/efficientnet_b0/best \\
         --data-dir ../shared/data/cifar10.tar.gz --output-dir results/ --tta
+    python evaluation/evaluate.py --predictions runs/*/predictions.npz --output-dir results/ --tta
 
-Members are timm model folders or Hub repo ids.  Weights (unless --equal-weights) and the temperature are
-fitted on the validation split, then everything is measured on the test split.  Writes report.json,
-ensemble.json (the manifest the app loads, with the uncertainty rule chosen on validation),
-confusion_matrix.png and reliability_diagram.png; --diagnose adds error_gallery.png, the top confusions and
-accuracy under FGSM/PGD attacks (robustness.png); with --update-card, fills the results section of
-model_card.md from the report.
+Members are timm model folders or Hub repo ids, or the predictions.npz files training runs leave behind
+(their best epoch's probabilities: no weights or dataset needed; members named as their Hub repos).
+Weights (unless --equal-weights) and the temperature are fitted on the validation split, then everything
+is measured on the test split.  Writes report.json, ensemble.json (the manifest the app loads, with the
+uncertainty rule chosen on validation), confusion_matrix.png and reliability_diagram.png; with models,
+--diagnose adds error_gallery.png, the top confusions and accuracy under FGSM/PGD attacks
+(robustness.png); with --update-card, fills the results section of model_card.md from the report.
 
-    python evaluation/evaluate.py --models ... --ood-images examples/china.jpg examples/flower.jpg \
+    python evaluation/evaluate.py --models ... --ood-images examples/china.jpg examples/flower.jpg \\
         --diagnose --attack-samples 256 --update-card
 """
 
@@ -27,12 +29,13 @@ import torch
 
 from vision_ensemble.config import (CIFAR10_NAME, DEFAULT_ATTACK_SAMPLES, DEFAULT_SEED, DEFAULT_VAL_SIZE,
                                     PGD_STEPS, UNCERTAINTY_FLAGGED_ACCURACY, default_cache_size)
-from vision_ensemble.data import DataError, load_dataset, subset_indices
+from vision_ensemble.data import DataError, load_dataset
 from vision_ensemble.diagnostics import diagnose
 from vision_ensemble.ensemble import Ensemble, Member
 from vision_ensemble.hub import MODEL_CARD, fill_results, results_markdown
 from vision_ensemble.images import ImageError, load_rgb
 from vision_ensemble.model import ModelError
+from vision_ensemble.predictions import PredictionsError, check_same_data, evaluation_batch, load_predictions
 from vision_ensemble.report import (MemberPredictions, evaluate_ensemble, out_of_domain_flags, summary_lines,
                                     write_outputs)
 from vision_ensemble.tracking import TrackingError, log_evaluation, require_trackers
@@ -40,7 +43,11 @@ from vision_ensemble.tracking import TrackingError, log_evaluation, require_trac
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", required=True, help="member model folders or Hub repo ids")
+    members = p.add_mutually_exclusive_group(required=True)
+    members.add_argument("--models", nargs="+", help="member model folders or Hub repo ids")
+    members.add_argument("--predictions", nargs="+", type=Path,
+                         help="members' predictions.npz files from training runs (instead of --models; the "
+                              "data options and --diagnose/--ood-images do not apply: the files hold their own split)")
     p.add_argument("--data-dir", default=CIFAR10_NAME, help="dataset, as for training (default: cifar10)")
     p.add_argument("--cache-dir", help="decoded-dataset cache, as for training")
     p.add_argument("--cache-size", type=int, help="decoded-cache image size, as for training (default: from the "
@@ -74,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     command = "python evaluation/evaluate.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.predictions:
+        return evaluate_predictions(args, command)
     try:
         require_trackers(args.report_to)  # before decoding data or loading members
         members = [Member.load(source, device=args.device) for source in args.models]
@@ -92,13 +101,8 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    def as_batch(arrays):
-        keep = subset_indices(len(arrays), args.max_eval_samples, args.seed)
-        arrays = arrays if keep is None else arrays.subset(keep)
-        return torch.from_numpy(arrays.images).permute(0, 3, 1, 2), arrays.labels
-
-    val_images, val_labels = as_batch(data.val)
-    test_images, test_labels = as_batch(data.test)
+    val_images, val_labels = evaluation_batch(data.val, args.max_eval_samples, args.seed)
+    test_images, test_labels = evaluation_batch(data.test, args.max_eval_samples, args.seed)
     start = time.perf_counter()
     predictions = [MemberPredictions(m.source, m.data_config, m.probabilities(val_images, args.tta, args.batch_size).numpy(),
                                      m.probabilities(test_images, args.tta, args.batch_size).numpy())
@@ -114,6 +118,33 @@ def main(argv=None) -> int:
     if args.diagnose:
         written += diagnose(evaluation.report, ensemble, test_images, test_labels, evaluation.test_calibrated,
                             args.output_dir, args.attack_samples, args.pgd_steps, args.seed)
+    return finish(args, evaluation, written)
+
+
+def evaluate_predictions(args, command: str) -> int:
+    """The same report from training runs' predictions.npz files: no weights, no dataset."""
+    try:
+        require_trackers(args.report_to)
+        if args.diagnose or args.ood_images:
+            raise PredictionsError("--diagnose and --ood-images need the models: pass --models instead of --predictions")
+        runs = [load_predictions(path) for path in args.predictions]
+        check_same_data(runs, args.predictions)
+    except (PredictionsError, TrackingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    first = runs[0]
+    predictions = [run.member(args.tta) for run in runs]
+    evaluation = evaluate_ensemble(predictions, first.val_labels, first.test_labels, first.class_names, args.tta,
+                                   args.equal_weights,
+                                   context={"command": command, "device": ", ".join(sorted({r.device for r in runs})),
+                                            "data_dir": first.data_dir,
+                                            "predictions_files": [str(path) for path in args.predictions]},
+                                   flagged_accuracy=args.flagged_accuracy)
+    return finish(args, evaluation, write_outputs(evaluation, predictions, first.test_labels, args.output_dir))
+
+
+def finish(args, evaluation, written: list[Path]) -> int:
+    """Model card, tracker and the summary: the same for both kinds of members."""
     if args.update_card:
         MODEL_CARD.write_text(fill_results(MODEL_CARD.read_text(), results_markdown(evaluation.report)))
     if args.report_to == "mlflow":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -50,10 +51,12 @@ def test_gradcam_gives_an_image_sized_heatmap_that_depends_on_the_class(name, ph
     assert heatmaps[0].std() > 0.05  # not constant
     assert np.abs(heatmaps[0] - heatmaps[1]).max() > 0.1  # the top and the bottom class differ
     height, width = pixels.shape[1:]
-    if width > height:  # the member sees the centre square only: no heat outside it
-        margin = (width - height) // 2
-        assert heatmaps[:, :, : margin - 1].max() == 0 and heatmaps[:, :, width - margin + 1:].max() == 0
-        assert heatmaps[0, :, margin:width - margin].max() > 0.9
+    if width > height:  # the member sees its centre crop only: no heat outside it
+        _, left, _, box_width = transform.crop_box(height, width)
+        start, stop = math.floor(left), math.ceil(left + box_width)
+        assert 0 < start and stop < width
+        assert heatmaps[:, :, :start].max() == 0 and heatmaps[:, :, stop:].max() == 0
+        assert heatmaps[0, :, start:stop].max() > 0.9
 
 
 @pytest.mark.parametrize("name, img_size, expected", [

@@ -38,6 +38,7 @@ from vision_ensemble.finetuning import create_optimizer, freeze, keep_frozen_nor
 from vision_ensemble.hub import HubError, default_repo_id, member_card, push_folder
 from vision_ensemble.model import ModelError, create_model, export_model
 from vision_ensemble.plots import plot_training_curves
+from vision_ensemble.predictions import save_predictions
 from vision_ensemble.tracking import TrackingError, log_run_files, require_trackers, start_trackers
 
 CHECK_EVERY = 50  # steps between loss finiteness checks (each one synchronises the device)
@@ -278,8 +279,13 @@ def main(argv=None) -> int:
         plot_training_curves(metrics_file, output_dir / "training_curves.png")
         log_run_files(accelerator, output_dir)
         print_main(f"best val top-1 {state.best_top1:.2f}%; model folder: {output_dir / 'best'}")
+        repo_id = cfg.hub_repo_id or default_repo_id(cfg.model, cfg.data_dir)
+        # The best epoch's val/test probabilities, small enough to bring back instead of the weights.
+        predictions = save_predictions(output_dir / "predictions.npz", output_dir / "best", data, cfg, repo_id,
+                                       accelerator.device, cfg.batch_size * 2)
+        print_main(f"val/test probabilities (with and without flip TTA): {predictions}" if predictions else
+                   "no test/ split in the data: no predictions.npz written")
         if cfg.push_to_hub:
-            repo_id = cfg.hub_repo_id or default_repo_id(cfg.model, cfg.data_dir)
             try:
                 url = push_folder(output_dir / "best", repo_id, private=cfg.hub_private)
                 print_main(f"pushed to {url}")

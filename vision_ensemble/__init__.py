@@ -11,6 +11,7 @@ finetuning  --freeze (timm's stage groups), frozen BatchNorm, lr scaled to the g
 hub         push to and fetch from the Hugging Face Hub; model cards from model_card.md
 ensemble    members, soft voting, temperature scaling, calibration, uncertainty rule, the ensemble.json manifest
 report      the evaluation report from member probabilities: fitted weights, temperature, uncertainty rule, metrics
+predictions a run's best-epoch val/test probabilities in predictions.npz: the report without weights or data
 explain     Grad-CAM heatmaps per member (grad-cam library) and their overlay on the image
 diagnostics evaluate.py --diagnose: confident-error gallery, top confusions, accuracy under FGSM/PGD (Captum)
 thresholds  exact decision-threshold search for binary-classifier scores, curves, plots

@@ -1,0 +1,127 @@
+"""Prediction files: a training run's best-epoch softmax probabilities on the validation and test splits, with
+and without flip TTA, in one small `predictions.npz` beside the run.
+
+Model weights are too large to bring back from a GPU machine; these files are enough to build the whole
+ensemble report (`evaluation/evaluate.py --predictions ...`) anywhere, without weights or the dataset.  The
+probabilities come from the exported `best/` folder through `Member.load` + `Member.probabilities`, the same
+code `evaluate.py --models` runs, so both give the same report.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+from .data import DecodedDataset, ImageArrays, subset_indices
+from .ensemble import Member
+from .report import MemberPredictions
+
+FORMAT_VERSION = 1
+PROBABILITY_ARRAYS = ("val_probs", "val_probs_flip", "test_probs", "test_probs_flip")
+
+
+class PredictionsError(ValueError):
+    """A predictions file that cannot be read, or files that do not describe the same data."""
+
+
+def evaluation_batch(arrays: ImageArrays, max_samples: int | None, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """uint8 NCHW images and labels of a split, or of its seeded `max_samples` subset (as training's val)."""
+    keep = subset_indices(len(arrays), max_samples, seed)
+    arrays = arrays if keep is None else arrays.subset(keep)
+    return torch.from_numpy(arrays.images).permute(0, 3, 1, 2), arrays.labels
+
+
+@dataclass
+class RunPredictions:
+    """The content of one predictions file."""
+
+    source: str            # the Hub repo id the member would be pushed to (its name in ensemble.json)
+    data_config: dict      # the member's preprocessing
+    class_names: list[str]
+    split: dict            # which images: data fingerprint, split file, seed, eval subset
+    metrics: dict          # the best epoch's validation metrics
+    training_args: dict
+    device: str            # where the probabilities were computed
+    data_dir: str
+    val_labels: np.ndarray
+    test_labels: np.ndarray
+    val_probs: np.ndarray
+    val_probs_flip: np.ndarray
+    test_probs: np.ndarray
+    test_probs_flip: np.ndarray
+
+    def member(self, tta_flip: bool) -> MemberPredictions:
+        if tta_flip:
+            return MemberPredictions(self.source, self.data_config, self.val_probs_flip, self.test_probs_flip)
+        return MemberPredictions(self.source, self.data_config, self.val_probs, self.test_probs)
+
+
+def save_predictions(path: str | Path, model_folder: str | Path, data: DecodedDataset, cfg: TrainConfig,
+                     source: str, device: str | torch.device = "cpu", batch_size: int = 500) -> Path | None:
+    """Write `path` (.npz) from the exported `model_folder`, on the split training validated on (its
+    `--max-eval-samples` subset) and the same-sized seeded subset of test, as `evaluate.py` would pick.
+    Data without a test split has nothing to report on: then nothing is written and None returned."""
+    if data.test is None:
+        return None
+    member = Member.load(str(model_folder), device=device)
+    val_images, val_labels = evaluation_batch(data.val, cfg.max_eval_samples, cfg.seed)
+    test_images, test_labels = evaluation_batch(data.test, cfg.max_eval_samples, cfg.seed)
+    probs = {f"{split}_probs{'_flip' if flip else ''}": member.probabilities(images, flip, batch_size).numpy()
+             for split, images in (("val", val_images), ("test", test_images)) for flip in (False, True)}
+    device = torch.device(device)
+    meta = {
+        "format": FORMAT_VERSION, "source": source, "data_config": member.data_config,
+        "class_names": member.class_names, "data_dir": str(cfg.data_dir),
+        "split": {"data_fingerprint": json.loads((data.cache_dir / "meta.json").read_text())["fingerprint"],
+                  "split_file": data.split_file.name, "seed": cfg.seed, "val_size": cfg.val_size,
+                  "max_eval_samples": cfg.max_eval_samples},
+        "metrics": json.loads((Path(model_folder) / "metrics.json").read_text()),
+        "training_args": asdict(cfg),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else device.type,
+    }
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial.npz")
+    # float32 keeps the report identical to a folder evaluation; CIFAR-10's 4 x 15,000 x 10 is 2.4 MB.
+    np.savez_compressed(tmp, meta=np.array(json.dumps(meta, default=str)), val_labels=val_labels,
+                        test_labels=test_labels, **probs)
+    tmp.replace(path)
+    return path
+
+
+def load_predictions(path: str | Path) -> RunPredictions:
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            meta = json.loads(str(npz["meta"]))
+            arrays = {name: npz[name] for name in ("val_labels", "test_labels", *PROBABILITY_ARRAYS)}
+    except FileNotFoundError:
+        raise PredictionsError(f"{path}: no such file") from None
+    except (OSError, ValueError, KeyError) as exc:  # not an .npz, or one without our arrays
+        raise PredictionsError(f"{path}: not a predictions file written by train/finetune.py ({exc})") from None
+    if meta.get("format") != FORMAT_VERSION:
+        raise PredictionsError(f"{path}: predictions format {meta.get('format')}, this code reads {FORMAT_VERSION}")
+    return RunPredictions(**{k: meta[k] for k in ("source", "data_config", "class_names", "split", "metrics",
+                                                  "training_args", "device", "data_dir")}, **arrays)
+
+
+def check_same_data(runs: list[RunPredictions], paths: list[str | Path]) -> None:
+    """Members can only be ensembled on the same images, labels and classes."""
+    first, first_path = runs[0], paths[0]
+    for run, path in zip(runs[1:], paths[1:]):
+        for what, ours, theirs in (("class names", run.class_names, first.class_names),
+                                   ("split", run.split, first.split)):
+            if ours != theirs:
+                raise PredictionsError(f"{path} and {first_path} differ in {what}: {ours} != {theirs}")
+        for what in ("val_labels", "test_labels"):
+            if not np.array_equal(getattr(run, what), getattr(first, what)):
+                raise PredictionsError(f"{path} and {first_path} have different {what.replace('_', ' ')}: "
+                                       "they were not predicted on the same images")
+    sources = [run.source for run in runs]
+    if len(set(sources)) < len(sources):
+        raise PredictionsError(f"two predictions files name the same member ({', '.join(sources)}); "
+                               "give each run its own --hub-repo-id")
