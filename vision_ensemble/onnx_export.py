@@ -41,8 +41,9 @@ def _antialiased_resize(mode: str):
     """ONNX Resize (opset 18, antialias=1) for torch's antialiased bilinear/bicubic downscaling, which the
     TorchScript exporter does not translate.  Matches torch to ~3e-4 on the 0-255 scale (tests/test_onnx.py)."""
 
-    @symbolic_helper.parse_args("v", "is", "i", "none", "none")
-    def symbolic(g, x, output_size, align_corners, scale_h, scale_w):
+    def symbolic(g, x, output_size, align_corners, *scales):  # the traced overload gives one or two scale args
+        output_size = symbolic_helper._parse_arg(output_size, "is")
+        align_corners = symbolic_helper._parse_arg(align_corners, "i")
         batch_channels = g.op("Slice", g.op("Shape", x), g.op("Constant", value_t=torch.tensor([0])),
                               g.op("Constant", value_t=torch.tensor([2])))
         sizes = g.op("Concat", batch_channels, g.op("Constant", value_t=torch.tensor(output_size)), axis_i=0)
@@ -109,9 +110,11 @@ class EnsembleGraph(torch.nn.Module):
         probs = 0
         for member, network, weight in zip(self.ensemble.members, self.networks, self.ensemble.weights):
             x = member.transform(pixels)
-            p = network(x).softmax(dim=1)
-            if self.ensemble.tta_flip:
-                p = (p + network(x.flip(3)).softmax(dim=1)) / 2
+            if self.ensemble.tta_flip:  # image and mirror in one batch, as Member.probabilities does
+                p = network(torch.cat([x, x.flip(3)])).softmax(dim=1)
+                p = p.reshape(2, -1, p.shape[1]).mean(dim=0)
+            else:
+                p = network(x).softmax(dim=1)
             probs = probs + float(weight) * p
         logits = torch.log(probs.clamp(1e-12, 1.0)) / self.ensemble.temperature
         return logits.softmax(dim=1)

@@ -52,7 +52,7 @@ class BatchTransform:
         return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
-        h, w = images.shape[-2:]
+        h, w = (int(s) for s in images.shape[-2:])  # plain ints also while an ONNX export traces a fixed size
         th, tw = self.size
         scale = max(th, tw) / self.crop_pct / min(h, w)
         rh, rw = (th, tw) if (h, w) == (th, tw) and self.crop_pct == 1.0 else (
