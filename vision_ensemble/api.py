@@ -140,12 +140,13 @@ def create_api(ensemble: Ensemble | None, status: str, runtime: str, version: st
 
     @api.get("/api/health", response_model=Health, responses={503: {"model": Health}})
     def health():
-        body = Health(status="ok" if ensemble else "unavailable", detail=status, runtime=runtime,
-                      model_version=version, class_names=ensemble.class_names if ensemble else [],
+        members = ensemble.members if ensemble is not None else []
+        body = Health(status="ok" if members else "unavailable", detail=status, runtime=runtime,
+                      model_version=version, class_names=ensemble.class_names if members else [],
                       members=[MemberInfo(source=m.source, input_size=list(m.data_config["input_size"]))
-                               for m in (ensemble.members if ensemble else [])],
+                               for m in members],
                       versions=package_versions())
-        return JSONResponse(body.model_dump(), status_code=200 if ensemble else 503)
+        return JSONResponse(body.model_dump(), status_code=200 if members else 503)
 
     @api.post("/api/predict", response_model=Prediction, responses=ERRORS,
               openapi_extra={"requestBody": REQUEST_BODY})
