@@ -92,7 +92,7 @@ def make_classify(ensemble: Ensemble | None, version: str = ""):
         path = _upload_path(image)
         if not path or not os.path.isfile(path):
             raise gr.Error("Upload an image first.")
-        try:  # the same checks and messages as POST /api/predict
+        try:  # the same checks and messages as POST /api/predict; the size first, before reading the file
             check_upload_size(os.path.getsize(path))
             pixels = decode_upload(Path(path).read_bytes())
         except InputError as exc:
@@ -260,6 +260,7 @@ def main(argv=None) -> None:
                               max_file_size=MAX_UPLOAD_BYTES, show_error=True, allowed_paths=[str(EXAMPLES)])
     log.info("serving the Space at http://%s:%d/ and the JSON API at /api/predict (docs at /docs)", args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
 
 if __name__ == "__main__":
     main()

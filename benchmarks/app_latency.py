@@ -64,7 +64,7 @@ def time_ms(fn, repeats: int = 20) -> float:
 
 
 def member_forward_ms(manifest: Path, image: str, runtime: str) -> dict[str, float]:
-    """In-process: decoding the upload, then each member's preprocessing + forward pass on it."""
+    """In-process: decoding the upload, then each member's preprocessing (resize, normalise) and network."""
     ensemble = Ensemble.from_manifest(manifest)
     if runtime == "onnx":
         ensemble.use_onnxruntime(manifest.parent)
@@ -73,7 +73,9 @@ def member_forward_ms(manifest: Path, image: str, runtime: str) -> dict[str, flo
     times = {"decode": time_ms(lambda: load_rgb(data))}
     with torch.inference_mode():
         for m in ensemble.members:
-            times[m.source] = time_ms(lambda: m.probabilities(x))
+            times[f"{m.source} resize"] = time_ms(lambda: m.transform(x))
+            model_input = m.transform(x)
+            times[f"{m.source} network"] = time_ms(lambda: m.logits(model_input))
     return times
 
 

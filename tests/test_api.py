@@ -153,7 +153,7 @@ def bad_requests(tmp_path):
         ("empty JSON body", 400, "Send JSON", dict(content=b"", headers={"content-type": "application/json"})),
         ("bad base64", 400, "not valid base64", dict(json={"image": "not base64!"})),
         ("no image field", 400, "field 'image'", dict(files={"picture": ("cat.png", CAT.read_bytes())})),
-        ("top_k 0", 400, "JSON", dict(json={"image": base64.b64encode(CAT.read_bytes()).decode(), "top_k": 0})),
+        ("top_k 0", 400, "positive whole number", dict(json={"image": base64.b64encode(CAT.read_bytes()).decode(), "top_k": 0})),
         ("top_k over the classes", 400, "at most 10", dict(files={"image": ("cat.png", CAT.read_bytes())},
                                                            data={"top_k": "11"})),
         ("plain text body", 415, "multipart/form-data", dict(content=b"hello", headers={"content-type": "text/plain"})),

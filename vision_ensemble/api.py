@@ -35,7 +35,8 @@ class ErrorResponse(BaseModel):
 
 class PredictJSON(BaseModel):
     image: str = Field(description="the image file's bytes, base64-encoded (PNG, JPEG, WebP, ...)")
-    top_k: int = Field(DEFAULT_TOP_K, ge=1, description="how many classes to return")
+    # Checked after parsing (not by `ge=1`) so a bad top_k gets its own message, as in the multipart form.
+    top_k: int = Field(DEFAULT_TOP_K, description="how many classes to return", json_schema_extra={"minimum": 1})
 
 
 class MemberInfo(BaseModel):
