@@ -160,11 +160,21 @@ def check_close(name: str, onnx_probs: np.ndarray, torch_probs: np.ndarray, tole
 
 
 def quantize_int8(path: Path) -> Path:
-    """ONNX Runtime dynamic quantization: int8 weights, activations quantized on the fly."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """ONNX Runtime dynamic quantization: int8 weights, activations quantized on the fly.
+
+    ONNX Runtime's pre-processing (graph optimisation, shape inference) runs first: the exporter turns
+    identical weights (e.g. timm's zero-initialised last BatchNorm of each block, folded into its conv) into
+    one initializer behind Identity nodes, which the quantizer cannot read.
+    """
+    import tempfile
+
+    from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
     quantized = path.with_suffix(".int8.onnx")
-    quantize_dynamic(str(path), str(quantized), weight_type=QuantType.QInt8)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / path.name
+        quant_pre_process(str(path), str(prepared))
+        quantize_dynamic(str(prepared), str(quantized), weight_type=QuantType.QInt8)
     return quantized
 
 
