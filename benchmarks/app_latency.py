@@ -79,6 +79,21 @@ def member_forward_ms(manifest: Path, image: str, runtime: str) -> dict[str, flo
     return times
 
 
+def single_graph_ms(manifest: Path, folder: Path, input_size: int = 32, requests: int = 40) -> dict[str, str]:
+    """The whole ensemble as one ONNX graph (python -m vision_ensemble.onnx_export --single-graph), fp32 and
+    int8, batch 1 of uint8 input_size px images: p50/p95 of session.run in-process."""
+    from vision_ensemble.onnx_export import export, inference_session
+
+    summary = export(Ensemble.from_manifest(manifest), folder, single_graph=True, input_size=input_size,
+                     quantize="int8")
+    x = np.random.default_rng(0).integers(0, 256, (1, 3, input_size, input_size), dtype=np.uint8)
+    times = {}
+    for name in ("ensemble", "ensemble_int8"):
+        session = inference_session(summary["files"][name])
+        times[name] = percentiles(sequential_latency(lambda: session.run(None, {"input": x}), requests))
+    return times
+
+
 def top3_agreement(manifest: Path, archive: str, n: int) -> tuple[int, int]:
     """How many of the first n CIFAR-10 test images get the same top-3 (in order) from ORT as from eager fp32."""
     from vision_ensemble.data import load_dataset
@@ -184,12 +199,14 @@ def main():
     p.add_argument("--image", default=str(REPO / "examples" / "china.jpg"))
     p.add_argument("--runtimes", nargs="+", default=["onnx"], choices=["torch", "onnx"])
     p.add_argument("--no-floor", action="store_true", help="skip the no-op Gradio app measurement")
+    p.add_argument("--in-process-only", action="store_true",
+                   help="only the in-process numbers (forward passes, the one-graph ONNX export): no servers")
     p.add_argument("--check-top3", type=int, default=0, metavar="N",
                    help="compare ORT's top-3 with eager fp32 on N CIFAR-10 test images")
     p.add_argument("--cifar10", default=str(REPO.parent / "shared" / "data" / "cifar10.tar.gz"))
     args = p.parse_args()
     print(f"image {args.image} ({Path(args.image).stat().st_size:,} bytes); torch threads {torch.get_num_threads()}")
-    if not args.no_floor:
+    if not (args.no_floor or args.in_process_only):
         gradio_floor(args)
     for size in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -202,7 +219,11 @@ def main():
                 forward = member_forward_ms(manifest, args.image, runtime)
                 print(f"[{label}, {runtime}] in-process, batch 1: " + ", ".join(f"{k} {v:.1f} ms" for k, v in forward.items())
                       + f"; sum {sum(forward.values()):.1f} ms")
-                serve(manifest, args, runtime, label)
+                if not args.in_process_only:
+                    serve(manifest, args, runtime, label)
+            graph = single_graph_ms(manifest, Path(tmp) / "onnx")
+            print(f"[{label}] one ONNX graph, uint8 32 px batch 1, in-process: fp32 {graph['ensemble']}, "
+                  f"int8 {graph['ensemble_int8']}")
 
 
 def serve(manifest: Path, args, runtime: str, label: str) -> None:
