@@ -1,4 +1,4 @@
-"""ONNX export: each member's network, or the whole ensemble as one graph, checked against PyTorch.
+r"""ONNX export: each member's network, or the whole ensemble as one graph, checked against PyTorch.
 
     python -m vision_ensemble.onnx_export --manifest results/ensemble.json --output onnx/
     python -m vision_ensemble.onnx_export --manifest results/ensemble.json --output onnx/ --single-graph \
@@ -252,7 +252,8 @@ def main(argv=None) -> None:
     parser.add_argument("--single-graph", action="store_true",
                         help="one graph for the whole ensemble (preprocessing, members, weights, temperature)")
     parser.add_argument("--input-size", type=int, default=32,
-                        help="--single-graph: the square input size the graph takes (CIFAR-10: 32)")
+                        help="the square input size the single graph takes, and of the random check images "
+                             "when no --data-dir is given (CIFAR-10: 32)")
     parser.add_argument("--float-input", action="store_true",
                         help="--single-graph: take float [0, 1] pixels instead of uint8 0-255")
     parser.add_argument("--quantize", choices=["int8"], help="also write int8 dynamically quantized graphs")
