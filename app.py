@@ -5,6 +5,7 @@
     python app.py --manifest owner/ensemble-repo   # a Hub repo holding ensemble.json
 
 API endpoints (stable names for gradio_client): /classify, /explain, /inspect_csv, /optimize_threshold.
+JSON API on the same server: POST /api/predict, GET /api/health, OpenAPI docs at /docs.
 """
 
 from __future__ import annotations
@@ -22,13 +23,15 @@ import gradio as gr
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+import uvicorn
 
-from vision_ensemble.config import DEFAULT_MANIFEST, MAX_CSV_ROWS, MAX_UPLOAD_BYTES
+from vision_ensemble.api import create_api
+from vision_ensemble.config import CLASSIFY_CONCURRENCY, DEFAULT_MANIFEST, DEFAULT_TOP_K, MAX_CSV_ROWS, MAX_UPLOAD_BYTES
 from vision_ensemble.ensemble import Ensemble
 from vision_ensemble.explain import explain_members
 from vision_ensemble.hub import MODEL_CARD, HubError, fill_results, results_markdown, split_front_matter
-from vision_ensemble.images import ImageError, load_rgb
 from vision_ensemble.model import ModelError
+from vision_ensemble.serving import InputError, check_upload_size, decode_upload, model_version, predict_image
 from vision_ensemble.thresholds import (OBJECTIVES, ObjectiveParams, ThresholdError, comparison_rows, curve_figures,
                                         detect_columns, optimize, read_table, results_table,
                                         scored_labels_from_table)
@@ -42,6 +45,7 @@ NO_MODELS = ("**No model weights are loaded.** Point the app at an ensemble mani
              "--models ... --output-dir results/`, then start `python app.py --manifest results/ensemble.json` "
              "(or set `VISION_ENSEMBLE_MANIFEST` to that path or to a Hub repo id holding `ensemble.json`). "
              "The threshold tab works without weights.")
+NO_WEIGHTS = "No model weights are loaded; see the note on this tab for how to point the app at them."
 
 
 # --- loading ---------------------------------------------------------------------------------------------
@@ -84,52 +88,39 @@ def _upload_path(payload) -> str | None:
     return payload.get("path") if isinstance(payload, dict) else payload
 
 
-def make_classify(ensemble: Ensemble | None):
-    def classify(image):
-        """Image -> (top-3 calibrated probabilities, each member's top-3, timing)."""
-        if ensemble is None:
-            raise gr.Error("No model weights are loaded; see the note on this tab for how to point the app at them.")
-        path = _upload_path(image)
-        if not path or not os.path.isfile(path):
-            raise gr.Error("Upload an image first.")
-        if os.path.getsize(path) > MAX_UPLOAD_BYTES:
-            raise gr.Error(f"The file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
-        try:
-            pixels = load_rgb(path)
-        except ImageError as exc:
-            raise gr.Error(f"Could not use this file: {exc}.") from None
-        start = time.perf_counter()
-        try:
-            probs, member_probs = ensemble.predict(torch.from_numpy(pixels).permute(2, 0, 1)[None])
-        except Exception:  # never a stack trace in the UI; the server log keeps it
-            log.exception("prediction failed for a %sx%s image", pixels.shape[1], pixels.shape[0])
-            raise gr.Error("The prediction failed on the server; the details are in its log.") from None
-        elapsed = (time.perf_counter() - start) * 1000
-        names = ensemble.class_names
-        top = int(probs[0].argmax())
-        rows = []
-        for member, p in zip(ensemble.members, member_probs[:, 0]):
-            order = np.argsort(-p)[:3]
-            rows.append([member.source, ", ".join(f"{names[i]} {p[i]:.2f}" for i in order),
-                         "yes" if order[0] == top else "no"])
-        agree = sum(r[2] == "yes" for r in rows)
-        timing = (f"{elapsed:.0f} ms for {len(rows)} members on {pixels.shape[1]}x{pixels.shape[0]} px input; "
-                  f"{agree} of {len(rows)} members agree with the ensemble's top class.")
-        return {names[i]: float(probs[0, i]) for i in range(len(names))}, rows, timing
-    return classify
-
-
 def _read_upload(image) -> np.ndarray:
-    """The uploaded image's pixels, or a gr.Error saying in plain words why not."""
+    """The uploaded image's pixels, or a gr.Error with the same message POST /api/predict gives."""
     path = _upload_path(image)
     if not path or not os.path.isfile(path):
         raise gr.Error("Upload an image first.")
-    if os.path.getsize(path) > MAX_UPLOAD_BYTES:
-        raise gr.Error(f"The file is larger than {MAX_UPLOAD_BYTES // 2**20} MB.")
-    try:
-        return load_rgb(path)
-    except ImageError as exc:
-        raise gr.Error(f"Could not use this file: {exc}.") from None
+    try:  # the size first, before reading the file
+        check_upload_size(os.path.getsize(path))
+        return decode_upload(Path(path).read_bytes())
+    except InputError as exc:
+        raise gr.Error(str(exc)) from None
+
+
+def make_classify(ensemble: Ensemble | None, version: str = ""):
+    def classify(image):
+        """Image -> (top-3 calibrated probabilities, each member's top-3, uncertainty hint and timing)."""
+        if ensemble is None:
+            raise gr.Error(NO_WEIGHTS)
+        pixels = _read_upload(image)
+        try:
+            prediction = predict_image(ensemble, pixels, DEFAULT_TOP_K, version)
+        except Exception:  # never a stack trace in the UI; the server log keeps it
+            log.exception("prediction failed for a %sx%s image", pixels.shape[1], pixels.shape[0])
+            raise gr.Error("The prediction failed on the server; the details are in its log.") from None
+        rows = [[m.source, ", ".join(f"{c.label} {c.probability:.2f}" for c in m.top_k), "yes" if m.agrees else "no"]
+                for m in prediction.members]
+        agree = sum(m.agrees for m in prediction.members)
+        timing = (f"{prediction.latency_ms:.0f} ms for {len(rows)} members on {pixels.shape[1]}x{pixels.shape[0]} px "
+                  f"input; {agree} of {len(rows)} members agree with the ensemble's top class. "
+                  f"Model version `{prediction.model_version}`.")
+        if prediction.hint:
+            timing = f"### {prediction.hint}\n\n{timing}"
+        return {c.label: c.probability for c in prediction.top_k}, rows, timing
+    return classify
 
 
 def make_explain(ensemble: Ensemble | None):
@@ -141,7 +132,7 @@ def make_explain(ensemble: Ensemble | None):
     def explain(image):
         """Image -> (one Grad-CAM overlay per member for the ensemble's top class, with captions; timing)."""
         if ensemble is None:
-            raise gr.Error("No model weights are loaded; see the note on this tab for how to point the app at them.")
+            raise gr.Error(NO_WEIGHTS)
         pixels = _read_upload(image)
         start = time.perf_counter()
         try:
@@ -216,7 +207,7 @@ def optimize_threshold(csv_file, label_column, score_column, positive, objective
 
 # --- layout --------------------------------------------------------------------------------------------
 
-def build_demo(ensemble: Ensemble | None, status: str, report: dict | None) -> gr.Blocks:
+def build_demo(ensemble: Ensemble | None, status: str, report: dict | None, version: str = "") -> gr.Blocks:
     with gr.Blocks(title="Vision Ensemble") as demo:
         gr.Markdown("# Vision Ensemble\nAn ensemble of timm backbones trained on CIFAR-10, and a decision-threshold "
                     "optimizer for any binary classifier's scores.")
@@ -238,8 +229,8 @@ def build_demo(ensemble: Ensemble | None, status: str, report: dict | None) -> g
             example_files = sorted(str(p) for p in EXAMPLES.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
             if example_files:
                 gr.Examples(example_files, inputs=image)
-            classify_button.click(make_classify(ensemble), inputs=image, outputs=[label, members, timing],
-                                  api_name="classify", preprocess=False, concurrency_limit=2)
+            classify_button.click(make_classify(ensemble, version), inputs=image, outputs=[label, members, timing],
+                                  api_name="classify", preprocess=False, concurrency_limit=CLASSIFY_CONCURRENCY)
             explain_button.click(make_explain(ensemble), inputs=image, outputs=[explanations, explain_timing],
                                  api_name="explain", preprocess=False, concurrency_limit=1)
         with gr.Tab("Threshold optimization"):
@@ -303,10 +294,14 @@ def main(argv=None) -> None:
     torch.set_grad_enabled(False)
     ensemble, status, report = load_ensemble(args.manifest, args.runtime)
     log.info(status)
-    demo = build_demo(ensemble, status, report)
-    demo.queue(default_concurrency_limit=2, max_size=64)
-    demo.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES, show_error=True,
-                allowed_paths=[str(EXAMPLES)])
+    version = model_version(ensemble) if ensemble is not None else None
+    demo = build_demo(ensemble, status, report, version or "")
+    demo.queue(default_concurrency_limit=CLASSIFY_CONCURRENCY, max_size=64)
+    # One server: the JSON API's routes (and /docs) first, the Space mounted at / behind them.
+    app = gr.mount_gradio_app(create_api(ensemble, status, args.runtime, version), demo, path="/",
+                              max_file_size=MAX_UPLOAD_BYTES, show_error=True, allowed_paths=[str(EXAMPLES)])
+    log.info("serving the Space at http://%s:%d/ and the JSON API at /api/predict (docs at /docs)", args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

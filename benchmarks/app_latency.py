@@ -1,11 +1,14 @@
-"""Latency of one classify request through gradio_client, three members at 224 px, on this machine's CPU.
+"""Latency of a prediction through the JSON API and through Gradio's /classify, on this machine's CPU.
 
-    python benchmarks/app_latency.py --requests 50 --clients 8
+    python benchmarks/app_latency.py --sizes recipe 224 --runtimes onnx --requests 50 --clients 8
 
-Builds the three backbones (seresnet50, efficientnet_b0, vit_small_patch16_224; random weights: latency
-does not depend on their values) as exported 224 px members, starts the real app on a free localhost port,
-and measures: what Gradio alone costs per request (a no-op app), cold start (process start to first answer), each member's eager fp32 forward pass in-process, p50/p95 of `--requests` sequential
-requests, and the throughput of `--clients` concurrent clients.  `--check-top3 N` also checks that the
+Builds the three backbones (seresnet50, efficientnet_b0, vit_small_patch16_224; random weights exported
+through vision_ensemble.model.export_model: latency does not depend on their values) as members at their
+recipes' input sizes (64, 64 and 32 px, the ViT with patch size 4) and at 224 px, starts the real app on a
+free localhost port, and measures: what Gradio alone costs per request (a no-op app), cold start (process
+start to first answer), each member's forward pass in-process, and p50/p95 of `POST /api/predict` (httpx,
+multipart) and of Gradio's `/classify` (gradio_client) with 1 client (`--requests` in a row) and with
+`--clients` concurrent clients (`--per-client` requests each).  `--check-top3 N` also checks that the
 served top-3 equals the eager fp32 ensemble's on N CIFAR-10 test images.
 """
 
@@ -30,37 +33,64 @@ import numpy as np
 import timm
 import torch
 
+from vision_ensemble.config import CIFAR10_CLASSES, RECIPES
 from vision_ensemble.ensemble import Ensemble
+from vision_ensemble.images import load_rgb
 from vision_ensemble.model import export_model, training_data_config
 
 MEMBERS = ("seresnet50", "efficientnet_b0", "vit_small_patch16_224")
 
 
-def build_members(root: Path, size: int) -> Path:
+def build_members(root: Path, size: str) -> Path:
+    """Members at `size` px, or at their recipes' sizes (and the recipe ViT's patch size) for size 'recipe'."""
     entries = []
     for i, name in enumerate(MEMBERS):
         torch.manual_seed(i)
-        model = timm.create_model(name, num_classes=10)
-        export_model(model, root / name, training_data_config(model, size), [f"class{i}" for i in range(10)])
+        recipe = RECIPES[name] if size == "recipe" else {"img_size": int(size)}
+        model = timm.create_model(name, num_classes=10, **recipe.get("model_kwargs", {}))
+        export_model(model, root / name, training_data_config(model, recipe["img_size"]), list(CIFAR10_CLASSES))
         entries.append({"source": name, "weight": 1 / 3})
     (root / "ensemble.json").write_text(json.dumps({"members": entries, "temperature": 1.0}))
     return root / "ensemble.json"
 
 
-def member_forward_ms(manifest: Path, size: int, runtime: str, repeats: int = 20) -> dict[str, float]:
+def time_ms(fn, repeats: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def member_forward_ms(manifest: Path, image: str, runtime: str) -> dict[str, float]:
+    """In-process: decoding the upload, then each member's preprocessing (resize, normalise) and network."""
     ensemble = Ensemble.from_manifest(manifest)
     if runtime == "onnx":
         ensemble.use_onnxruntime(manifest.parent)
-    x = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8)
-    times = {}
+    data = Path(image).read_bytes()
+    x = torch.from_numpy(load_rgb(data)).permute(2, 0, 1)[None]
+    times = {"decode": time_ms(lambda: load_rgb(data))}
     with torch.inference_mode():
         for m in ensemble.members:
-            for _ in range(3):
-                m.probabilities(x)
-            start = time.perf_counter()
-            for _ in range(repeats):
-                m.probabilities(x)
-            times[m.source] = (time.perf_counter() - start) / repeats * 1000
+            times[f"{m.source} resize"] = time_ms(lambda: m.transform(x))
+            model_input = m.transform(x)
+            times[f"{m.source} network"] = time_ms(lambda: m.logits(model_input))
+    return times
+
+
+def single_graph_ms(manifest: Path, folder: Path, input_size: int = 32, requests: int = 40) -> dict[str, str]:
+    """The whole ensemble as one ONNX graph (python -m vision_ensemble.onnx_export --single-graph), fp32 and
+    int8, batch 1 of uint8 input_size px images: p50/p95 of session.run in-process."""
+    from vision_ensemble.onnx_export import export, inference_session
+
+    summary = export(Ensemble.from_manifest(manifest), folder, single_graph=True, input_size=input_size,
+                     quantize="int8")
+    x = np.random.default_rng(0).integers(0, 256, (1, 3, input_size, input_size), dtype=np.uint8)
+    times = {}
+    for name in ("ensemble", "ensemble_int8"):
+        session = inference_session(summary["files"][name])
+        times[name] = percentiles(sequential_latency(lambda: session.run(None, {"input": x}), requests))
     return times
 
 
@@ -106,16 +136,41 @@ def launch(command: list[str]) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"{command} did not start")
 
 
-def sequential_latency(client, image, requests: int) -> str:
-    """p50 and p95 of `requests` classify calls, after 5 warm-up calls."""
+def percentiles(latencies: list[float]) -> str:
+    return f"p50 {np.percentile(latencies, 50):.0f} ms, p95 {np.percentile(latencies, 95):.0f} ms"
+
+
+def sequential_latency(call, requests: int) -> list[float]:
+    """Latencies (ms) of `requests` calls in a row, after 5 warm-up calls."""
     for _ in range(5):
-        client.predict(image, api_name="/classify")
+        call()
     latencies = []
     for _ in range(requests):
         start = time.perf_counter()
-        client.predict(image, api_name="/classify")
+        call()
         latencies.append((time.perf_counter() - start) * 1000)
-    return f"p50 {np.percentile(latencies, 50):.0f} ms, p95 {np.percentile(latencies, 95):.0f} ms"
+    return latencies
+
+
+def concurrent_latency(make_call, clients: int, per_client: int) -> tuple[list[float], float]:
+    """Latencies (ms) of every call of `clients` threads making `per_client` calls each, and requests/s."""
+    calls = [make_call() for _ in range(clients)]  # clients connect before the clock starts
+    latencies, lock = [], threading.Lock()
+
+    def worker(call):
+        for _ in range(per_client):
+            start = time.perf_counter()
+            call()
+            with lock:
+                latencies.append((time.perf_counter() - start) * 1000)
+
+    threads = [threading.Thread(target=worker, args=(call,)) for call in calls]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, len(latencies) / (time.perf_counter() - start)
 
 
 def gradio_floor(args) -> None:
@@ -126,8 +181,9 @@ def gradio_floor(args) -> None:
         f.write(FLOOR_APP)
     proc, url = launch([sys.executable, f.name])
     try:
-        latency = sequential_latency(Client(url, verbose=False), handle_file(args.image), args.requests)
-        print(f"[gradio alone] no-op endpoint, same image upload: {latency}")
+        client, image = Client(url, verbose=False), handle_file(args.image)
+        latency = sequential_latency(lambda: client.predict(image, api_name="/classify"), args.requests)
+        print(f"[gradio alone] no-op endpoint, same image upload: {percentiles(latency)}")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -135,55 +191,75 @@ def gradio_floor(args) -> None:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=int, default=224)
-    p.add_argument("--requests", type=int, default=50)
+    p.add_argument("--sizes", nargs="+", default=["recipe", "224"],
+                   help="member input sizes: 'recipe' (64/64/32 px) and/or a size in px for all three")
+    p.add_argument("--requests", type=int, default=50, help="requests in a row for the 1-client numbers")
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--per-client", type=int, default=6)
     p.add_argument("--image", default=str(REPO / "examples" / "china.jpg"))
-    p.add_argument("--runtimes", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
+    p.add_argument("--runtimes", nargs="+", default=["onnx"], choices=["torch", "onnx"])
+    p.add_argument("--no-floor", action="store_true", help="skip the no-op Gradio app measurement")
+    p.add_argument("--in-process-only", action="store_true",
+                   help="only the in-process numbers (forward passes, the one-graph ONNX export): no servers")
     p.add_argument("--check-top3", type=int, default=0, metavar="N",
                    help="compare ORT's top-3 with eager fp32 on N CIFAR-10 test images")
     p.add_argument("--cifar10", default=str(REPO.parent / "shared" / "data" / "cifar10.tar.gz"))
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        manifest = build_members(Path(tmp), args.size)
+    print(f"image {args.image} ({Path(args.image).stat().st_size:,} bytes); torch threads {torch.get_num_threads()}")
+    if not (args.no_floor or args.in_process_only):
         gradio_floor(args)
-        if args.check_top3:
-            same, n = top3_agreement(manifest, args.cifar10, args.check_top3)
-            print(f"top-3 identical (ONNX Runtime vs eager fp32): {same} of {n} CIFAR-10 test images")
-        for runtime in args.runtimes:
-            forward = member_forward_ms(manifest, args.size, runtime)
-            print(f"[{runtime}] forward, batch 1, in-process: " +
-                  ", ".join(f"{k} {v:.1f} ms" for k, v in forward.items()) + f"; sum {sum(forward.values()):.1f} ms")
-            serve(manifest, args, runtime)
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            manifest = build_members(Path(tmp), size)
+            label = "recipe sizes (64/64/32 px)" if size == "recipe" else f"{size} px"
+            if args.check_top3:
+                same, n = top3_agreement(manifest, args.cifar10, args.check_top3)
+                print(f"[{label}] top-3 identical (ONNX Runtime vs eager fp32): {same} of {n} CIFAR-10 test images")
+            for runtime in args.runtimes:
+                forward = member_forward_ms(manifest, args.image, runtime)
+                print(f"[{label}, {runtime}] in-process, batch 1: " + ", ".join(f"{k} {v:.1f} ms" for k, v in forward.items())
+                      + f"; sum {sum(forward.values()):.1f} ms")
+                if not args.in_process_only:
+                    serve(manifest, args, runtime, label)
+            graph = single_graph_ms(manifest, Path(tmp) / "onnx")
+            print(f"[{label}] one ONNX graph, uint8 32 px batch 1, in-process: fp32 {graph['ensemble']}, "
+                  f"int8 {graph['ensemble_int8']}")
 
 
-def serve(manifest: Path, args, runtime: str) -> None:
+def serve(manifest: Path, args, runtime: str, label: str) -> None:
+    import httpx
     from gradio_client import Client, handle_file
 
     launched = time.perf_counter()
     proc, url = launch([sys.executable, str(REPO / "app.py"), "--manifest", str(manifest), "--host", "127.0.0.1",
                         "--runtime", runtime, "--port"])
     try:
-        client = Client(url, verbose=False)
-        image = handle_file(args.image)
-        client.predict(image, api_name="/classify")
-        print(f"[{runtime}] cold start (process start to first answer): {time.perf_counter() - launched:.1f} s")
-        print(f"[{runtime}] sequential: {args.requests} requests, {sequential_latency(client, image, args.requests)}")
+        image_bytes = Path(args.image).read_bytes()
+        server_ms = []  # the ensemble's own time, as the API reports it
 
-        def worker():
-            c = Client(url, verbose=False)
-            for _ in range(args.per_client):
-                c.predict(image, api_name="/classify")
+        def api_call(http):
+            def call():
+                response = http.post("/api/predict", files={"image": ("image.jpg", image_bytes)})
+                response.raise_for_status()
+                server_ms.append(response.json()["latency_ms"])
+            return call
 
-        threads = [threading.Thread(target=worker) for _ in range(args.clients)]
-        start = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - start
-        print(f"[{runtime}] {args.clients} concurrent clients: {args.clients * args.per_client / elapsed:.1f} requests/s")
+        def gradio_call(client):
+            image = handle_file(args.image)
+            return lambda: client.predict(image, api_name="/classify")
+
+        api_call(httpx.Client(base_url=url, timeout=120))()
+        print(f"[{label}, {runtime}] cold start (process start to first answer): {time.perf_counter() - launched:.1f} s")
+        for name, make_call in (("POST /api/predict", lambda: api_call(httpx.Client(base_url=url, timeout=120))),
+                                ("Gradio /classify", lambda: gradio_call(Client(url, verbose=False)))):
+            server_ms.clear()
+            one = sequential_latency(make_call(), args.requests)
+            measured = server_ms[-args.requests:]  # not the warm-up calls
+            ensemble_time = f"; ensemble time in the server p50 {np.percentile(measured, 50):.0f} ms" if measured else ""
+            print(f"[{label}, {runtime}] {name}, 1 client, {args.requests} requests: {percentiles(one)}{ensemble_time}")
+            many, throughput = concurrent_latency(make_call, args.clients, args.per_client)
+            print(f"[{label}, {runtime}] {name}, {args.clients} concurrent clients x {args.per_client}: "
+                  f"{percentiles(many)}, {throughput:.1f} requests/s")
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -32,9 +32,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(manifest: Path, log_file: Path):
+def start_app(manifest: Path, log_file: Path, **extra_env: str):
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1", **extra_env}
     process = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--manifest", str(manifest), "--host",
                                 "127.0.0.1", "--port", str(port)], cwd=REPO, env=env,
                                stdout=log_file.open("w"), stderr=subprocess.STDOUT)

@@ -14,6 +14,9 @@ report      the evaluation report from member probabilities: fitted weights, tem
 predictions a run's best-epoch val/test probabilities in predictions.npz: the report without weights or data
 explain     Grad-CAM heatmaps per member (grad-cam library) and their overlay on the image
 diagnostics evaluate.py --diagnose: confident-error gallery, top confusions, accuracy under FGSM/PGD (Captum)
+serving     one prediction path for the app and the API: input checks, top-k, uncertainty hint, model version
+api         the JSON API (POST /api/predict, GET /api/health) beside the Space on one FastAPI app
+onnx_export ONNX export of members or the whole ensemble as one graph, checked against PyTorch; int8
 thresholds  exact decision-threshold search for binary-classifier scores, curves, plots
 plots       training curves, confusion matrix, reliability diagram, error gallery, accuracy under attack
 tracking    experiment trackers: checked before training, MLflow runs for training and evaluation

@@ -47,9 +47,19 @@ def default_cache_root() -> Path:
 # --- serving and evaluation limits ----------------------------------------------------------------
 
 MAX_IMAGE_PIXELS = 40_000_000  # larger images (decompression bombs) are refused before decoding
-MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+#: Uploads to the Space and to POST /api/predict (VISION_ENSEMBLE_MAX_UPLOAD_BYTES overrides it, e.g. in tests).
+MAX_UPLOAD_BYTES = int(os.environ.get("VISION_ENSEMBLE_MAX_UPLOAD_BYTES", 20 * 1024 * 1024))
 MAX_CSV_ROWS = 20_000_000
 DEFAULT_MANIFEST = "ensemble.json"  # the app's default: a path, a folder holding it, or a Hub repo id
+CLASSIFY_CONCURRENCY = 2  # predictions at once, in the Classify tab and in POST /api/predict alike
+DEFAULT_TOP_K = 3
+
+
+# --- ONNX export ----------------------------------------------------------------------------------------
+
+ONNX_OPSET = 18  # the first opset whose Resize antialiases, as the members' downscaling does
+ONNX_TOLERANCE = 1e-4  # largest allowed |ONNX Runtime - PyTorch| of a probability
+ONNX_CHECK_IMAGES = 256  # images the export is checked on (and int8 accuracy measured on)
 
 
 # --- experiment tracking ----------------------------------------------------------------------------

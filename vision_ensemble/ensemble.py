@@ -8,8 +8,6 @@ trained at different resolutions ensemble correctly; the same `predict` serves e
 from __future__ import annotations
 
 import json
-import re
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,25 +37,15 @@ class Member:
         self.transform = BatchTransform.from_data_config(self.data_config)
 
     def use_onnxruntime(self, folder: str | Path) -> None:
-        """Run the network through ONNX Runtime (fp32; preprocessing stays the same torch code).
+        """Run the network through ONNX Runtime (fp32; preprocessing stays the same torch code), exported and
+        served by `vision_ensemble.onnx_export`, the same code as `python -m vision_ensemble.onnx_export`.
 
         On a 2-core CPU at batch 1 this is about 1.5x faster than eager PyTorch with logits equal to ~1e-6
         (benchmarks/app_latency.py measures both and checks the top-3 agree).
         """
-        import onnxruntime
+        from .onnx_export import export_member, inference_session
 
-        path = Path(folder) / (re.sub(r"[^A-Za-z0-9_.-]", "_", self.source) + ".onnx")
-        with warnings.catch_warnings():  # the TorchScript-based exporter warns about its own deprecation
-            warnings.simplefilter("ignore")
-            torch.onnx.export(self.model.cpu().eval(), (torch.zeros(1, *self.data_config["input_size"]),), str(path),
-                              dynamo=False, input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        # Each member has its own session and thread pool: idle pools must sleep, not spin, or they steal
-        # the cores from the member that is running (measured: 231 ms -> see BENCHMARKS.md).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.session = inference_session(export_member(self, folder))
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.session is not None:

@@ -20,6 +20,10 @@ class ImageError(ValueError):
     """An image that cannot be used, with a message fit to show a person."""
 
 
+class UnsupportedImageError(ImageError):
+    """The data is not in an image format Pillow reads (the API answers 415 rather than 400)."""
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB view of any PIL mode: EXIF rotation applied, alpha composited on white, 16-bit scaled to 8."""
     image = ImageOps.exif_transpose(image)
@@ -91,6 +95,6 @@ def load_rgb(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_IMA
     except FileNotFoundError:
         raise ImageError(f"file not found: {source}") from None
     except Image.UnidentifiedImageError:
-        raise ImageError("not an image file (the format is not recognised)") from None
+        raise UnsupportedImageError("not an image file (the format is not recognised)") from None
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
         raise ImageError(f"the image data is corrupt or truncated ({exc})") from None

@@ -76,7 +76,7 @@ class BatchTransform:
         return round((rh - th) / 2) * h / rh, round((rw - tw) / 2) * w / rw, th * h / rh, tw * w / rw
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
-        h, w = images.shape[-2:]
+        h, w = (int(s) for s in images.shape[-2:])  # plain ints also while an ONNX export traces a fixed size
         th, tw = self.size
         scale, rh, rw = self.resized_shape(h, w)
         if rh * rw > 16 * th * tw:

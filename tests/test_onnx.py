@@ -1,0 +1,112 @@
+"""ONNX export: per-member and single-graph files, run by ONNX Runtime on CIFAR-10 test images, against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime
+import pytest
+import timm
+import torch
+
+from conftest import REPO
+from vision_ensemble.config import CIFAR10_CLASSES, ONNX_TOLERANCE
+from vision_ensemble.ensemble import Ensemble, Member
+from vision_ensemble.model import export_model, training_data_config
+from vision_ensemble.onnx_export import OnnxCheckError, export, member_filename
+
+
+def make_member(folder, name, seed, size, sharpen=8.0, **model_kwargs):
+    """A tiny timm model exported like a trained member, its logits scaled so probabilities are far from uniform."""
+    torch.manual_seed(seed)
+    model = timm.create_model(name, num_classes=len(CIFAR10_CLASSES), **model_kwargs)
+    with torch.no_grad():
+        for p in model.get_classifier().parameters():
+            p.mul_(sharpen)
+    return export_model(model, folder, training_data_config(model, size), list(CIFAR10_CLASSES))
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    """Three architectures and the three resize paths from 32 px CIFAR images: bilinear antialiased downscale
+    (CNN, 24 px), bicubic antialiased downscale (ViT, 24 px), bicubic upscale (EfficientNet, 48 px)."""
+    root = tmp_path_factory.mktemp("onnx_members")
+    folders = [make_member(root / "resnet", "test_resnet", 0, 24),
+               make_member(root / "vit", "test_vit", 1, 24, img_size=24, patch_size=4),
+               make_member(root / "effnet", "test_efficientnet", 2, 48)]
+    ensemble = Ensemble([Member.load(str(f)) for f in folders], weights=[0.5, 0.3, 0.2], temperature=1.7)
+    return ensemble.save_manifest(root / "ensemble.json")
+
+
+@pytest.fixture(scope="module")
+def test_images(cifar10):
+    pick = np.random.default_rng(1).choice(len(cifar10.test), 64, replace=False)
+    return torch.from_numpy(cifar10.test.images[pick]).permute(0, 3, 1, 2).contiguous(), cifar10.test.labels[pick]
+
+
+def ort_run(path, x: np.ndarray) -> np.ndarray:
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def test_cli_exports_each_member_equal_to_pytorch_and_reports_int8(manifest, cifar10_archive, cache_root, cifar10,
+                                                                   test_images, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VISION_ENSEMBLE_CACHE": str(cache_root)}
+    run = subprocess.run([sys.executable, "-m", "vision_ensemble.onnx_export", "--manifest", str(manifest),
+                          "--output", str(tmp_path / "onnx"), "--quantize", "int8", "--data-dir", str(cifar10_archive),
+                          "--check-images", "200"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count(": ok") == 3 and "int8: top-1 agreement with fp32" in run.stdout
+    summary = json.loads((tmp_path / "onnx" / "export.json").read_text())
+    assert summary["check_images"] == 200 and max(summary["max_abs_diff"].values()) <= ONNX_TOLERANCE
+    int8 = summary["int8"]
+    assert 0 <= int8["top1_agreement"] <= 100 and {"top1_fp32", "top1_int8"} <= set(int8)
+
+    # Independently of the export code: each file, run batched (dynamic batch) on the network's input.
+    ensemble = Ensemble.from_manifest(manifest)
+    images, _ = test_images
+    for member in ensemble.members:
+        path = tmp_path / "onnx" / member_filename(member.source)
+        x = member.transform(images)
+        logits = ort_run(path, x.numpy())
+        expected = member.probabilities(images).numpy()
+        np.testing.assert_allclose(torch.from_numpy(logits).softmax(1).numpy(), expected, atol=ONNX_TOLERANCE)
+        quantized = ort_run(path.with_suffix(".int8.onnx"), x.numpy())
+        assert quantized.shape == logits.shape and np.isfinite(quantized).all()
+
+
+@pytest.mark.parametrize("float_input,tta_flip", [(False, False), (True, True)])
+def test_single_graph_gives_the_ensembles_calibrated_probabilities(manifest, test_images, tmp_path, float_input,
+                                                                   tta_flip):
+    ensemble = Ensemble.from_manifest(manifest)
+    ensemble.tta_flip = tta_flip
+    images, labels = test_images
+    summary = export(ensemble, tmp_path, single_graph=True, input_size=32, float_input=float_input, quantize="int8",
+                     images=images, labels=labels)
+    expected, _ = ensemble.predict(images)
+    feed = images.float().div(255).numpy() if float_input else images.numpy()
+    probs = ort_run(tmp_path / "ensemble.onnx", feed)
+    np.testing.assert_allclose(probs, expected, atol=ONNX_TOLERANCE)
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    assert summary["max_abs_diff"] <= ONNX_TOLERANCE
+    int8 = ort_run(tmp_path / "ensemble.int8.onnx", feed)
+    agreement = np.mean(int8.argmax(1) == probs.argmax(1)) * 100
+    assert summary["int8"]["top1_agreement"] == pytest.approx(agreement)
+    print(f"int8 single graph: top-1 agreement with fp32 {agreement:.1f}% on {len(images)} CIFAR-10 test images")
+
+
+def test_a_graph_that_differs_from_pytorch_is_refused(manifest, test_images, tmp_path):
+    """The check compares against the ensemble it exported: a graph exported with another temperature fails it."""
+    ensemble = Ensemble.from_manifest(manifest)
+    images, _ = test_images
+    export(ensemble, tmp_path, single_graph=True, images=images)
+    from vision_ensemble.onnx_export import check_close, graph_probabilities, inference_session
+
+    ensemble.temperature = 1.0
+    with pytest.raises(OnnxCheckError, match="differ from PyTorch's"):
+        check_close("stale graph", graph_probabilities(inference_session(tmp_path / "ensemble.onnx"), images),
+                    ensemble.predict(images)[0])

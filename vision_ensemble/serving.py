@@ -1,0 +1,134 @@
+"""One prediction path for the Space's Classify tab and the JSON API: the same input checks and messages, the
+same top-k, member answers, uncertainty hint, model version and timing.
+
+`decode_upload` turns uploaded bytes into pixels or raises `InputError` carrying the HTTP status the API
+answers with (the UI shows the same message); `predict_image` runs the ensemble on one image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from importlib.metadata import PackageNotFoundError, version
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from .config import CLASSIFY_CONCURRENCY, DEFAULT_TOP_K, MAX_UPLOAD_BYTES
+from .ensemble import Ensemble
+from .images import ImageError, UnsupportedImageError, load_rgb
+
+#: Shared by the UI handler and the API: never more than this many predictions at once on the CPU.
+INFERENCE_SLOTS = threading.BoundedSemaphore(CLASSIFY_CONCURRENCY)
+
+_NUMBER_WORDS = dict(enumerate("zero one two three four five six seven eight nine ten eleven twelve".split()))
+
+
+class InputError(ValueError):
+    """An upload that cannot be classified: `status` is the HTTP answer (400, 413, 415), the message is for a person."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def size_text(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:.0f} MB" if n_bytes >= 2**20 else f"{n_bytes:,} bytes"
+
+
+def check_upload_size(n_bytes: int, limit: int = MAX_UPLOAD_BYTES) -> None:
+    if n_bytes > limit:
+        raise InputError(413, f"The file is larger than {size_text(limit)}.")
+    if n_bytes == 0:
+        raise InputError(400, "Could not use this file: the file is empty.")
+
+
+def decode_upload(data: bytes, limit: int = MAX_UPLOAD_BYTES) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of an uploaded file, or InputError: 413 too large, 415 not an image, 400 corrupt,
+    empty or too many pixels."""
+    check_upload_size(len(data), limit)
+    try:
+        return load_rgb(data)
+    except ImageError as exc:
+        raise InputError(415 if isinstance(exc, UnsupportedImageError) else 400, f"Could not use this file: {exc}.") from None
+
+
+# --- the answer -----------------------------------------------------------------------------------------
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float = Field(description="calibrated probability (members' weighted mean, temperature-scaled)")
+
+
+class MemberAnswer(BaseModel):
+    source: str = Field(description="the member as named in ensemble.json (a Hub repo id or a folder)")
+    label: str = Field(description="this member's top class")
+    probability: float = Field(description="this member's (uncalibrated) probability of its top class")
+    agrees: bool = Field(description="whether its top class is the ensemble's")
+    top_k: list[LabelProbability]
+
+
+class Prediction(BaseModel):
+    top_k: list[LabelProbability] = Field(description="the ensemble's k most probable classes, most probable first")
+    members: list[MemberAnswer]
+    uncertain: bool = Field(description="the ensemble's uncertainty rule fired (low confidence or members disagree)")
+    hint: str | None = Field(description="a plain-words warning when `uncertain`, else null")
+    model_version: str = Field(description="hash of ensemble.json's content and the members' weights")
+    latency_ms: float = Field(description="time spent in the ensemble (preprocessing and networks), milliseconds")
+
+
+def uncertainty_hint(num_classes: int) -> str:
+    count = _NUMBER_WORDS.get(num_classes, str(num_classes))
+    return f"The ensemble is unsure: this may not be one of the {count} classes."
+
+
+def _top(probs: np.ndarray, names: list[str], k: int) -> list[LabelProbability]:
+    return [LabelProbability(label=names[i], probability=float(probs[i])) for i in np.argsort(-probs)[:k]]
+
+
+def predict_image(ensemble: Ensemble, pixels: np.ndarray, top_k: int = DEFAULT_TOP_K,
+                  model_version: str = "") -> Prediction:
+    """The ensemble's answer for one (H, W, 3) uint8 image."""
+    images = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    with INFERENCE_SLOTS:
+        start = time.perf_counter()
+        probs, member_probs = ensemble.predict(images)
+        latency_ms = (time.perf_counter() - start) * 1000
+    names = ensemble.class_names
+    uncertain = bool(ensemble.uncertainty.flags(probs, member_probs)[0])
+    top = int(probs[0].argmax())
+    members = []
+    for member, p in zip(ensemble.members, member_probs[:, 0]):
+        best = int(p.argmax())
+        members.append(MemberAnswer(source=member.source, label=names[best], probability=float(p[best]),
+                                    agrees=best == top, top_k=_top(p, names, top_k)))
+    return Prediction(top_k=_top(probs[0], names, top_k), members=members, uncertain=uncertain,
+                      hint=uncertainty_hint(len(names)) if uncertain else None, model_version=model_version,
+                      latency_ms=round(latency_ms, 2))
+
+
+# --- what is being served -----------------------------------------------------------------------------
+
+def model_version(ensemble: Ensemble) -> str:
+    """12 hex digits identifying what answers: the manifest's content (sources, weights, temperature,
+    preprocessing, uncertainty rule) and every member's weights, so retrained weights behind the same
+    source names get a new version."""
+    digest = hashlib.sha256(json.dumps(ensemble.manifest(), sort_keys=True).encode())
+    for member in ensemble.members:
+        for name, tensor in member.model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {}
+    for package in ("vision-ensemble", "timm", "torch", "gradio", "onnxruntime", "fastapi"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:  # e.g. the project run from a checkout, not installed
+            versions[package] = None
+    return versions
