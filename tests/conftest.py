@@ -1,13 +1,27 @@
-"""Shared fixtures: the real CIFAR-10 archive (../shared/data, read-only) and small generated datasets."""
+"""Shared fixtures and helpers: the real CIFAR-10 archive (../shared/data, read-only), small generated datasets,
+tiny members, tiny training runs, the live app on a free port, and headless Chromium."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
+import torch
 from PIL import Image
+
+from vision_ensemble.config import CIFAR10_CLASSES
+from vision_ensemble.model import export_model, training_data_config
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_ARCHIVE = Path(os.environ.get("CIFAR10_ARCHIVE", REPO.parent / "shared" / "data" / "cifar10.tar.gz"))
@@ -53,4 +67,131 @@ def make_image_folder(root: Path, classes=("circle", "square", "stripes"), per_c
                     mask = (xx // 8) % 2 == 0
                 img[mask] = rng.integers(180, 255, 3, dtype=np.uint8)
                 Image.fromarray(img).save(folder / f"{i:04d}.{fmt}")
+    return root
+
+
+# --- shared by several test files: members, tiny training runs, live servers, the browser -----------------
+
+EXAMPLES = REPO / "examples"
+FINETUNE = str(REPO / "train" / "finetune.py")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+
+
+def tiny_run_args(archive, cache_root, output_dir, *extra):
+    return ["--model", "test_resnet", "--img-size", "32", "--batch-size", "32", "--epochs", "2",
+            "--data-dir", str(archive), "--cache-dir", str(cache_root), "--output-dir", str(output_dir),
+            "--max-train-samples", "256", "--max-eval-samples", "101", *extra]
+
+
+def run(cmd, check=True):
+    result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600, cwd=REPO)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def make_member(folder: Path, seed: int, img_size: int, classes=CIFAR10_CLASSES, sharpen: float = 1.0) -> Path:
+    """A tiny timm model exported like a trained member; `sharpen` scales its logits (over-confidence)."""
+    torch.manual_seed(seed)
+    model = timm.create_model("test_resnet", num_classes=len(classes))
+    with torch.no_grad():
+        model.fc.weight.mul_(sharpen)
+        model.fc.bias.mul_(sharpen)
+    return export_model(model, folder, training_data_config(model, img_size), list(classes))
+
+
+def tiny_vit() -> torch.nn.Module:
+    return timm.create_model("test_vit", num_classes=10, img_size=32, patch_size=4)
+
+
+def make_vit_member(folder: Path, seed: int) -> Path:
+    torch.manual_seed(seed)
+    model = tiny_vit()
+    return export_model(model, folder, training_data_config(model, 32), list(CIFAR10_CLASSES))
+
+
+def write_manifest(root: Path, members: list[Path], **ensemble_args) -> Path:
+    """ensemble.json in `root` for member folders inside it, sources relative as evaluate.py writes them."""
+    from vision_ensemble.ensemble import Ensemble, Member
+
+    manifest = Ensemble([Member.load(str(m)) for m in members], **ensemble_args).manifest()
+    for entry in manifest["members"]:
+        entry["source"] = Path(entry["source"]).name
+    path = root / "ensemble.json"
+    path.write_text(json.dumps(manifest))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(manifest: Path, log_file: Path, **extra_env: str):
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1", **extra_env}
+    process = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--manifest", str(manifest), "--host",
+                                "127.0.0.1", "--port", str(port)], cwd=REPO, env=env,
+                               stdout=log_file.open("w"), stderr=subprocess.STDOUT)
+    return process, wait_for_server(process, f"http://127.0.0.1:{port}/", log_file)
+
+
+def wait_for_server(process: subprocess.Popen, url: str, log_file: Path) -> str:
+    """`url` once the server `process` answers there; its log in the error if it exits or never answers."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"app exited:\n{log_file.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return url
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise AssertionError(f"app did not start:\n{log_file.read_text()[-3000:]}")
+
+
+@contextmanager
+def running_app(manifest: Path, log_file: Path, **extra_env: str):
+    """(gradio_client Client, url) of app.py serving `manifest`; the server stops when the block ends."""
+    from gradio_client import Client
+
+    process, url = start_app(manifest, log_file, **extra_env)
+    try:
+        yield Client(url, verbose=False), url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# No sandbox (containers), and no background traffic that would keep "networkidle" from ever arriving.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+needs_chromium = pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true",
+                                    reason="Debian's chromium is not installed")
+
+
+@contextmanager
+def browser_page(url: str, width: int = 1280, height: int = 1000):
+    """A headless-Chromium page opened at `url` (Playwright driving Debian's chromium)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto(url, wait_until="networkidle")
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def ensemble_dir(tmp_path_factory):
+    """Two tiny members (32 and 48 px) and their ensemble.json, as the Space loads them."""
+    root = tmp_path_factory.mktemp("space")
+    members = [make_member(root / "member_a", 0, 32, sharpen=5.0), make_member(root / "member_b", 1, 48, sharpen=5.0)]
+    write_manifest(root, members, weights=[0.4, 0.6], temperature=1.3)
     return root

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_app import EXAMPLES, ensemble_dir, start_app  # noqa: F401  (ensemble_dir is a fixture)
+from conftest import EXAMPLES, start_app
 from vision_ensemble.ensemble import Ensemble
 from vision_ensemble.images import load_rgb
 

@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -17,65 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO
-from test_ensemble import make_member
-from vision_ensemble.ensemble import Ensemble, Member
+from conftest import EXAMPLES, browser_page, needs_chromium, running_app
+from vision_ensemble.ensemble import Ensemble
 from vision_ensemble.images import load_rgb
 from vision_ensemble.thresholds import optimize, read_scores_csv
 
-EXAMPLES = REPO / "examples"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_app(manifest: Path, log_file: Path, **extra_env: str):
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1", **extra_env}
-    process = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--manifest", str(manifest), "--host",
-                                "127.0.0.1", "--port", str(port)], cwd=REPO, env=env,
-                               stdout=log_file.open("w"), stderr=subprocess.STDOUT)
-    return process, wait_for_server(process, f"http://127.0.0.1:{port}/", log_file)
-
-
-def wait_for_server(process: subprocess.Popen, url: str, log_file: Path) -> str:
-    """`url` once the server `process` answers there; its log in the error if it exits or never answers."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"app exited:\n{log_file.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return url
-        except OSError:
-            time.sleep(0.5)
-    process.kill()
-    raise AssertionError(f"app did not start:\n{log_file.read_text()[-3000:]}")
-
-
-@pytest.fixture(scope="module")
-def ensemble_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("space")
-    members = [make_member(root / "member_a", 0, 32, sharpen=5.0), make_member(root / "member_b", 1, 48, sharpen=5.0)]
-    ensemble = Ensemble([Member.load(str(m)) for m in members], weights=[0.4, 0.6], temperature=1.3)
-    manifest = ensemble.manifest()
-    for entry in manifest["members"]:  # relative, as evaluate.py writes them
-        entry["source"] = Path(entry["source"]).name
-    import json
-    (root / "ensemble.json").write_text(json.dumps(manifest))
-    return root
-
-
 @pytest.fixture(scope="module")
 def app(ensemble_dir, tmp_path_factory):
-    process, url = start_app(ensemble_dir / "ensemble.json", tmp_path_factory.mktemp("log") / "app.log")
-    from gradio_client import Client
-    yield Client(url, verbose=False), url
-    process.terminate()
-    process.wait(timeout=30)
+    with running_app(ensemble_dir / "ensemble.json", tmp_path_factory.mktemp("log") / "app.log") as client_and_url:
+        yield client_and_url
 
 
 def test_api_names_are_stable(app):
@@ -166,40 +110,24 @@ def test_bad_inputs_get_plain_errors_and_the_server_keeps_serving(app, tmp_path)
 
 
 def test_without_weights_the_app_starts_and_the_threshold_tab_works(tmp_path):
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    process, url = start_app(tmp_path / "missing.json", tmp_path / "app.log")
-    try:
-        client = Client(url, verbose=False)
+    with running_app(tmp_path / "missing.json", tmp_path / "app.log") as (client, _):
         with pytest.raises(AppError, match="No model weights are loaded"):
             client.predict(handle_file(str(EXAMPLES / "cifar10_cat.png")), api_name="/classify")
         out = client.predict(handle_file(str(EXAMPLES / "classifier_scores.csv")), "label", "score", "(auto)", "f1",
                              1, 1, 1, 0.9, 0.9, api_name="/optimize_threshold")
         assert "Best threshold" in out[0]
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     assert "no ensemble loaded" in (tmp_path / "app.log").read_text()
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# No sandbox (containers), and no background traffic that would keep "networkidle" from ever arriving.
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
-
-
-@pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true", reason="Debian's chromium is not installed")
+@needs_chromium
 def test_headless_chromium_renders_every_tab(app, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     _, url = app
     shots = Path(os.environ.get("SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(url, wait_until="networkidle")
+    with browser_page(url) as page:
         page.get_by_role("tab", name="Classify").click()
         page.locator(".gallery-item, button.gallery-item, [data-testid='examples'] button").nth(2).click()
         page.get_by_role("button", name="Classify").click()
@@ -219,4 +147,3 @@ def test_headless_chromium_renders_every_tab(app, tmp_path):
             pixels = np.asarray(Image.open(path).convert("L"), dtype=float)
             assert pixels.std() > 10  # a rendered page, not a blank or error screen
         assert "Error" not in page.title()
-        browser.close()

@@ -11,9 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
-from test_ensemble import make_member
-from test_explain import make_vit_member
+from conftest import REPO, make_member, make_vit_member
 from vision_ensemble.diagnostics import top_confusions
 from vision_ensemble.ensemble import UncertaintyRule
 from vision_ensemble.hub import results_markdown

@@ -6,28 +6,17 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import timm
 import torch
 
-from conftest import REPO
+from conftest import REPO, make_member
 from vision_ensemble.config import CIFAR10_CLASSES
 from vision_ensemble.ensemble import (Ensemble, Member, apply_temperature, expected_calibration_error, fit_temperature,
                                       fit_weights, nll)
-from vision_ensemble.model import ModelError, export_model, training_data_config
-
-
-def make_member(folder: Path, seed: int, img_size: int, classes=CIFAR10_CLASSES, sharpen: float = 1.0) -> Path:
-    """A tiny timm model exported like a trained member; `sharpen` scales its logits (over-confidence)."""
-    torch.manual_seed(seed)
-    model = timm.create_model("test_resnet", num_classes=len(classes))
-    with torch.no_grad():
-        model.fc.weight.mul_(sharpen)
-        model.fc.bias.mul_(sharpen)
-    return export_model(model, folder, training_data_config(model, img_size), list(classes))
+from vision_ensemble.model import ModelError
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -13,27 +12,13 @@ import timm
 import torch
 from PIL import Image
 
-from conftest import REPO
-from test_app import CHROMIUM, start_app
-from test_ensemble import make_member
-from vision_ensemble.config import CIFAR10_CLASSES
+from conftest import (EXAMPLES, browser_page, make_member, make_vit_member, needs_chromium, running_app, tiny_vit,
+                      write_manifest)
 from vision_ensemble.data import BatchTransform
-from vision_ensemble.ensemble import Ensemble, Member
 from vision_ensemble.explain import class_heatmaps, overlay, target_layer
 from vision_ensemble.images import load_rgb
-from vision_ensemble.model import export_model, training_data_config
+from vision_ensemble.model import training_data_config
 
-EXAMPLES = REPO / "examples"
-
-
-def tiny_vit() -> torch.nn.Module:
-    return timm.create_model("test_vit", num_classes=10, img_size=32, patch_size=4)
-
-
-def make_vit_member(folder: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    model = tiny_vit()
-    return export_model(model, folder, training_data_config(model, 32), list(CIFAR10_CLASSES))
 
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_vit"])
@@ -85,16 +70,10 @@ def test_overlay_has_the_uploaded_images_size_and_leaves_cold_pixels_alone():
 @pytest.fixture(scope="module")
 def explain_app(tmp_path_factory):
     root = tmp_path_factory.mktemp("space")
-    members = [make_member(root / "cnn", 0, 48, sharpen=5.0), make_vit_member(root / "vit", 1)]
-    manifest = Ensemble([Member.load(str(m)) for m in members], weights=[0.5, 0.5]).manifest()
-    for entry in manifest["members"]:
-        entry["source"] = Path(entry["source"]).name
-    (root / "ensemble.json").write_text(json.dumps(manifest))
-    process, url = start_app(root / "ensemble.json", tmp_path_factory.mktemp("log") / "app.log")
-    from gradio_client import Client
-    yield Client(url, verbose=False), url
-    process.terminate()
-    process.wait(timeout=30)
+    manifest = write_manifest(root, [make_member(root / "cnn", 0, 48, sharpen=5.0), make_vit_member(root / "vit", 1)],
+                              weights=[0.5, 0.5])
+    with running_app(manifest, tmp_path_factory.mktemp("log") / "app.log") as client_and_url:
+        yield client_and_url
 
 
 def test_explain_endpoint_returns_one_overlay_per_member(explain_app, tmp_path):
@@ -117,17 +96,12 @@ def test_explain_endpoint_returns_one_overlay_per_member(explain_app, tmp_path):
         client.predict(handle_file(str(tmp_path / "not_an_image.png")), api_name="/explain")
 
 
-@pytest.mark.skipif(CHROMIUM is None and os.environ.get("CI") != "true", reason="Debian's chromium is not installed")
+@needs_chromium
 def test_explain_button_shows_the_overlays_in_the_browser(explain_app, tmp_path):
-    from playwright.sync_api import sync_playwright
-
     _, url = explain_app
     shots = Path(os.environ.get("SCREENSHOT_DIR", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1100})
-        page.goto(url, wait_until="networkidle")
+    with browser_page(url, height=1100) as page:
         page.locator("input[type=file]").first.set_input_files(str(EXAMPLES / "china.jpg"))
         page.get_by_role("button", name="Explain (Grad-CAM per member)").click()
         page.get_by_text("Grad-CAM for the ensemble's top class").first.wait_for(state="visible", timeout=60_000)
@@ -135,4 +109,3 @@ def test_explain_button_shows_the_overlays_in_the_browser(explain_app, tmp_path)
         gallery.locator("img").first.wait_for(state="visible", timeout=20_000)
         assert gallery.locator("img").count() >= 2  # one overlay per member
         page.screenshot(path=str(shots / "tab_classify_explain.png"), full_page=True)
-        browser.close()

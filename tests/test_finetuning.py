@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from timm.scheduler import create_scheduler_v2
 
-from conftest import REPO, make_image_folder
-from test_train import ENV, FINETUNE
+from conftest import ENV, FINETUNE, REPO, make_image_folder
 from vision_ensemble.config import RECIPES, recipe_config
 from vision_ensemble.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
 

@@ -15,9 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, make_image_folder
-from test_app import CHROMIUM, CHROMIUM_ARGS, free_port, wait_for_server
-from test_ensemble import make_member
+from conftest import CHROMIUM, CHROMIUM_ARGS, REPO, free_port, make_image_folder, make_member, wait_for_server
 from vision_ensemble.ensemble import Ensemble, Member
 from vision_ensemble.images import load_rgb
 from vision_ensemble.labeling import (LabelingError, LabelStore, assign_splits, export_dataset, find_images,

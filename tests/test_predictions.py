@@ -10,9 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
-from test_ensemble import make_member
-from test_train import ENV, FINETUNE, run, tiny_run_args
+from conftest import ENV, FINETUNE, REPO, make_member, run, tiny_run_args
 from vision_ensemble.config import recipe_config
 from vision_ensemble.ensemble import Member
 from vision_ensemble.predictions import evaluation_batch, load_predictions, save_predictions

@@ -10,8 +10,7 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from conftest import REPO
-from test_train import ENV, FINETUNE, tiny_run_args
+from conftest import ENV, FINETUNE, REPO, tiny_run_args
 
 EVALUATE = str(REPO / "evaluation" / "evaluate.py")
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--cpu",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import pytest
@@ -12,26 +10,9 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import REPO
+from conftest import FINETUNE, run, tiny_run_args
 from vision_ensemble.config import recipe_config
 from vision_ensemble.model import create_model, load_model_folder
-
-FINETUNE = str(REPO / "train" / "finetune.py")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-
-
-def tiny_run_args(archive, cache_root, output_dir, *extra):
-    return ["--model", "test_resnet", "--img-size", "32", "--batch-size", "32", "--epochs", "2",
-            "--data-dir", str(archive), "--cache-dir", str(cache_root), "--output-dir", str(output_dir),
-            "--max-train-samples", "256", "--max-eval-samples", "101", *extra]
-
-
-def run(cmd, check=True):
-    result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600, cwd=REPO)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return result
-
 
 @pytest.fixture(scope="module")
 def two_process_run(cifar10, cifar10_archive, cache_root, tmp_path_factory):
