@@ -23,8 +23,8 @@ import torch
 
 from vision_ensemble.config import ATTACK_EPSILONS_255, CIFAR10_CLASSES, PGD_STEPS
 from vision_ensemble.data import load_dataset, subset_indices
-from vision_ensemble.diagnostics import PixelClassifier, attack_accuracies
-from vision_ensemble.ensemble import Ensemble, Member
+from vision_ensemble.diagnostics import attack_accuracies
+from vision_ensemble.ensemble import Ensemble, Member, SoftVote
 from vision_ensemble.model import export_model, training_data_config
 
 
@@ -53,8 +53,8 @@ def main() -> None:
     labels = torch.from_numpy(data.test.labels[keep])
     sources = args.models or test_members(Path(tempfile.mkdtemp(prefix="attack-time-")))
     ensemble = Ensemble([Member.load(s) for s in sources], tta_flip=args.tta)
-    models = {Path(m.source).name: PixelClassifier([m], [1.0], tta_flip=args.tta) for m in ensemble.members}
-    models["ensemble"] = PixelClassifier(ensemble.members, ensemble.weights, ensemble.temperature, args.tta)
+    models = {Path(m.source).name: SoftVote([m], [1.0], tta_flip=args.tta, input_scale=255) for m in ensemble.members}
+    models["ensemble"] = ensemble.soft_vote(input_scale=255)
     epsilons = [e / 255 for e in ATTACK_EPSILONS_255]
     print(f"{args.samples} images, epsilons {ATTACK_EPSILONS_255}/255, PGD {args.pgd_steps} steps, "
           f"{torch.get_num_threads()} torch threads")

@@ -6,9 +6,9 @@
 - accuracy of each member and of the ensemble under Captum's FGSM and PGD (`captum.robust`) at L-inf radii
   of 0 to 8/255 in pixel space, on a seeded test subset (robustness.png).
 
-Each network is attacked through its own preprocessing: `PixelClassifier` takes [0, 1] pixels at the data's
-resolution and resizes and normalises inside, so one perturbation of the pixels reaches every member, and the
-ensemble is attacked through its differentiable soft vote.
+Each network is attacked through its own preprocessing: `ensemble.SoftVote` takes [0, 1] pixels at the
+data's resolution and resizes and normalises inside, so one perturbation of the pixels reaches every member,
+and the ensemble is attacked through its differentiable soft vote.
 """
 
 from __future__ import annotations
@@ -26,32 +26,9 @@ from tqdm.auto import tqdm
 
 from .config import ATTACK_EPSILONS_255, DEFAULT_ATTACK_SAMPLES, GALLERY_ERRORS, PGD_STEPS, TOP_CONFUSIONS
 from .data import subset_indices
-from .ensemble import Ensemble, Member
+from .ensemble import Ensemble, Member, SoftVote
 from .explain import class_heatmaps, overlay
 from .plots import error_gallery_figure, robustness_figure, save
-
-
-class PixelClassifier(torch.nn.Module):
-    """[0, 1] pixels (N, 3, H, W) -> log-probabilities of the weighted soft vote of `members`, each through its
-    own resize and normalisation, flip TTA and temperature as in `Ensemble.predict`.  One member with weight 1
-    and temperature 1 is that member alone."""
-
-    def __init__(self, members: list[Member], weights, temperature: float = 1.0, tta_flip: bool = False):
-        super().__init__()
-        self.networks = torch.nn.ModuleList(m.model for m in members)
-        self.transforms = [m.transform for m in members]
-        self.weights, self.temperature, self.tta_flip = list(map(float, weights)), float(temperature), tta_flip
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        probs = 0
-        for network, transform, weight in zip(self.networks, self.transforms, self.weights):
-            x = transform(pixels * 255)
-            p = network(x).float().softmax(dim=1)
-            if self.tta_flip:
-                p = (p + network(x.flip(3)).float().softmax(dim=1)) / 2
-            probs = probs + weight * p
-        # `apply_temperature` in torch: temperature scaling of the soft vote's log-probabilities.
-        return torch.log_softmax(probs.clamp_min(1e-12).log() / self.temperature, dim=1)
 
 
 def _per_sample_nll(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -59,11 +36,11 @@ def _per_sample_nll(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
-def _correct(model: PixelClassifier, pixels: torch.Tensor, labels: torch.Tensor) -> int:
+def _correct(model: SoftVote, pixels: torch.Tensor, labels: torch.Tensor) -> int:
     return int((model(pixels).argmax(dim=1) == labels).sum())
 
 
-def attack_accuracies(model: PixelClassifier, pixels: torch.Tensor, labels: torch.Tensor, epsilons: list[float],
+def attack_accuracies(model: SoftVote, pixels: torch.Tensor, labels: torch.Tensor, epsilons: list[float],
                       pgd_steps: int = PGD_STEPS, batch_size: int = 64, progress=None) -> dict[str, list[float]]:
     """Top-1 (%) under untargeted FGSM and PGD (L-inf, no random start) at each radius; radius 0 is clean."""
     fgsm = FGSM(model, _per_sample_nll, lower_bound=0.0, upper_bound=1.0)
@@ -95,8 +72,8 @@ def robustness(ensemble: Ensemble, images: torch.Tensor, labels: np.ndarray, eps
     """FGSM and PGD accuracy of each member and of the ensemble on uint8 `images`, radii in 1/255 steps."""
     device = next(ensemble.members[0].model.parameters()).device
     pixels, targets = images.to(device).float() / 255, torch.as_tensor(labels, device=device)
-    models = {m.source: PixelClassifier([m], [1.0], tta_flip=ensemble.tta_flip) for m in ensemble.members}
-    models["ensemble"] = PixelClassifier(ensemble.members, ensemble.weights, ensemble.temperature, ensemble.tta_flip)
+    models = {m.source: SoftVote([m], [1.0], tta_flip=ensemble.tta_flip, input_scale=255) for m in ensemble.members}
+    models["ensemble"] = ensemble.soft_vote(input_scale=255)
     epsilons = [e / 255 for e in epsilons_255]
     start = time.perf_counter()
     result = {"fgsm": {}, "pgd": {}}

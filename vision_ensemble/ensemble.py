@@ -118,6 +118,37 @@ def manifest_dict(class_names: list[str], members: list[tuple[str, float, dict]]
                         for source, weight, data_config in members]}
 
 
+class SoftVote(torch.nn.Module):
+    """`Ensemble.predict` as one differentiable, exportable module: each member's own preprocessing and
+    network, its softmax (averaged with the mirror image under flip TTA, in one batch as `Member.probabilities`
+    does), the weighted mean, then temperature scaling (`apply_temperature` in torch).
+
+    Input: an NCHW batch that `input_scale` brings to the 0-255 scale (uint8 pixels: 1; [0, 1] pixels: 255).
+    Output: calibrated log-probabilities.  Used by the FGSM/PGD attacks and the single-graph ONNX export.
+    """
+
+    def __init__(self, members: list[Member], weights, temperature: float = 1.0, tta_flip: bool = False,
+                 input_scale: float = 1.0):
+        super().__init__()
+        self.networks = torch.nn.ModuleList(m.model for m in members)
+        self.transforms = [m.transform for m in members]
+        self.weights = [float(w) for w in weights]
+        self.temperature, self.tta_flip, self.input_scale = float(temperature), tta_flip, float(input_scale)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        pixels = images.float() * self.input_scale if self.input_scale != 1.0 else images.float()
+        probs = 0
+        for network, transform, weight in zip(self.networks, self.transforms, self.weights):
+            x = transform(pixels)
+            if self.tta_flip:
+                p = network(torch.cat([x, x.flip(3)])).float().softmax(dim=1)
+                p = p.reshape(2, -1, p.shape[1]).mean(dim=0)
+            else:
+                p = network(x).float().softmax(dim=1)
+            probs = probs + weight * p
+        return torch.log_softmax(probs.clamp(1e-12, 1.0).log() / self.temperature, dim=1)
+
+
 class Ensemble:
     """Weighted soft voting of member probabilities, then temperature scaling of the log-probabilities."""
 
@@ -140,6 +171,9 @@ class Ensemble:
     def use_onnxruntime(self, folder: str | Path) -> None:
         for member in self.members:
             member.use_onnxruntime(folder)
+
+    def soft_vote(self, input_scale: float = 1.0) -> SoftVote:
+        return SoftVote(self.members, self.weights, self.temperature, self.tta_flip, input_scale)
 
     def member_probabilities(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """(members, N, classes) probabilities for a uint8 NCHW batch."""

@@ -92,39 +92,23 @@ def inference_session(path: str | Path, threads: int | None = None):
     return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-class EnsembleGraph(torch.nn.Module):
-    """The whole ensemble as one module: a uint8 (or float [0, 1]) NCHW batch -> calibrated probabilities.
+class _Probabilities(torch.nn.Module):
+    """The graph's output: probabilities, not the soft vote's log-probabilities."""
 
-    The same computation as `Ensemble.predict`: each member's own `BatchTransform` (resize, normalise), its
-    softmax (averaged with the mirror image under flip TTA), the weighted mean, then temperature scaling.
-    """
-
-    def __init__(self, ensemble, float_input: bool = False):
+    def __init__(self, vote: torch.nn.Module):
         super().__init__()
-        self.ensemble = ensemble
-        self.networks = torch.nn.ModuleList(m.model for m in ensemble.members)  # exported as graph weights
-        self.float_input = float_input
+        self.vote = vote
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        pixels = images.float() * 255.0 if self.float_input else images.float()
-        probs = 0
-        for member, network, weight in zip(self.ensemble.members, self.networks, self.ensemble.weights):
-            x = member.transform(pixels)
-            if self.ensemble.tta_flip:  # image and mirror in one batch, as Member.probabilities does
-                p = network(torch.cat([x, x.flip(3)])).softmax(dim=1)
-                p = p.reshape(2, -1, p.shape[1]).mean(dim=0)
-            else:
-                p = network(x).softmax(dim=1)
-            probs = probs + float(weight) * p
-        logits = torch.log(probs.clamp(1e-12, 1.0)) / self.ensemble.temperature
-        return logits.softmax(dim=1)
+        return self.vote(images).exp()
 
 
 def export_ensemble_graph(ensemble, path: str | Path, input_size: int, float_input: bool = False) -> Path:
     """`path`: one graph for the whole ensemble, input (batch, 3, input_size, input_size)."""
     dtype = torch.float32 if float_input else torch.uint8
     example = torch.zeros(1, 3, input_size, input_size, dtype=dtype)
-    return _export(EnsembleGraph(ensemble, float_input), example, Path(path), PROBS_NAME)
+    graph = _Probabilities(ensemble.soft_vote(input_scale=255.0 if float_input else 1.0))
+    return _export(graph, example, Path(path), PROBS_NAME)
 
 
 # --- running and checking -------------------------------------------------------------------------------

@@ -15,13 +15,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from sklearn.metrics import classification_report, confusion_matrix
 
 from .config import UNCERTAINTY_FLAGGED_ACCURACY
 from .ensemble import (Ensemble, UncertaintyRule, apply_temperature, calibration_bins, expected_calibration_error,
                        fit_temperature, fit_weights, manifest_dict, nll, topk_accuracy)
 from .plots import confusion_matrix_figure, reliability_figure, save
+from .serving import predict_image
 
 
 @dataclass
@@ -55,10 +55,11 @@ def evaluate_ensemble(members: list[MemberPredictions], val_labels: np.ndarray, 
     weights = np.full(len(members), 1 / len(members)) if equal_weights else fit_weights(val_member, val_labels)
     val_raw = np.tensordot(weights, val_member, axes=1)
     temperature = fit_temperature(val_raw, val_labels)
+    val_calibrated = apply_temperature(val_raw, temperature)
     raw = np.tensordot(weights, test_member, axes=1)
     calibrated = apply_temperature(raw, temperature)
     predicted = calibrated.argmax(axis=1)
-    uncertainty = UncertaintyRule.choose(apply_temperature(val_raw, temperature), val_labels, flagged_accuracy)
+    uncertainty = UncertaintyRule.choose(val_calibrated, val_labels, flagged_accuracy)
     flagged = uncertainty.flags(calibrated, test_member)
     labels = range(len(class_names))
     report = {
@@ -79,7 +80,7 @@ def evaluate_ensemble(members: list[MemberPredictions], val_labels: np.ndarray, 
         "confusion_matrix": confusion_matrix(test_labels, predicted, labels=labels).tolist(),
         "uncertainty": {
             **asdict(uncertainty), "flagged_accuracy_target": flagged_accuracy,
-            "val_fire_rate": float(uncertainty.flags(apply_temperature(val_raw, temperature), val_member).mean()),
+            "val_fire_rate": float(uncertainty.flags(val_calibrated, val_member).mean()),
             "test_fire_rate": float(flagged.mean()),
             "test_flagged_top1": _accuracy(predicted[flagged], test_labels[flagged]),
             "test_unflagged_top1": _accuracy(predicted[~flagged], test_labels[~flagged])},
@@ -92,15 +93,13 @@ def _accuracy(predicted: np.ndarray, labels: np.ndarray) -> float | None:
 
 
 def out_of_domain_flags(ensemble: Ensemble, photos: dict[str, np.ndarray]) -> list[dict]:
-    """The ensemble's top class, its calibrated probability and the uncertainty flag for each (H, W, 3) photo."""
+    """The ensemble's top class, its calibrated probability and the uncertainty flag for each (H, W, 3) photo,
+    as the Space answers them (`serving.predict_image`)."""
     rows = []
     for name, pixels in photos.items():
-        probs, member_probs = ensemble.predict(torch.from_numpy(pixels).permute(2, 0, 1)[None])
-        top = int(probs[0].argmax())
-        rows.append({"image": name, "top_class": ensemble.class_names[top],
-                     "probability": float(probs[0, top]),
-                     "members_agreeing": int((member_probs[:, 0].argmax(axis=1) == top).sum()),
-                     "flagged": bool(ensemble.uncertainty.flags(probs, member_probs)[0])})
+        answer = predict_image(ensemble, pixels, top_k=1)
+        rows.append({"image": name, "top_class": answer.top_k[0].label, "probability": answer.top_k[0].probability,
+                     "members_agreeing": sum(m.agrees for m in answer.members), "flagged": answer.uncertain})
     return rows
 
 
