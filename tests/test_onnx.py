@@ -17,7 +17,7 @@ from conftest import REPO
 from vision_ensemble.config import CIFAR10_CLASSES, ONNX_TOLERANCE
 from vision_ensemble.ensemble import Ensemble, Member
 from vision_ensemble.model import export_model, training_data_config
-from vision_ensemble.onnx_export import OnnxCheckError, export, member_filename
+from vision_ensemble.onnx_export import OnnxCheckError, check_images, export, member_filename
 
 
 def make_member(folder, name, seed, size, sharpen=8.0, **model_kwargs):
@@ -77,6 +77,14 @@ def test_cli_exports_each_member_equal_to_pytorch_and_reports_int8(manifest, cif
         np.testing.assert_allclose(torch.from_numpy(logits).softmax(1).numpy(), expected, atol=ONNX_TOLERANCE)
         quantized = ort_run(path.with_suffix(".int8.onnx"), x.numpy())
         assert quantized.shape == logits.shape and np.isfinite(quantized).all()
+
+
+def test_per_member_check_compares_with_the_manifests_flip_tta(manifest, tmp_path):
+    """evaluate.py --tta writes manifests with flip TTA: the members' exports must pass the check against them."""
+    ensemble = Ensemble.from_manifest(manifest)
+    ensemble.tta_flip = True
+    summary = export(ensemble, tmp_path / "onnx", images=check_images(None, 32, 16)[0])
+    assert len(summary["max_abs_diff"]) == 3 and max(summary["max_abs_diff"].values()) <= ONNX_TOLERANCE
 
 
 @pytest.mark.parametrize("float_input,tta_flip", [(False, False), (True, True)])

@@ -113,11 +113,12 @@ def export_ensemble_graph(ensemble, path: str | Path, input_size: int, float_inp
 
 # --- running and checking -------------------------------------------------------------------------------
 
-def session_member_probabilities(member, session, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+def session_member_probabilities(member, session, images: torch.Tensor, tta_flip: bool = False,
+                                 batch_size: int = 256) -> np.ndarray:
     """A member's probabilities for a uint8 NCHW batch with its network run by `session`."""
     saved, member.session = member.session, session
     try:
-        return member.probabilities(images, batch_size=batch_size).numpy()
+        return member.probabilities(images, tta_flip, batch_size).numpy()
     finally:
         member.session = saved
 
@@ -213,17 +214,18 @@ def export(ensemble, output: str | Path, single_graph: bool = False, input_size:
         path = export_member(member, output)
         session = inference_session(path)
         summary["files"][member.source] = str(path)
+        # Against `Ensemble.predict`'s member probabilities, so with the manifest's flip TTA too.
         summary["max_abs_diff"][member.source] = check_close(member.source, session_member_probabilities(
-            member, session, images), torch_p)
+            member, session, images, ensemble.tta_flip), torch_p)
         fp32_sessions.append(session)
         if quantize:
             quantized = quantize_int8(path)
             summary["files"][member.source + " (int8)"] = str(quantized)
             int8_sessions.append(inference_session(quantized))
     if quantize:  # the ensemble's answer with every member's network int8, against every member's fp32
-        fp32 = ensemble.combine(np.stack([session_member_probabilities(m, s, images)
+        fp32 = ensemble.combine(np.stack([session_member_probabilities(m, s, images, ensemble.tta_flip)
                                           for m, s in zip(ensemble.members, fp32_sessions)]))
-        int8 = ensemble.combine(np.stack([session_member_probabilities(m, s, images)
+        int8 = ensemble.combine(np.stack([session_member_probabilities(m, s, images, ensemble.tta_flip)
                                           for m, s in zip(ensemble.members, int8_sessions)]))
         summary["int8"] = accuracy_change(fp32, int8, labels)
     return summary
