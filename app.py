@@ -25,16 +25,16 @@ import numpy as np
 import torch
 import uvicorn
 
-from vision_ensemble.api import create_api
 from vision_ensemble.config import CLASSIFY_CONCURRENCY, DEFAULT_MANIFEST, DEFAULT_TOP_K, MAX_CSV_ROWS, MAX_UPLOAD_BYTES
-from vision_ensemble.ensemble import Ensemble
-from vision_ensemble.explain import explain_members
+from vision_ensemble.evaluation.ensemble import Ensemble
+from vision_ensemble.evaluation.explain import explain_members
+from vision_ensemble.evaluation.thresholds import (OBJECTIVES, ObjectiveParams, ThresholdError, comparison_rows,
+                                                   curve_figures, detect_columns, optimize, read_table, results_table,
+                                                   scored_labels_from_table)
 from vision_ensemble.hub import MODEL_CARD, HubError, fill_results, results_markdown, split_front_matter
 from vision_ensemble.model import ModelError
-from vision_ensemble.serving import InputError, check_upload_size, decode_upload, model_version, predict_image
-from vision_ensemble.thresholds import (OBJECTIVES, ObjectiveParams, ThresholdError, comparison_rows, curve_figures,
-                                        detect_columns, optimize, read_table, results_table,
-                                        scored_labels_from_table)
+from vision_ensemble.serving.api import create_api
+from vision_ensemble.serving.predict import InputError, check_upload_size, decode_upload, model_version, predict_image
 
 log = logging.getLogger("vision_ensemble.app")
 HERE = Path(__file__).resolve().parent

@@ -34,7 +34,7 @@ import timm
 import torch
 
 from vision_ensemble.config import CIFAR10_CLASSES, RECIPES
-from vision_ensemble.ensemble import Ensemble
+from vision_ensemble.evaluation.ensemble import Ensemble
 from vision_ensemble.images import load_rgb
 from vision_ensemble.model import export_model, training_data_config
 
@@ -82,7 +82,8 @@ def member_forward_ms(manifest: Path, image: str, runtime: str) -> dict[str, flo
 def single_graph_ms(manifest: Path, folder: Path, input_size: int = 32, requests: int = 40) -> dict[str, str]:
     """The whole ensemble as one ONNX graph (python -m vision_ensemble.onnx_export --single-graph), fp32 and
     int8, batch 1 of uint8 input_size px images: p50/p95 of session.run in-process."""
-    from vision_ensemble.onnx_export import export, inference_session
+    from vision_ensemble.model.runtime import inference_session
+    from vision_ensemble.serving.onnx_export import export
 
     summary = export(Ensemble.from_manifest(manifest), folder, single_graph=True, input_size=input_size,
                      quantize="int8")

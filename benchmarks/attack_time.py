@@ -23,9 +23,9 @@ import torch
 
 from vision_ensemble.config import ATTACK_EPSILONS_255, CIFAR10_CLASSES, PGD_STEPS
 from vision_ensemble.data import load_dataset, subset_indices
-from vision_ensemble.diagnostics import attack_accuracies
-from vision_ensemble.ensemble import Ensemble, Member, SoftVote
-from vision_ensemble.model import export_model, training_data_config
+from vision_ensemble.evaluation.diagnostics import attack_accuracies
+from vision_ensemble.evaluation.ensemble import Ensemble, SoftVote
+from vision_ensemble.model import Member, export_model, training_data_config
 
 
 def test_members(folder: Path) -> list[str]:

@@ -38,7 +38,7 @@ def make_csv(path: Path, rows: int, seed: int = 0) -> None:
 
 def contender(name: str, csv_path: str) -> dict:
     """Run one approach; returns its timings (seconds) and F1 optimum."""
-    from vision_ensemble.thresholds import optimize, read_scores_csv
+    from vision_ensemble.evaluation.thresholds import optimize, read_scores_csv
 
     t0 = time.perf_counter()
     data = read_scores_csv(csv_path)

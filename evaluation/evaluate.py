@@ -27,18 +27,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch
 
-from vision_ensemble.config import (CIFAR10_NAME, DEFAULT_ATTACK_SAMPLES, DEFAULT_SEED, DEFAULT_VAL_SIZE,
-                                    PGD_STEPS, UNCERTAINTY_FLAGGED_ACCURACY, default_cache_size)
+from vision_ensemble.config import (CIFAR10_NAME, DEFAULT_ATTACK_SAMPLES, DEFAULT_SEED, DEFAULT_VAL_SIZE, PGD_STEPS,
+                                     UNCERTAINTY_FLAGGED_ACCURACY, default_cache_size)
 from vision_ensemble.data import DataError, load_dataset
-from vision_ensemble.diagnostics import diagnose
-from vision_ensemble.ensemble import Ensemble, Member
+from vision_ensemble.evaluation.diagnostics import diagnose
+from vision_ensemble.evaluation.ensemble import Ensemble
+from vision_ensemble.evaluation.predictions import PredictionsError, check_same_data, evaluation_batch, load_predictions
+from vision_ensemble.evaluation.report import (MemberPredictions, evaluate_ensemble, out_of_domain_flags,
+                                               summary_lines, write_outputs)
 from vision_ensemble.hub import MODEL_CARD, fill_results, results_markdown
 from vision_ensemble.images import ImageError, load_rgb
-from vision_ensemble.model import ModelError
-from vision_ensemble.predictions import PredictionsError, check_same_data, evaluation_batch, load_predictions
-from vision_ensemble.report import (MemberPredictions, evaluate_ensemble, out_of_domain_flags, summary_lines,
-                                    write_outputs)
-from vision_ensemble.tracking import TrackingError, log_evaluation, require_trackers
+from vision_ensemble.model import Member, ModelError
+from vision_ensemble.training.tracking import TrackingError, log_evaluation, require_trackers
 
 
 def build_parser() -> argparse.ArgumentParser:

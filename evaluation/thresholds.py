@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from vision_ensemble.config import MAX_CSV_ROWS
-from vision_ensemble.thresholds import (OBJECTIVES, ObjectiveParams, ThresholdError, comparison_rows, curve_figures,
-                                        optimize, read_scores_csv, results_table)
+from vision_ensemble.evaluation.thresholds import (OBJECTIVES, ObjectiveParams, ThresholdError, comparison_rows,
+                                                   curve_figures, optimize, read_scores_csv, results_table)
 
 
 def build_parser() -> argparse.ArgumentParser:

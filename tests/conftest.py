@@ -112,7 +112,8 @@ def make_vit_member(folder: Path, seed: int) -> Path:
 
 def write_manifest(root: Path, members: list[Path], **ensemble_args) -> Path:
     """ensemble.json in `root` for member folders inside it, sources relative as evaluate.py writes them."""
-    from vision_ensemble.ensemble import Ensemble, Member
+    from vision_ensemble.evaluation.ensemble import Ensemble
+    from vision_ensemble.model import Member
 
     manifest = Ensemble([Member.load(str(m)) for m in members], **ensemble_args).manifest()
     for entry in manifest["members"]:

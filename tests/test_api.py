@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import EXAMPLES, start_app
-from vision_ensemble.ensemble import Ensemble
+from vision_ensemble.evaluation.ensemble import Ensemble
 from vision_ensemble.images import load_rgb
 
 UPLOAD_LIMIT = 150_000  # bytes: examples/china.jpg (197 kB) is over it, the CIFAR-10 examples far under

@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 
 from conftest import EXAMPLES, browser_page, needs_chromium, running_app
-from vision_ensemble.ensemble import Ensemble
+from vision_ensemble.evaluation.ensemble import Ensemble
+from vision_ensemble.evaluation.thresholds import optimize, read_scores_csv
 from vision_ensemble.images import load_rgb
-from vision_ensemble.thresholds import optimize, read_scores_csv
+
 
 @pytest.fixture(scope="module")
 def app(ensemble_dir, tmp_path_factory):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, make_member, make_vit_member
-from vision_ensemble.diagnostics import top_confusions
-from vision_ensemble.ensemble import UncertaintyRule
+from vision_ensemble.evaluation.diagnostics import top_confusions
+from vision_ensemble.evaluation.ensemble import UncertaintyRule
 from vision_ensemble.hub import results_markdown
 
 

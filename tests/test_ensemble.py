@@ -14,9 +14,9 @@ import torch
 
 from conftest import REPO, make_member
 from vision_ensemble.config import CIFAR10_CLASSES
-from vision_ensemble.ensemble import (Ensemble, Member, apply_temperature, expected_calibration_error, fit_temperature,
-                                      fit_weights, nll)
-from vision_ensemble.model import ModelError
+from vision_ensemble.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature, nll
+from vision_ensemble.evaluation.ensemble import Ensemble, fit_weights
+from vision_ensemble.model import Member, ModelError
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_hub_layout_loads_offline_through_huggingface_hub_and_timm(members, tmp_
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     code = ("import timm, torch, sys; sys.path.insert(0, %r)\n"
-            "from vision_ensemble.ensemble import Member\n"
+            "from vision_ensemble.model import Member\n"
             "m = timm.create_model('hf-hub:someone/tiny-member', pretrained=True).eval()\n"
             "ours = Member.load('someone/tiny-member')\n"
             "x = torch.randn(2, 3, 32, 32)\n"

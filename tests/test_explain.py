@@ -13,12 +13,11 @@ import torch
 from PIL import Image
 
 from conftest import (EXAMPLES, browser_page, make_member, make_vit_member, needs_chromium, running_app, tiny_vit,
-                      write_manifest)
+                       write_manifest)
 from vision_ensemble.data import BatchTransform
-from vision_ensemble.explain import class_heatmaps, overlay, target_layer
+from vision_ensemble.evaluation.explain import class_heatmaps, overlay, target_layer
 from vision_ensemble.images import load_rgb
 from vision_ensemble.model import training_data_config
-
 
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_vit"])

@@ -16,7 +16,7 @@ from timm.scheduler import create_scheduler_v2
 
 from conftest import ENV, FINETUNE, REPO, make_image_folder
 from vision_ensemble.config import RECIPES, recipe_config
-from vision_ensemble.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
+from vision_ensemble.training.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
 
 
 def optimizer_params(optimizer) -> set[int]:

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from conftest import CHROMIUM, CHROMIUM_ARGS, REPO, free_port, make_image_folder, make_member, wait_for_server
-from vision_ensemble.ensemble import Ensemble, Member
+from vision_ensemble.evaluation.ensemble import Ensemble
 from vision_ensemble.images import load_rgb
-from vision_ensemble.labeling import (LabelingError, LabelStore, assign_splits, export_dataset, find_images,
-                                      parse_classes, rank_by_uncertainty)
+from vision_ensemble.labeling.store import (LabelingError, LabelStore, assign_splits, export_dataset, find_images,
+                                            parse_classes, rank_by_uncertainty)
+from vision_ensemble.model import Member
 
 CLASSES = ("circle", "square", "stripes")
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",

@@ -15,9 +15,10 @@ import torch
 
 from conftest import REPO
 from vision_ensemble.config import CIFAR10_CLASSES, ONNX_TOLERANCE
-from vision_ensemble.ensemble import Ensemble, Member
-from vision_ensemble.model import export_model, training_data_config
-from vision_ensemble.onnx_export import OnnxCheckError, check_images, export, member_filename
+from vision_ensemble.evaluation.ensemble import Ensemble
+from vision_ensemble.model import Member, export_model, training_data_config
+from vision_ensemble.model.runtime import member_filename
+from vision_ensemble.serving.onnx_export import OnnxCheckError, check_images, export
 
 
 def make_member(folder, name, seed, size, sharpen=8.0, **model_kwargs):
@@ -112,7 +113,8 @@ def test_a_graph_that_differs_from_pytorch_is_refused(manifest, test_images, tmp
     ensemble = Ensemble.from_manifest(manifest)
     images, _ = test_images
     export(ensemble, tmp_path, single_graph=True, images=images)
-    from vision_ensemble.onnx_export import check_close, graph_probabilities, inference_session
+    from vision_ensemble.model.runtime import inference_session
+    from vision_ensemble.serving.onnx_export import check_close, graph_probabilities
 
     ensemble.temperature = 1.0
     with pytest.raises(OnnxCheckError, match="differ from PyTorch's"):

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import ENV, FINETUNE, REPO, make_member, run, tiny_run_args
 from vision_ensemble.config import recipe_config
-from vision_ensemble.ensemble import Member
-from vision_ensemble.predictions import evaluation_batch, load_predictions, save_predictions
+from vision_ensemble.evaluation.predictions import evaluation_batch, load_predictions, save_predictions
+from vision_ensemble.model import Member
 
 EVALUATE = str(REPO / "evaluation" / "evaluate.py")
 EVAL_SAMPLES = 101  # tiny_run_args' --max-eval-samples: the run validates on this seeded subset

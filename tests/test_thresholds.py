@@ -12,8 +12,9 @@ import pytest
 from sklearn import metrics as skm
 
 from conftest import REPO
-from vision_ensemble.thresholds import (OBJECTIVES, ObjectiveParams, ScoredLabels, ThresholdError, average_precision,
-                                        optimize, pr_curve, read_scores_csv, roc_auc, roc_curve, sweep)
+from vision_ensemble.evaluation.thresholds import (OBJECTIVES, ObjectiveParams, ScoredLabels, ThresholdError,
+                                                   average_precision, optimize, pr_curve, read_scores_csv, roc_auc,
+                                                   roc_curve, sweep)
 
 PARAMS = ObjectiveParams(beta=2.0, cost_fp=1.0, cost_fn=7.0, min_precision=0.25, min_recall=0.7)
 

@@ -34,12 +34,12 @@ from tqdm.auto import tqdm
 from vision_ensemble.config import DEFAULT_CROP_PCT, TrainConfig, build_parser, default_cache_size, recipe_config
 from vision_ensemble.data import (BatchTransform, DataError, DeviceImageDataset, choose_augment, device_loader,
                                   fits_on_device, load_dataset, stream_loader, subset_indices, train_transform)
-from vision_ensemble.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
+from vision_ensemble.evaluation.predictions import save_predictions
 from vision_ensemble.hub import HubError, default_repo_id, member_card, push_folder
 from vision_ensemble.model import ModelError, create_model, export_model
 from vision_ensemble.plots import plot_training_curves
-from vision_ensemble.predictions import save_predictions
-from vision_ensemble.tracking import TrackingError, log_run_files, require_trackers, start_trackers
+from vision_ensemble.training.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
+from vision_ensemble.training.tracking import TrackingError, log_run_files, require_trackers, start_trackers
 
 CHECK_EVERY = 50  # steps between loss finiteness checks (each one synchronises the device)
 

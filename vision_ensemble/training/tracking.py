@@ -19,8 +19,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .config import TRACKERS, TRACKING_INSTALL, TRACKING_PROJECT, TrainConfig
-from .hub import HubError, dataset_name, resolve_member
+from ..config import TRACKERS, TRACKING_INSTALL, TRACKING_PROJECT, TrainConfig
+from ..hub import HubError, dataset_name, resolve_member
 
 RUN_IDS_FILE = "tracking.json"  # {"mlflow": run id, "wandb": run id}, in the run folder and in best/
 MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # what each tracker imports

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import MAX_CSV_ROWS
+from ..config import MAX_CSV_ROWS
 
 LABEL_COLUMNS = ("y_true", "label", "labels", "target", "actual", "truth", "ground_truth", "gt", "class",
                  "y", "true_label", "is_positive", "outcome")

@@ -1,7 +1,7 @@
 """Labelling a folder of images: the label store (`labels.csv`), the queue of images still to label, and the
 export of the labels to a train/val/test image-folder tree that `train/finetune.py --data-dir` reads.
 
-No UI here: `vision_ensemble/labeler.py` is the Gradio app and the command line on top of it.
+No UI here: `labeling/app.py` is the Gradio app and the command line on top of it.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .config import DEFAULT_SEED, SPLITS_FILENAME
-from .data import IMAGE_EXTENSIONS, DataError, stratified_split
-from .images import ImageError, load_rgb
+from ..config import DEFAULT_SEED, SPLITS_FILENAME
+from ..data import IMAGE_EXTENSIONS, DataError, stratified_split
+from ..images import ImageError, load_rgb
 
 LABEL_COLUMNS = ["filename", "label", "time"]
 SPLITS = ("train", "val", "test")

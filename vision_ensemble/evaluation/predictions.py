@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import TrainConfig
-from .data import DecodedDataset, ImageArrays, subset_indices
-from .ensemble import Member
+from ..config import TrainConfig
+from ..data import DecodedDataset, ImageArrays, subset_indices
+from ..model import Member
 from .report import MemberPredictions
 
 FORMAT_VERSION = 1

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-from .config import GRADCAM_MIN_GRID
-from .data import BatchTransform
+from ..config import GRADCAM_MIN_GRID
+from ..data import BatchTransform
 
 
 class ExplainError(ValueError):

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from .config import CLASSIFY_CONCURRENCY, DEFAULT_TOP_K, MAX_UPLOAD_BYTES
-from .ensemble import Ensemble
-from .images import ImageError, UnsupportedImageError, load_rgb
+from ..config import CLASSIFY_CONCURRENCY, DEFAULT_TOP_K, MAX_UPLOAD_BYTES
+from ..evaluation.ensemble import Ensemble
+from ..images import ImageError, UnsupportedImageError, load_rgb
 
 #: Shared by the UI handler and the API: never more than this many predictions at once on the CPU.
 INFERENCE_SLOTS = threading.BoundedSemaphore(CLASSIFY_CONCURRENCY)

@@ -24,11 +24,12 @@ import torch.nn.functional as F
 from captum.robust import FGSM, PGD
 from tqdm.auto import tqdm
 
-from .config import ATTACK_EPSILONS_255, DEFAULT_ATTACK_SAMPLES, GALLERY_ERRORS, PGD_STEPS, TOP_CONFUSIONS
-from .data import subset_indices
-from .ensemble import Ensemble, Member, SoftVote
+from ..config import ATTACK_EPSILONS_255, DEFAULT_ATTACK_SAMPLES, GALLERY_ERRORS, PGD_STEPS, TOP_CONFUSIONS
+from ..data import subset_indices
+from ..model import Member
+from ..plots import error_gallery_figure, robustness_figure, save
+from .ensemble import Ensemble, SoftVote
 from .explain import class_heatmaps, overlay
-from .plots import error_gallery_figure, robustness_figure, save
 
 
 def _per_sample_nll(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

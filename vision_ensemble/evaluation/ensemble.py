@@ -1,79 +1,23 @@
-"""Ensemble: members loaded from timm folders or Hub repos, soft voting with fitted weights, temperature
-scaling, calibration metrics, and the `ensemble.json` manifest the app loads.
-
-Each member keeps its own preprocessing (size, mean, std, interpolation from its config.json), so members
-trained at different resolutions ensemble correctly; the same `predict` serves evaluation and the app.
+"""Ensemble: weighted soft voting of members' probabilities (weights fitted on the validation split), then
+temperature scaling; the uncertainty rule; the `ensemble.json` manifest the app loads.  The same `predict`
+serves evaluation and the app; `SoftVote` is that computation as one differentiable, exportable module.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.optimize import minimize, minimize_scalar
-from tqdm.auto import tqdm
+from scipy.optimize import minimize
 
-from .config import UNCERTAINTY_FLAGGED_ACCURACY, UNCERTAINTY_MIN_AGREEMENT
-from .data import BatchTransform
-from .hub import resolve_member
-from .model import ModelError, load_model_folder
+from ..config import UNCERTAINTY_FLAGGED_ACCURACY, UNCERTAINTY_MIN_AGREEMENT
+from ..model import Member, ModelError
+from .calibration import apply_temperature
 
 MANIFEST_VERSION = 1
-
-
-@dataclass
-class Member:
-    source: str                 # as written in the manifest: a Hub repo id or a folder
-    model: torch.nn.Module
-    data_config: dict
-    class_names: list[str]
-    transform: BatchTransform = field(init=False)
-    session: object = field(default=None, init=False)  # an ONNX Runtime session, when serving through ORT
-
-    def __post_init__(self):
-        self.transform = BatchTransform.from_data_config(self.data_config)
-
-    def use_onnxruntime(self, folder: str | Path) -> None:
-        """Run the network through ONNX Runtime (fp32; preprocessing stays the same torch code), exported and
-        served by `vision_ensemble.onnx_export`, the same code as `python -m vision_ensemble.onnx_export`.
-
-        On a 2-core CPU at batch 1 this is about 1.5x faster than eager PyTorch with logits equal to ~1e-6
-        (benchmarks/app_latency.py measures both and checks the top-3 agree).
-        """
-        from .onnx_export import export_member, inference_session
-
-        self.session = inference_session(export_member(self, folder))
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self.session is not None:
-            return torch.from_numpy(self.session.run(None, {"input": x.cpu().numpy()})[0])
-        return self.model(x)
-
-    @classmethod
-    def load(cls, source: str, base_dir: str | Path | None = None, device: str | torch.device = "cpu") -> "Member":
-        try:
-            folder = resolve_member(source, base_dir)
-            model, data_config, class_names = load_model_folder(folder)
-        except (ModelError, RuntimeError) as exc:
-            raise ModelError(f"member '{source}': {exc}") from None
-        return cls(source, model.to(device), data_config, class_names)
-
-    @torch.inference_mode()
-    def probabilities(self, images: torch.Tensor, tta_flip: bool = False, batch_size: int = 256) -> torch.Tensor:
-        """Softmax probabilities for a uint8 NCHW batch (flip TTA: mean over the image and its mirror)."""
-        device = next(self.model.parameters()).device
-        out = []
-        starts = range(0, len(images), batch_size)
-        for start in tqdm(starts, desc=self.source, unit="batch", leave=False, disable=len(starts) < 4):
-            x = self.transform(images[start:start + batch_size].to(device))
-            if tta_flip:
-                x = torch.cat([x, x.flip(3)])
-            p = self.logits(x).float().softmax(dim=1)
-            out.append((p[: len(p) // 2] + p[len(p) // 2:]) / 2 if tta_flip else p)
-        return torch.cat(out).cpu()
 
 
 @dataclass
@@ -216,17 +160,6 @@ class Ensemble:
                    manifest.get("tta_flip", False), UncertaintyRule(**manifest.get("uncertainty", {})))
 
 
-def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
-    logits = np.log(np.clip(probs, 1e-12, 1.0)) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    e = np.exp(logits)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def nll(probs: np.ndarray, labels: np.ndarray) -> float:
-    return float(-np.mean(np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, 1.0))))
-
-
 def fit_weights(member_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Soft-voting weights on the simplex (softmax-parameterised) minimising the validation NLL."""
     m = member_probs.shape[0]
@@ -242,31 +175,3 @@ def fit_weights(member_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     z = minimize(loss, np.zeros(m), method="L-BFGS-B").x
     w = np.exp(z - z.max())
     return w / w.sum()
-
-
-def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
-    """The temperature minimising validation NLL (searched on log T in [1/20, 20])."""
-    result = minimize_scalar(lambda log_t: nll(apply_temperature(probs, np.exp(log_t)), labels),
-                             bounds=(-3.0, 3.0), method="bounded")
-    return float(np.exp(result.x))
-
-
-def calibration_bins(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15):
-    """Per equal-width confidence bin: mean confidence, accuracy, count."""
-    confidence = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    bins = np.minimum((confidence * n_bins).astype(int), n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins)
-    mean_conf = np.bincount(bins, confidence, n_bins) / np.maximum(count, 1)
-    accuracy = np.bincount(bins, correct, n_bins) / np.maximum(count, 1)
-    return mean_conf, accuracy, count
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 15) -> float:
-    conf, acc, count = calibration_bins(probs, labels, n_bins)
-    return float(np.sum(count * np.abs(conf - acc)) / count.sum())
-
-
-def topk_accuracy(probs: np.ndarray, labels: np.ndarray, k: int) -> float:
-    top = np.argsort(-probs, axis=1)[:, :k]
-    return float(np.mean((top == labels[:, None]).any(axis=1)) * 100)

@@ -15,13 +15,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from sklearn.metrics import classification_report, confusion_matrix
 
-from .config import UNCERTAINTY_FLAGGED_ACCURACY
-from .ensemble import (Ensemble, UncertaintyRule, apply_temperature, calibration_bins, expected_calibration_error,
-                       fit_temperature, fit_weights, manifest_dict, nll, topk_accuracy)
-from .plots import confusion_matrix_figure, reliability_figure, save
-from .serving import predict_image
+from ..config import UNCERTAINTY_FLAGGED_ACCURACY
+from ..plots import confusion_matrix_figure, reliability_figure, save
+from .calibration import (apply_temperature, calibration_bins, expected_calibration_error, fit_temperature, nll,
+                          topk_accuracy)
+from .ensemble import Ensemble, UncertaintyRule, fit_weights, manifest_dict
 
 
 @dataclass
@@ -94,12 +95,14 @@ def _accuracy(predicted: np.ndarray, labels: np.ndarray) -> float | None:
 
 def out_of_domain_flags(ensemble: Ensemble, photos: dict[str, np.ndarray]) -> list[dict]:
     """The ensemble's top class, its calibrated probability and the uncertainty flag for each (H, W, 3) photo,
-    as the Space answers them (`serving.predict_image`)."""
+    computed as the Space computes them (`Ensemble.predict` on the photo as decoded, the same rule)."""
     rows = []
     for name, pixels in photos.items():
-        answer = predict_image(ensemble, pixels, top_k=1)
-        rows.append({"image": name, "top_class": answer.top_k[0].label, "probability": answer.top_k[0].probability,
-                     "members_agreeing": sum(m.agrees for m in answer.members), "flagged": answer.uncertain})
+        probs, member_probs = ensemble.predict(torch.from_numpy(pixels).permute(2, 0, 1)[None])
+        top = int(probs[0].argmax())
+        rows.append({"image": name, "top_class": ensemble.class_names[top], "probability": float(probs[0, top]),
+                     "members_agreeing": int((member_probs[:, 0].argmax(axis=1) == top).sum()),
+                     "flagged": bool(ensemble.uncertainty.flags(probs, member_probs)[0])})
     return rows
 
 

@@ -19,11 +19,11 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from .config import CLASSIFY_CONCURRENCY, DEFAULT_TOP_K, MAX_UPLOAD_BYTES
-from .ensemble import Ensemble
-from .serving import InputError, Prediction, check_upload_size, decode_upload, package_versions, predict_image
+from ..config import CLASSIFY_CONCURRENCY, DEFAULT_TOP_K, MAX_UPLOAD_BYTES
+from ..evaluation.ensemble import Ensemble
+from .predict import InputError, Prediction, check_upload_size, decode_upload, package_versions, predict_image
 
-log = logging.getLogger("vision_ensemble.api")
+log = logging.getLogger("vision_ensemble.serving.api")
 
 #: A request body may exceed the image by base64's 4/3 and the multipart/JSON framing, not more.
 MAX_BODY_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + 64 * 1024

@@ -16,7 +16,7 @@ import timm
 import torch
 from timm.data import resolve_data_config
 
-from .config import TrainConfig
+from ..config import TrainConfig
 
 
 class ModelError(RuntimeError):

@@ -14,7 +14,7 @@ import torch
 from timm.models import group_parameters
 from timm.optim import create_optimizer_v2
 
-from .config import TrainConfig
+from ..config import TrainConfig
 
 OPTIMIZER = "adamw"
 

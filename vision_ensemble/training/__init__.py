@@ -1,0 +1,5 @@
+"""Training helpers for `train/finetune.py`: what trains and at which rate, and where the run is recorded.
+
+finetuning  --freeze (timm's stage groups), frozen BatchNorm, lr scaled to the global batch, --layer-decay
+tracking    experiment trackers (TensorBoard, MLflow, W&B): checked before training, MLflow runs for evaluation
+"""
