@@ -139,3 +139,16 @@ def test_evaluation_with_a_missing_tracker_stops_before_loading(cifar10_archive,
     assert result.returncode == 2
     assert "pip install 'vision-ensemble[tracking]'" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_run_stopped_by_a_nan_loss_ends_failed_not_running(cifar10, cifar10_archive, cache_root, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path / "run",
+                                                           "--report-to", "mlflow", "--fail-at-epoch", "2")],
+                 {**ENV, "MLFLOW_TRACKING_URI": uri}, tmp_path, check=False)
+    assert result.returncode == 2 and "loss became nan in epoch 2" in result.stderr
+    client = MlflowClient(tracking_uri=uri)
+    run_id = json.loads((tmp_path / "run" / "tracking.json").read_text())["mlflow"]
+    logged = client.get_run(run_id)
+    assert logged.info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(run_id, "val_top1")] == [1]  # epoch 1 was logged

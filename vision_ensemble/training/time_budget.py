@@ -25,7 +25,8 @@ from timm.scheduler import create_scheduler_v2
 from ..config import TIME_LIMIT_PROBE_STEPS, TrainConfig
 
 MARGIN = 0.02  # of the limit, kept free for what the estimate misses (process exit, a slower epoch)
-TAIL_FIXED_S = 6.0  # after the loop, beside the predictions: loading best/, the curves plot, process exit (5-9 s on a loaded 2-core CPU)
+# After the loop, beside the predictions: loading best/, the curves plot, process exit (5-9 s on a loaded 2-core CPU).
+TAIL_FIXED_S = 6.0
 
 
 def cosine_schedule(optimizer, cfg: TrainConfig, updates_per_epoch: int):
