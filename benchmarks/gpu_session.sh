@@ -45,8 +45,8 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TQDM_MININTERVAL=30  # live logs, no 
 export TORCH_LOGS="-dynamo,-inductor" PYTHONWARNINGS=ignore
 if [[ $CPU == 1 ]]; then  # tiny: a typo or a missing file costs minutes here, not on the GPU
     MEMBERS_END_S=${MEMBERS_END_S:-300}
-    MEMBER_ARGS=${MEMBER_ARGS:-"--max-train-samples 256 --max-eval-samples 128 --batch-size 32"}
-    THROUGHPUT_ARGS=(--batch-size 8 --steps 2 --warmup 1)
+    MEMBER_ARGS=${MEMBER_ARGS:-"--max-train-samples 64 --max-eval-samples 64 --batch-size 16"}
+    THROUGHPUT_ARGS=(--batch-size 4 --steps 1 --warmup 1)
     export OMP_NUM_THREADS=1
 else
     MEMBERS_END_S=${MEMBERS_END_S:-420}
@@ -93,7 +93,8 @@ throughput() {  # throughput [train_throughput.py options]: each member alone on
     local model
     for model in $MODELS; do
         logged python3 benchmarks/train_throughput.py --model "$model" --data-dir "$DATA" --cache-size "$CACHE_SIZE" \
-            --json "$OUT/throughput.jsonl" "${THROUGHPUT_ARGS[@]}" "$@" || say "throughput $model failed"
+            --json "$OUT/throughput.jsonl" --paths ceiling,ours "${THROUGHPUT_ARGS[@]}" "$@" ||
+            say "throughput $model failed"
     done
 }
 

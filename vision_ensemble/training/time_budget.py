@@ -1,15 +1,9 @@
-"""Training for a wall-clock budget (`--time-limit`): measure the first epoch, then fix the number of epochs.
-
-The budget runs from the process start to its end.  Steps 2 to N of the first epoch (N = the epoch's steps, or
-`TIME_LIMIT_PROBE_STEPS` when the epoch is longer; step 1 carries one-off costs such as cuDNN autotuning) give
-the time of a step.  A first epoch within the probe is decided on at its end, after its evaluation, export and
-checkpoint, so those per-epoch costs are measured; a longer one is decided on mid-epoch, with the evaluation
-estimated as one training step per evaluation batch (twice the images, no backward pass) and the checkpoint
-not counted.  The time after the loop (the best model's predictions on val and test, with and without flip) is
-estimated from the evaluation time, scaled by the images it covers.  The main process decides and broadcasts
-the count, so every rank runs the same schedule.  This is an estimate: if later epochs turn slower (another
-process starts sharing the GPU), `out_of_time` ends the run after the last epoch that fits, with the schedule
-cut short, and says so; if they turn faster, the run ends early.
+"""Training for a wall-clock budget (`--time-limit`): the first epoch measures the speed, then the number of
+epochs that fits is fixed and the warmup + cosine schedule rebuilt to end with it (until then the run follows the
+schedule of `--epochs`; where the new count caps the warmup shorter, the rate steps up to the shorter ramp).  The
+main process decides and broadcasts, so every rank runs the same count.  An estimate, not a guarantee: epochs that
+later turn slower (another process starts sharing the GPU) make `out_of_time` end the run early with the schedule
+cut short, saying so; faster ones end it early with the schedule complete.
 """
 
 from __future__ import annotations
@@ -57,8 +51,17 @@ def predictions_eval_ratio(data, cfg: TrainConfig, val_images: int) -> float:
 
 
 class TimeBudget:
-    """The run's clock for `--time-limit`; finetune.py calls `after_step` in the first epoch and `after_epoch`
-    after each checkpoint.  Both return the number of epochs when they decide it, else None."""
+    """The run's clock for `--time-limit`; finetune.py calls `after_step` after each training step and
+    `after_epoch` after each checkpoint.  Both return the number of epochs when they decide it, else None.
+
+    The budget runs from this process's start (under `accelerate launch`, the worker's, not the launcher's) to its
+    end.  Steps 2 to N of the first epoch give the time of a step (N = the epoch's steps, or TIME_LIMIT_PROBE_STEPS
+    when it is longer; step 1 carries one-off costs such as cuDNN autotuning).  A first epoch within the probe is
+    decided on at its end, after its evaluation, export and checkpoint, so those costs are measured (finetune.py
+    then writes that checkpoint again, holding the count); a longer one mid-epoch, its evaluation estimated as one
+    training step per evaluation batch (twice the images, no backward pass) and its checkpoint not counted.  The
+    work after the loop (the best model's predictions on val and test, with and without flip) is estimated from the
+    evaluation time scaled by the images it covers, plus TAIL_FIXED_S."""
 
     def __init__(self, minutes: float, accelerator, steps_per_epoch: int, eval_batches: int, tail_eval_ratio: float,
                  probe_steps: int = TIME_LIMIT_PROBE_STEPS, started_at: float | None = None):
@@ -115,9 +118,12 @@ class TimeBudget:
         return self.epochs
 
     def describe(self) -> str:
+        only_measured = self.epochs == 1 and self.epoch_end is not None  # decided after its only epoch
         return (f"--time-limit {self.limit_s / 60:g} min: {self.epochs} epoch(s) fit (a step {self.step_s:.3g} s "
                 f"x {self.steps_per_epoch}, evaluation and checkpoint {self.epoch_end_s:.3g} s per epoch, "
-                f"{self.tail_s:.3g} s kept for the predictions after training, {self.elapsed():.0f} s spent so far)")
+                f"{self.tail_s:.3g} s kept for the predictions after training, {self.elapsed():.0f} s spent so far)"
+                + ("; the limit holds only the epoch that measured it, which ran on the schedule of --epochs: give "
+                   "more time for a completed schedule" if only_measured else ""))
 
     def out_of_time(self, epoch: int) -> bool:
         """After an epoch past the decision: True when the next epoch, as long as this one was, would end past the
