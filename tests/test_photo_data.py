@@ -139,7 +139,7 @@ def trained_runs(photo_folder, tmp_path_factory):
     for mode in ("device", "stream"):
         out = root / mode
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-               "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train" / "finetune.py"),
+               "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train" / "finetune.py"),
                "--model", "test_resnet", "--img-size", "32", "--batch-size", "16", "--epochs", "1",
                "--data-dir", str(photo_folder), "--cache-dir", str(root / "cache"), "--output-dir", str(out),
                "--val-size", "21", "--data-mode", mode, "--num-workers", "1"]
