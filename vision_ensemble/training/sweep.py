@@ -14,6 +14,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
@@ -93,19 +94,22 @@ def run_trial(trial, command: list[str], run_dir: Path) -> float:
     reported = 0
     with (run_dir / "sweep_trial.log").open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        while True:
-            done = process.poll() is not None
-            rows = read_epochs(run_dir / "metrics.jsonl")
-            for row in rows[reported:]:
-                trial.report(row["val_top1"], row["epoch"])
-                if trial.should_prune():
-                    process.terminate()
-                    process.wait()
-                    raise optuna.TrialPruned(f"val top-1 {row['val_top1']:.2f} after epoch {row['epoch']}")
-            reported = len(rows)
-            if done:
-                break
-            time.sleep(POLL_S)
+        try:
+            while True:
+                done = process.poll() is not None
+                rows = read_epochs(run_dir / "metrics.jsonl")
+                for row in rows[reported:]:
+                    trial.report(row["val_top1"], row["epoch"])
+                    if trial.should_prune():
+                        raise optuna.TrialPruned(f"val top-1 {row['val_top1']:.2f} after epoch {row['epoch']}")
+                reported = len(rows)
+                if done:
+                    break
+                time.sleep(POLL_S)
+        finally:  # pruned, or the sweep interrupted: the run stops with it
+            if process.poll() is None:
+                process.terminate()
+                process.wait()
     if process.returncode != 0 or not rows:
         tail = (run_dir / "sweep_trial.log").read_text().strip().splitlines()[-1:] or ["no output"]
         raise SweepError(f"trial {trial.number} failed (exit {process.returncode}): {tail[0]} "
@@ -118,6 +122,7 @@ def write_results(study, output_dir: Path, fixed: list[str]) -> list[Path]:
     import optuna
     from optuna.visualization.matplotlib import plot_optimization_history, plot_param_importances
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the plots' API label
     output_dir.mkdir(parents=True, exist_ok=True)
     best = study.best_trial
     args = fixed + finetune_args(best.params)
@@ -126,11 +131,34 @@ def write_results(study, output_dir: Path, fixed: list[str]) -> list[Path]:
         {"study": study.study_name, "trial": best.number, "val_top1": best.value, "params": best.params,
          "finetune_args": args, "run_dir": best.user_attrs.get("run_dir")}, indent=2))
     written = [output_dir / "best_args.txt", output_dir / "best_trial.json"]
-    written.append(save(plot_optimization_history(study).figure, output_dir / "optimization_history.png"))
+    plots = {"optimization_history.png": plot_optimization_history}
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if len(complete) > 1 and len(best.params) > 1:  # importances need two finished trials to compare
-        written.append(save(plot_param_importances(study).figure, output_dir / "param_importances.png"))
+        plots["param_importances.png"] = plot_param_importances
+    for name, plot in plots.items():
+        figure = plot(study).figure
+        figure.set_size_inches(8, 4.5)
+        figure.tight_layout()  # long option names stay inside the picture
+        written.append(save(figure, output_dir / name))
     return written
+
+
+def open_study(args, attempts: int = 5):
+    """Create the study, or join it: workers started together race to create the database's tables, and the
+    loser of that race (an integrity or locking error) finds them made when it tries again."""
+    import optuna
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return optuna.create_study(
+                study_name=args.study_name, storage=args.storage, load_if_exists=True, direction="maximize",
+                sampler=optuna.samplers.TPESampler(seed=args.seed),
+                pruner=optuna.pruners.MedianPruner(n_startup_trials=args.prune_after, n_warmup_steps=0))
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1 + attempt)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -179,10 +207,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     output_dir = args.output_dir or Path("sweeps") / args.study_name
-    study = optuna.create_study(
-        study_name=args.study_name, storage=args.storage, load_if_exists=True, direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=args.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=args.prune_after, n_warmup_steps=0))
+    study = open_study(args)
 
     def objective(trial) -> float:
         params = suggest(trial, space)
