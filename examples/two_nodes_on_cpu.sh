@@ -37,6 +37,6 @@ for pass in 1 2; do
   grep -h "process(es)\|resumed from" $W/slurm${pass}0.log
 done
 echo "== evaluate the result under accelerate launch"
-$ACC --multi_gpu --num_processes 2 --mixed_precision no --dynamo_backend no evaluation/evaluate.py \
+$ACC --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no evaluation/evaluate.py \
   --models $W/slurm/best $W/cli/best --data-dir $DATA --cache-dir $W/cache --max-eval-samples 64 --output-dir $W/results \
   | tail -n 3
