@@ -96,14 +96,15 @@ def main(argv=None) -> int:
     check_launch(accelerator)
     shared_output = choose_layout(accelerator, output_dir)
 
-    # --- data: decoded once per cache folder (a file lock; each node's main process first) into a memory-mapped
-    # cache, then kept on the device or gathered from the memory map batch by batch -------------------------------------------------------------
+    # --- data: decoded once per cache folder (under a file lock) into a memory-mapped cache, then kept on the
+    # device or gathered from the memory map batch by batch -------------------------------------------------------------
     pretrained_cfg = get_pretrained_cfg(cfg.model, allow_unregistered=True)  # the model's own input size
     cache_size = cfg.cache_size or default_cache_size(
         cfg.img_size or (pretrained_cfg.input_size[-1] if pretrained_cfg else 224),
         pretrained_cfg.crop_pct if pretrained_cfg else DEFAULT_CROP_PCT)
-    with accelerator.local_main_process_first():
-        data = load_dataset(cfg.data_dir, cfg.cache_dir, cfg.val_size, cfg.seed, cache_size)
+    # No barrier around it: the processes that do not build wait on the cache's lock, not in a collective whose
+    # timeout (NCCL: 10 minutes) a long first decode would exceed.
+    data = load_dataset(cfg.data_dir, cfg.cache_dir, cfg.val_size, cfg.seed, cache_size)
     train_subset = subset_indices(len(data.train), cfg.max_train_samples, cfg.seed)
     val_subset = subset_indices(len(data.val), cfg.max_eval_samples, cfg.seed)
     train_arrays = data.train if train_subset is None else data.train.subset(train_subset)

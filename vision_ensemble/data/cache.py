@@ -316,7 +316,8 @@ def prepare_cache(data_dir: str | Path, cache_root: str | Path | None = None, ca
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        print(f"waiting for another process to finish building {cache_dir}")
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # once per machine under a distributed launcher
+            print(f"waiting for another process to finish building {cache_dir}")
         lock.acquire()
     try:
         _fill_cache(cache_dir, data_dir, source, source_fp, hf, cache_size)
