@@ -109,11 +109,12 @@ def test_evaluation_sharded_over_two_processes_reports_as_one(shapes, tmp_path):
     """Batches of 7 leave uneven last shards (Accelerate pads them; gather_for_metrics must drop the padding)."""
     classes = ("circle", "square", "stripes")
     members = [str(make_member(tmp_path / name, seed, 32, classes, sharpen=3.0)) for seed, name in enumerate("ab")]
-    args = ["--models", *members, "--data-dir", str(shapes), "--val-size", "0.25", "--cache-dir", str(tmp_path / "cache"),
-            "--batch-size", "7", "--tta"]
+    args = ["--models", *members, "--data-dir", str(shapes), "--val-size", "0.25",
+            "--cache-dir", str(tmp_path / "cache"), "--batch-size", "7", "--tta"]
     run([sys.executable, EVALUATE, *args, "--output-dir", str(tmp_path / "one")])
     two = run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--mixed_precision", "no", "--dynamo_backend", "no", EVALUATE, *args, "--output-dir", str(tmp_path / "two")])
+               "--mixed_precision", "no", "--dynamo_backend", "no", EVALUATE, *args,
+               "--output-dir", str(tmp_path / "two")])
     assert two.stdout.count("wrote report.json") == 1  # the main process reports
     one, two = (json.loads((tmp_path / name / "report.json").read_text()) for name in ("one", "two"))
     for report in (one, two):

@@ -76,11 +76,12 @@ def test_search_space_from_a_file_and_the_options_it_sets(tmp_path):
 
 
 def test_a_sweep_without_the_time_limit_option_says_so(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "vision_ensemble.sweep", "--trial-time-limit", "5",
-                             "--storage", f"sqlite:///{tmp_path / 's.db'}"], env=ENV, cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
     from vision_ensemble.config import TrainConfig
 
     if hasattr(TrainConfig, "time_limit"):
         pytest.skip("finetune has --time-limit")
-    assert result.returncode == 2 and result.stderr.startswith("error: --trial-time-limit needs finetune's --time-limit")
+    result = subprocess.run([sys.executable, "-m", "vision_ensemble.sweep", "--trial-time-limit", "5",
+                             "--storage", f"sqlite:///{tmp_path / 's.db'}"], env=ENV, cwd=REPO, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --trial-time-limit needs finetune's --time-limit")

@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     shared_output = choose_layout(accelerator, output_dir)
 
     # --- data: decoded once per cache folder (under a file lock) into a memory-mapped cache, then kept on the
-    # device or gathered from the memory map batch by batch -------------------------------------------------------------
+    # device or gathered from the memory map batch by batch ------------------------------------------------------
     pretrained_cfg = get_pretrained_cfg(cfg.model, allow_unregistered=True)  # the model's own input size
     cache_size = cfg.cache_size or default_cache_size(
         cfg.img_size or (pretrained_cfg.input_size[-1] if pretrained_cfg else 224),
@@ -181,8 +181,8 @@ def main(argv=None) -> int:
     print_main(f"{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, input "
                f"{data_config['input_size']}, {len(train_arrays)} train / {len(val_arrays)} val images, "
                f"data on {data_mode}, {accelerator.num_processes} process(es), {accelerator.mixed_precision} precision"
-               + ("" if accelerator.num_processes == 1 else
-                  f", run folder {'shared by the nodes' if shared_output else 'on each node (checkpoints saved on each)'}"))
+               + ("" if accelerator.num_processes == 1 else ", run folder " + (
+                   "shared by the nodes" if shared_output else "on each node (checkpoints saved on each)")))
     print_main(f"augment {cfg.augment}, eval crop_pct {data_config['crop_pct']}; freeze {cfg.freeze} "
                f"({len(frozen)} frozen tensors); lr {cfg.effective_lr:.3g} = {cfg.lr:g} at batch {cfg.lr_base_size} "
                f"scaled ({cfg.lr_scale}) to the global batch {cfg.global_batch_size}"

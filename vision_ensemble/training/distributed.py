@@ -104,6 +104,6 @@ def resume_dir(accelerator, output_dir: Path, resume: str) -> Path:
         where = "" if accelerator.num_processes == 1 else f" on the node(s) of process(es) {missing}"
         raise DistributedError(f"--resume {resume}: no checkpoint found under {output_dir / 'checkpoints'}{where}")
     if len(set(names)) > 1:
-        raise DistributedError(f"--resume {resume}: the nodes' latest checkpoints differ ({', '.join(sorted(set(names)))}): "
-                               "pass --resume with the folder of one they all have")
+        raise DistributedError(f"--resume {resume}: the nodes' latest checkpoints differ "
+                               f"({', '.join(sorted(set(names)))}): pass --resume with the folder of one they all have")
     return path
