@@ -1,6 +1,7 @@
-"""The Space: top-3 predictions of the ensemble for an uploaded image, and a decision-threshold optimizer.
+"""The Space: top-3 predictions of the ensemble (or of the student distilled from it) for an uploaded image, and
+a decision-threshold optimizer.
 
-    python app.py                                  # ensemble.json here, or $VISION_ENSEMBLE_MANIFEST
+    python app.py                                  # student/ (the shipped student), or $VISION_ENSEMBLE_MANIFEST
     python app.py --manifest results/ensemble.json --port 7860
     python app.py --manifest owner/ensemble-repo   # a Hub repo holding ensemble.json
 
@@ -31,7 +32,8 @@ from vision_ensemble.evaluation.explain import explain_members
 from vision_ensemble.evaluation.thresholds import (OBJECTIVES, ObjectiveParams, ThresholdError, comparison_rows,
                                                    curve_figures, detect_columns, optimize, read_table, results_table,
                                                    scored_labels_from_table)
-from vision_ensemble.hub import MODEL_CARD, HubError, fill_results, results_markdown, split_front_matter
+from vision_ensemble.hub import (MODEL_CARD, HubError, answering_markdown, fill_results, results_markdown,
+                                 split_front_matter)
 from vision_ensemble.model import ModelError
 from vision_ensemble.serving.api import create_api
 from vision_ensemble.serving.predict import InputError, check_upload_size, decode_upload, model_version, predict_image
@@ -40,7 +42,9 @@ log = logging.getLogger("vision_ensemble.app")
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE / "examples"
 AUTO = "(auto)"
-NO_MODELS = ("**No model weights are loaded.** Point the app at an ensemble manifest: train members with "
+NO_MODELS = ("**No model weights are loaded.** By default the app serves `student/`, a student distilled from the "
+             "ensemble (README: *Distil a student*; `python evaluation/evaluate.py --models ... --student ... "
+             "--output-dir results/` writes it as `results/student/`), or point it at an ensemble manifest: train members with "
              "`accelerate launch train/finetune.py`, write `ensemble.json` with `python evaluation/evaluate.py "
              "--models ... --output-dir results/`, then start `python app.py --manifest results/ensemble.json` "
              "(or set `VISION_ENSEMBLE_MANIFEST` to that path or to a Hub repo id holding `ensemble.json`). "
@@ -69,7 +73,8 @@ def load_ensemble(spec: str, runtime: str = "onnx") -> tuple[Ensemble | None, st
     report = json.loads(report_file.read_text()) if report_file.exists() else None
     for m in ensemble.members:
         log.info("loaded member %s (input %s)", m.source, m.data_config["input_size"])
-    status = (f"{len(ensemble.members)} members from `{spec}` ({runtime} runtime) in {time.perf_counter() - start:.1f} s: "
+    status = (f"{answering_markdown(report, len(ensemble.members))} {len(ensemble.members)} member(s) from `{spec}` "
+              f"({runtime} runtime) in {time.perf_counter() - start:.1f} s: "
               + ", ".join(f"`{m.source}`" for m in ensemble.members))
     return ensemble, status, report
 
@@ -219,7 +224,7 @@ def build_demo(ensemble: Ensemble | None, status: str, report: dict | None, vers
                     classify_button = gr.Button("Classify", variant="primary")
                     explain_button = gr.Button("Explain (Grad-CAM per member)")
                 with gr.Column():
-                    label = gr.Label(num_top_classes=3, label="Ensemble (calibrated probabilities)")
+                    label = gr.Label(num_top_classes=3, label="Calibrated probabilities")
                     members = gr.Dataframe(headers=["member", "top-3", "agrees with ensemble"], label="Members",
                                            interactive=False)
                     timing = gr.Markdown()
@@ -284,7 +289,8 @@ def build_demo(ensemble: Ensemble | None, status: str, report: dict | None, vers
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", default=os.environ.get("VISION_ENSEMBLE_MANIFEST", DEFAULT_MANIFEST),
-                        help="ensemble.json path, a folder holding it, or a Hub repo id (env VISION_ENSEMBLE_MANIFEST)")
+                        help="ensemble.json path, a folder holding it, or a Hub repo id (env VISION_ENSEMBLE_MANIFEST); "
+                             "default: the distilled student shipped in student/")
     parser.add_argument("--runtime", choices=["onnx", "torch"], default=os.environ.get("VISION_ENSEMBLE_RUNTIME", "onnx"),
                         help="run the networks with ONNX Runtime (fp32, ~1.5x faster on CPU) or eager PyTorch")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))

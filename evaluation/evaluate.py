@@ -11,6 +11,12 @@ is measured on the test split.  Writes report.json, ensemble.json (the manifest 
 uncertainty rule chosen on validation), confusion_matrix.png and reliability_diagram.png; with models,
 --diagnose adds error_gallery.png, the top confusions and accuracy under FGSM/PGD attacks
 (robustness.png); with --update-card, fills the results section of model_card.md from the report.
+With --student (a distilled student's folder, or its predictions.npz beside --predictions), the report puts the
+student beside the ensemble (top-1, ECE before and after its temperature, agreement with the ensemble, batch-1
+latency of both on 2 CPU threads) and <output-dir>/student/ is the folder the Space serves by default: the
+student's one-member ensemble.json, the report and (from a folder) its weights.
+
+    python evaluation/evaluate.py --models runs/*/best --student runs/student/best --output-dir results/
 
     python evaluation/evaluate.py --models ... --ood-images examples/china.jpg examples/flower.jpg \\
         --diagnose --attack-samples 256 --update-card
@@ -19,6 +25,7 @@ uncertainty rule chosen on validation), confusion_matrix.png and reliability_dia
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -37,6 +44,7 @@ from vision_ensemble.evaluation.predictions import PredictionsError, check_same_
 from vision_ensemble.evaluation.report import (MemberPredictions, evaluate_ensemble, out_of_domain_flags,
                                                summary_lines, write_outputs)
 from vision_ensemble.evaluation.sharding import sharded_probabilities
+from vision_ensemble.evaluation.student import batch1_latency_ms, compare_student, write_student_folder
 from vision_ensemble.hub import MODEL_CARD, fill_results, results_markdown
 from vision_ensemble.images import ImageError, load_rgb
 from vision_ensemble.model import Member, ModelError
@@ -50,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     members.add_argument("--predictions", nargs="+", type=Path,
                          help="members' predictions.npz files from training runs (instead of --models; the "
                               "data options and --diagnose/--ood-images do not apply: the files hold their own split)")
+    p.add_argument("--student", help="a student distilled from these members (train/finetune.py --teacher): its "
+                   "model folder or Hub repo id with --models, its predictions.npz with --predictions")
     p.add_argument("--data-dir", default=CIFAR10_NAME, help="dataset, as for training (default: cifar10)")
     p.add_argument("--cache-dir", help="decoded-dataset cache, as for training")
     p.add_argument("--cache-size", type=int, help="decoded-cache image size, as for training (default: from the "
@@ -91,10 +101,12 @@ def main(argv=None) -> int:
     try:
         require_trackers(args.report_to)  # before decoding data or loading members
         members = [Member.load(source, device=inference_device) for source in args.models]
-        class_names = Ensemble(members).class_names  # checks that the members agree
+        student = Member.load(args.student, device=inference_device) if args.student else None
+        models = members + ([student] if student else [])
+        class_names = Ensemble(models).class_names  # checks that the models agree
         cache_size = args.cache_size or max(  # as training's default, so its cache is reused
             default_cache_size(max(m.data_config["input_size"][1:]), m.data_config.get("crop_pct", 1.0))
-            for m in members)
+            for m in models)
         data = load_dataset(args.data_dir, args.cache_dir, args.val_size if args.val_size < 1 else int(args.val_size),
                             args.seed, cache_size)
         if data.test is None:
@@ -126,7 +138,21 @@ def main(argv=None) -> int:
     if args.diagnose:
         written += diagnose(evaluation.report, ensemble, test_images, test_labels, evaluation.test_calibrated,
                             args.output_dir, args.attack_samples, args.pgd_steps, args.seed)
+    if student is not None:  # last: the latency runs move the networks to the CPU
+        prediction = MemberPredictions(student.source, student.data_config,
+                                       *(student.probabilities(x, args.tta, args.batch_size).numpy()
+                                         for x in (val_images, test_images)))
+        latency = {"ensemble": batch1_latency_ms(ensemble, test_images),
+                   "student": batch1_latency_ms(Ensemble([student], tta_flip=args.tta), test_images)}
+        written += add_student(args, evaluation, prediction, val_labels, test_labels, latency)
     return finish(args, evaluation, written)
+
+
+def add_student(args, evaluation, student: MemberPredictions, val_labels, test_labels, latency=None) -> list[Path]:
+    own = compare_student(evaluation, student, val_labels, test_labels, latency, args.flagged_accuracy)
+    written = write_student_folder(evaluation, own, student, test_labels, args.output_dir / "student")
+    (args.output_dir / "report.json").write_text(json.dumps(evaluation.report, indent=2))  # now with the student
+    return written
 
 
 def evaluate_predictions(args, command: str) -> int:
@@ -135,8 +161,10 @@ def evaluate_predictions(args, command: str) -> int:
         require_trackers(args.report_to)
         if args.diagnose or args.ood_images:
             raise PredictionsError("--diagnose and --ood-images need the models: pass --models instead of --predictions")
-        runs = [load_predictions(path) for path in args.predictions]
-        check_same_data(runs, args.predictions)
+        paths = args.predictions + ([Path(args.student)] if args.student else [])
+        runs = [load_predictions(path) for path in paths]
+        check_same_data(runs, paths)  # the student too: predicted on the same images
+        student, runs = (runs[-1], runs[:-1]) if args.student else (None, runs)
     except (PredictionsError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -148,7 +176,10 @@ def evaluate_predictions(args, command: str) -> int:
                                             "data_dir": first.data_dir,
                                             "predictions_files": [str(path) for path in args.predictions]},
                                    flagged_accuracy=args.flagged_accuracy)
-    return finish(args, evaluation, write_outputs(evaluation, predictions, first.test_labels, args.output_dir))
+    written = write_outputs(evaluation, predictions, first.test_labels, args.output_dir)
+    if student is not None:
+        written += add_student(args, evaluation, student.member(args.tta), first.val_labels, first.test_labels)
+    return finish(args, evaluation, written)
 
 
 def finish(args, evaluation, written: list[Path]) -> int:
@@ -158,7 +189,7 @@ def finish(args, evaluation, written: list[Path]) -> int:
     if args.report_to == "mlflow":
         print(f"logged to MLflow run {log_evaluation(evaluation.report, args.output_dir)}")
     print("\n".join(summary_lines(evaluation.report)))
-    print(f"wrote {', '.join(p.name for p in written)} to {args.output_dir}")
+    print(f"wrote {', '.join(str(p.relative_to(args.output_dir)) for p in written)} to {args.output_dir}")
     return 0
 
 

@@ -1,6 +1,9 @@
 """Fine-tune (or train from scratch) a timm backbone and export it in timm's Hugging Face Hub format.
 
     accelerate launch train/finetune.py --model seresnet50 --data-dir ../shared/data/cifar10.tar.gz
+    accelerate launch train/finetune.py --teacher results/ensemble.json --data-dir ../shared/data/cifar10.tar.gz
+
+With `--teacher` the run distils a student from an ensemble (`vision_ensemble/training/distill.py`).
 
 Reads top to bottom: config -> data -> model -> optimisation -> loop (train, evaluate, checkpoint, export)
 -> publish.  Every option is documented in `--help`; per-backbone defaults are the recipes in
@@ -19,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -32,11 +36,13 @@ from tqdm.auto import tqdm
 from vision_ensemble.config import DEFAULT_CROP_PCT, TrainConfig, build_parser, default_cache_size, recipe_config
 from vision_ensemble.data import (BatchTransform, DataError, DeviceImageDataset, choose_augment, device_loader,
                                   fits_on_device, load_dataset, stream_loader, subset_indices, train_transform)
-from vision_ensemble.evaluation.predictions import save_predictions
+from vision_ensemble.evaluation.predictions import PredictionsError, save_predictions
+from vision_ensemble.evaluation.teacher import teacher_probabilities
 from vision_ensemble.hub import HubError, default_repo_id, member_card, push_folder
 from vision_ensemble.model import ModelError, create_model, export_model
 from vision_ensemble.plots import plot_training_curves
 from vision_ensemble.training.batch_size import OutOfMemory, fit_batch_size
+from vision_ensemble.training.distill import Distillation
 from vision_ensemble.training.distributed import (DistributedError, check_launch, checkpoint_dirs, choose_layout,
                                                   is_writer, resume_dir, save_checkpoint)
 from vision_ensemble.training.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
@@ -114,6 +120,12 @@ def main(argv=None) -> int:
     train_arrays = data.train if train_subset is None else data.train.subset(train_subset)
     val_arrays = data.val if val_subset is None else data.val.subset(val_subset)
     num_classes = len(data.class_names)
+    teacher_probs = None
+    if cfg.teacher:  # the ensemble's soft targets for these training images, computed (and cached) by the main process
+        with accelerator.main_process_first():
+            teacher_probs = teacher_probabilities(
+                cfg.teacher, data, np.arange(len(data.train)) if train_subset is None else train_subset,
+                output_dir / "teacher_targets.npz", accelerator.device, cfg.batch_size * 2)
 
     # --- model, what of it trains, and its preprocessing -------------------------------------------------------
     # Resolved here so training_args.json records the augmentation that ran; it also sets the eval geometry
@@ -141,13 +153,13 @@ def main(argv=None) -> int:
     data_mode = cfg.data_mode if cfg.data_mode != "auto" else (
         "device" if fits_on_device(nbytes, accelerator.device) else "stream")
     if data_mode == "device":
-        train_loader = device_loader(DeviceImageDataset(train_arrays, accelerator.device), batch_size,
-                                     shuffle=True, drop_last=True, seed=cfg.seed)
+        train_loader = device_loader(DeviceImageDataset(train_arrays, accelerator.device, with_indices=bool(cfg.teacher)),
+                                     batch_size, shuffle=True, drop_last=True, seed=cfg.seed)
         val_loader = device_loader(DeviceImageDataset(val_arrays, accelerator.device), cfg.batch_size * 2,
                                    shuffle=False)
     else:  # no decoding here: workers read whole batches from the memory-mapped cache
         train_loader = stream_loader(train_arrays, batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
-                                     num_workers=cfg.num_workers)
+                                     num_workers=cfg.num_workers, with_indices=bool(cfg.teacher))
         val_loader = stream_loader(val_arrays, cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers)
 
     # --- optimisation: timm's AdamW at a rate scaled to the global batch, warmup + cosine per step, ------------
@@ -163,6 +175,10 @@ def main(argv=None) -> int:
         mixup = Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mixup_prob,
                       label_smoothing=cfg.label_smoothing, num_classes=num_classes)
     train_loss_fn = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(cfg.label_smoothing)
+    distillation = None
+    if teacher_probs is not None:  # its own MixUp/CutMix mixes the teacher's targets as it mixes the images
+        distillation = Distillation(torch.from_numpy(teacher_probs).to(accelerator.device), cfg, num_classes)
+        mixup, train_loss_fn = distillation.mix, distillation.loss
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay) if cfg.ema else None
     if cfg.compile:
         torch._logging.set_logs(dynamo=logging.ERROR, inductor=logging.ERROR)  # recompile chatter drowns the log
@@ -219,11 +235,11 @@ def main(argv=None) -> int:
         last_checked, start = 0, time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not accelerator.is_local_main_process,
                    leave=False)
-        for step, (images, labels) in enumerate(bar, 1):
+        for step, (images, labels, *indices) in enumerate(bar, 1):  # indices: with --teacher
             inputs = train_augment(images)
             targets = labels
             if mixup is not None:
-                inputs, targets = mixup(inputs, labels)
+                inputs, targets = mixup(inputs, labels, *indices)
             loss = train_loss_fn(model(inputs), targets)
             if cfg.fail_at_epoch == epoch:
                 loss = loss * float("nan")
@@ -274,7 +290,8 @@ def main(argv=None) -> int:
             export_model(accelerator.unwrap_model(eval_model, keep_torch_compile=False),
                          output_dir / "best", data_config, data.class_names,
                          {"metrics.json": metrics, "training_args.json": asdict(cfg),
-                          "README.md": member_card(cfg.model, metrics, asdict(cfg), data.class_names)})
+                          "README.md": member_card(cfg.model, metrics, asdict(cfg), data.class_names)},
+                         dtype=torch.float16 if cfg.teacher else torch.float32)  # a student ships in fp16
         save_checkpoint(accelerator, output_dir, epoch)
         if budget is not None and (epochs := budget.after_epoch(epoch, metrics["eval_time_s"])):
             fix_epochs(epochs)
@@ -292,7 +309,7 @@ def main(argv=None) -> int:
         plot_training_curves(metrics_file, output_dir / "training_curves.png")
         log_run_files(accelerator, output_dir)
         print_main(f"best val top-1 {state.best_top1:.2f}%; model folder: {output_dir / 'best'}")
-        repo_id = cfg.hub_repo_id or default_repo_id(cfg.model, cfg.data_dir)
+        repo_id = cfg.hub_repo_id or default_repo_id(cfg.model, cfg.data_dir) + ("-student" if cfg.teacher else "")
         # The best epoch's val/test probabilities, small enough to bring back instead of the weights.
         predictions = save_predictions(output_dir / "predictions.npz", output_dir / "best", data, cfg, repo_id,
                                        accelerator.device, cfg.batch_size * 2)
@@ -311,7 +328,8 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (DataError, DistributedError, ModelError, NonFiniteLoss, OutOfMemory, TrackingError) as exc:
+    except (DataError, DistributedError, ModelError, NonFiniteLoss, OutOfMemory, PredictionsError,
+            TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     finally:

@@ -50,7 +50,10 @@ MAX_IMAGE_PIXELS = 40_000_000  # larger images (decompression bombs) are refused
 #: Uploads to the Space and to POST /api/predict (VISION_ENSEMBLE_MAX_UPLOAD_BYTES overrides it, e.g. in tests).
 MAX_UPLOAD_BYTES = int(os.environ.get("VISION_ENSEMBLE_MAX_UPLOAD_BYTES", 20 * 1024 * 1024))
 MAX_CSV_ROWS = 20_000_000
-DEFAULT_MANIFEST = "ensemble.json"  # the app's default: a path, a folder holding it, or a Hub repo id
+#: The app's default (a path, a folder holding ensemble.json, or a Hub repo id): the distilled student shipped
+#: in the repository (`evaluation/evaluate.py --student` writes the folder), relative to where the app runs.
+DEFAULT_MANIFEST = "student"
+LATENCY_THREADS = 2  # CPU threads of the batch-1 latency evaluate.py reports: a free CPU Space's 2 cores
 CLASSIFY_CONCURRENCY = 2  # predictions at once, in the Classify tab and in POST /api/predict alike
 DEFAULT_TOP_K = 3
 
@@ -122,11 +125,21 @@ TIME_LIMIT_PROBE_STEPS = 300  # a first epoch longer than this is measured on it
 RECIPES: dict[str, dict] = {
     "seresnet50": dict(img_size=64, epochs=30, batch_size=512, lr=2e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=2),
     "efficientnet_b0": dict(img_size=64, epochs=30, batch_size=512, lr=3e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=2),
+    # The default student (DEFAULT_STUDENT): 6.6M parameters (12.6 MiB in fp16), 2.3 ms per image on 2 CPU cores
+    # at 64 px through ONNX Runtime (BENCHMARKS.md), trained as the CNN members are.
+    "regnetx_008": dict(img_size=64, epochs=30, batch_size=512, lr=2e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=2),
     "vit_small_patch16_224": dict(
         img_size=32, epochs=30, batch_size=512, lr=1e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=3,
         model_kwargs={"img_size": 32, "patch_size": 4},
     ),
 }
+
+
+#: `--teacher` without `--model` trains this student (benchmarks/student_candidates.py, BENCHMARKS.md).
+DEFAULT_STUDENT = "regnetx_008"
+#: Hinton et al.'s soft-target loss at the setting of the CIFAR distillation benchmarks (Tian et al., CRD,
+#: 2020: T = 4, 0.9 of the loss on the teacher, 0.1 on the labels).
+DISTILL_TEMPERATURE, DISTILL_ALPHA = 4.0, 0.9
 
 
 @dataclass
@@ -181,6 +194,9 @@ class TrainConfig:
     push_to_hub: bool = field(default=False, metadata={"help": "push <output-dir>/best to the Hub when training ends"})
     hub_repo_id: str | None = field(default=None, metadata={"help": "Hub repo id for --push-to-hub (default: <user>/<model>-<dataset>)"})
     hub_private: bool = field(default=False, metadata={"help": "create the Hub repo as private"})
+    teacher: list[str] = field(default_factory=list, metadata={"help": "distil from a teacher ensemble: its ensemble.json (or the folder holding it; its members are run once over the training split and the result cached in --output-dir), or its members' predictions.npz files (their training-split probabilities, combined with the weights and temperature of an ensemble.json given beside them, or fitted on the files' validation split as evaluate.py fits them). Without --model the student is " + DEFAULT_STUDENT})
+    distill_alpha: float = field(default=DISTILL_ALPHA, metadata={"help": "share of the loss on the teacher's soft targets (KL divergence at --distill-temperature, scaled by T^2); the rest is cross-entropy to the labels"})
+    distill_temperature: float = field(default=DISTILL_TEMPERATURE, metadata={"help": "distillation temperature T: teacher and student probabilities are softened as softmax(log p / T)"})
     fail_at_epoch: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: inject a NaN loss
     stop_after_epoch: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: simulate an interruption
     oom_above_batch: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: simulate CUDA out of memory
@@ -222,6 +238,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         if f.type in ("bool",):
             _parse_bool_flag(parser, name, f)
             continue
+        if f.type == "list[str]":
+            parser.add_argument(f"--{name}", dest=f.name, nargs="+", default=None, help=help_text)
+            continue
         kind = {"int | str | None": int_or_auto, "int": int, "float": float, "str": str, "int | None": int, "float | None": float,
                 "str | None": str, "dict": json.loads}[f.type]
         parser.add_argument(f"--{name}", dest=f.name, type=kind, default=None, help=help_text)
@@ -231,10 +250,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
 def recipe_config(args: argparse.Namespace | dict) -> TrainConfig:
     """Command-line values first, then the model's recipe, then the dataclass defaults."""
     given = {k: v for k, v in (vars(args) if isinstance(args, argparse.Namespace) else args).items() if v is not None}
-    model = given.get("model", TrainConfig.model)
+    model = given.get("model", DEFAULT_STUDENT if given.get("teacher") else TrainConfig.model)
     # --batch-size auto starts from the recipe's batch (else the fallback below); train/finetune.py halves it to fit
     auto_batch = given.get("batch_size") == "auto" and given.pop("batch_size")
-    values = {**RECIPES.get(model, {}), **given}
+    values = {**RECIPES.get(model, {}), **given, "model": model}
     if "model_kwargs" in given:  # merge with the recipe's instead of replacing it
         values["model_kwargs"] = {**RECIPES.get(model, {}).get("model_kwargs", {}), **given["model_kwargs"]}
     if "lr" in given and "lr_base_size" not in given:  # a recipe's base batch describes the recipe's own rate
@@ -246,6 +265,8 @@ def recipe_config(args: argparse.Namespace | dict) -> TrainConfig:
             raise SystemExit(f"--{name.replace('_', '-')} {getattr(cfg, name)}: choose one of {', '.join(map(str, allowed))}")
     if cfg.freeze not in ("none", "backbone") and not re.fullmatch(r"stages:[1-9]\d*", cfg.freeze):
         raise SystemExit(f"--freeze {cfg.freeze}: choose none, backbone or stages:N (N >= 1)")
+    if not 0 <= cfg.distill_alpha <= 1 or cfg.distill_temperature <= 0:
+        raise SystemExit("--distill-alpha must be in [0, 1] and --distill-temperature positive")
     if not 1 <= cfg.augment_magnitude <= 29:
         raise SystemExit(f"--augment-magnitude {cfg.augment_magnitude}: choose 1-29")
     # Options a recipe-less model still needs.

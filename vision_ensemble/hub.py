@@ -93,7 +93,10 @@ def member_card(model_name: str, metrics: dict, training_args: dict, class_names
                     if v not in (None, False, {}) and k in ("model", "img_size", "epochs", "batch_size", "lr", "data_dir"))
     results = (f"### This member: `{model_name}`\n\nClasses: {', '.join(class_names)}\n\n"
                f"Validation metrics of the exported (best) epoch:\n\n| metric | value |\n| --- | --- |\n{rows}\n\n"
-               f"Trained with `accelerate launch train/finetune.py {args}`.\n\n"
+               f"Trained with `accelerate launch train/finetune.py {args}`"
+               + (f", distilled from the ensemble `{' '.join(training_args['teacher'])}` (`--teacher`: "
+                  f"alpha {training_args['distill_alpha']}, T {training_args['distill_temperature']}; fp16 weights)"
+                  if training_args.get("teacher") else "") + ".\n\n"
                f"```python\nimport timm\nmodel = timm.create_model(\"hf-hub:<this repo>\", pretrained=True).eval()\n```")
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n" + fill_results(body, results)))
 
@@ -106,6 +109,8 @@ def results_markdown(report: dict) -> str:
     lines.append(f"| **ensemble** (soft voting{', flip TTA' if report['tta_flip'] else ''}) | **{e['top1']:.2f}** | "
                  f"{e['top3']:.2f} | {e['ece_calibrated'] * 100:.2f} (T = {e['temperature']:.3f}; "
                  f"{e['ece_uncalibrated'] * 100:.2f} before) | |")
+    if "student" in report:
+        lines += student_markdown(report["student"])
     lines.append(f"\nMeasured on {report['test_images']:,} test images of `{report['data_dir']}` on {report['device']}, "
                  f"{report['date']}, with `{report['command']}`.")
     if "uncertainty" in report:
@@ -113,6 +118,36 @@ def results_markdown(report: dict) -> str:
     if "diagnostics" in report:
         lines += diagnostics_markdown(report["diagnostics"])
     return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.1f} ms"
+
+
+def student_markdown(s: dict) -> list[str]:
+    """The distilled student's row of the results table, and how it compares with the ensemble."""
+    return [f"| **student** `{s['source']}` (distilled from the ensemble) | **{s['top1']:.2f}** | {s['top3']:.2f} | "
+            f"{s['ece_calibrated'] * 100:.2f} (T = {s['temperature']:.3f}; {s['ece_uncalibrated'] * 100:.2f} before) | |",
+            f"\nThe student is one network trained on the ensemble's calibrated probabilities (`train/finetune.py "
+            f"--teacher`): its top class is the ensemble's on **{s['agreement']:.1f}%** of the test images, its top-1 "
+            f"{s['top1_gap_to_ensemble']:.2f} points under the ensemble's (best member {s['best_member_top1']:.2f}%). "
+            f"One image at a time on 2 CPU threads (ONNX Runtime, as the Space serves it) it answers in "
+            f"**{_ms(s['latency_ms'])}**, the ensemble in {_ms(s['ensemble_latency_ms'])}."]
+
+
+def answering_markdown(report: dict | None, num_members: int) -> str:
+    """Which model answers in the Space (the distilled student or the ensemble), its measured accuracy and latency."""
+    if report is not None and report.get("served") == "student" and "student" in report:
+        s = report["student"]
+        return (f"**Answering: the distilled student `{s['source']}`**, one network learnt from the ensemble (test top-1 "
+                f"{s['top1']:.2f}%, the ensemble's {report['ensemble']['top1']:.2f}%; {_ms(s['latency_ms'])} per image on "
+                "2 CPU threads). Start the app with `--manifest owner/repo` for the full ensemble.")
+    what = "the ensemble" if num_members > 1 else "one model"
+    if report is None:
+        return f"**Answering: {what} of {num_members} member(s)** (no evaluation report beside its manifest)."
+    latency = report.get("student", {}).get("ensemble_latency_ms")
+    return (f"**Answering: {what} of {num_members} member(s)** (test top-1 {report['ensemble']['top1']:.2f}%"
+            + (f"; {_ms(latency)} per image on 2 CPU threads" if latency is not None else "") + ").")
 
 
 def _percent(value: float | None) -> str:

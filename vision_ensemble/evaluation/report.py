@@ -136,6 +136,12 @@ def summary_lines(report: dict) -> list[str]:
     e = report["ensemble"]
     lines.append(f"ensemble: top-1 {e['top1']:.2f}%  top-3 {e['top3']:.2f}%  ECE {e['ece_uncalibrated'] * 100:.2f}% -> "
                  f"{e['ece_calibrated'] * 100:.2f}% (T = {e['temperature']:.3f})")
+    if "student" in report:
+        s = report["student"]
+        lines.append(f"student {s['source']}: top-1 {s['top1']:.2f}%  ECE {s['ece_uncalibrated'] * 100:.2f}% -> "
+                     f"{s['ece_calibrated'] * 100:.2f}% (T = {s['temperature']:.3f})  agrees with the ensemble on "
+                     f"{s['agreement']:.1f}%" + (f"  batch-1 {s['latency_ms']:.1f} ms (ensemble {s['ensemble_latency_ms']:.1f} ms)"
+                                                 if s.get("latency_ms") is not None else ""))
     if "uncertainty" in report:
         u = report["uncertainty"]
         lines.append(f"uncertainty hint (probability < {u['min_confidence']:.3f} or members agreeing < "
