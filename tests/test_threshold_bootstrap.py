@@ -100,3 +100,19 @@ def test_cli_prints_the_interval_in_words_and_writes_it_to_json_and_the_plot(tmp
     assert (tmp_path / "metrics.png").stat().st_size > 20_000
     bad = subprocess.run(command[:-1] + ["0.5"], capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 2 and "invalid int value" in bad.stderr
+
+
+@pytest.mark.slow
+def test_space_checkbox_adds_the_interval_and_the_old_call_still_works(tmp_path):
+    from gradio_client import handle_file
+
+    from conftest import running_app
+
+    csv = handle_file(str(EXAMPLES / "classifier_scores.csv"))
+    with running_app(tmp_path / "missing.json", tmp_path / "app.log") as (client, _):
+        args = [csv, "label", "score", "(auto)", "f1", 1, 1, 1, 0.9, 0.9]
+        plain = client.predict(*args, api_name="/optimize_threshold")
+        with_intervals = client.predict(*args, True, api_name="/optimize_threshold")
+    assert "How sure is it?" not in plain[0]
+    assert "How sure is it? Redoing the search on 1,000 resamples" in with_intervals[0]
+    assert "| 95% interval | from | to |" in with_intervals[0] and "| threshold |" in with_intervals[0]

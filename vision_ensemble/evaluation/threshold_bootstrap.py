@@ -6,7 +6,7 @@ as `thresholds.optimize`; the interval is the percentile interval of the replica
 Why not resample and re-sort: the sweep's order does not change between replicates, only the counts at each
 distinct score do, so one Numba kernel per replicate draws the weights, accumulates TP and FP down the scores
 and keeps the best candidate, in parallel over replicates.  Weights come from a counter-based generator
-(SplitMix64 of seed, replicate and row position): the answer is the same for any thread count or chunking, and
+(SplitMix64 of seed, replicate and row position, 32 bits per row): the answer is the same for any thread count or chunking, and
 `replicate_row_weights` hands the very same weights to a test's slow reference.
 """
 
@@ -50,8 +50,8 @@ class BootstrapIntervals:
 
 
 GOLDEN, MIX1, MIX2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-S30, S27, S31, S11 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(11)
-UNIT = 1.0 / 9007199254740992.0  # 2**-53: 53 random bits to a double in [0, 1)
+S30, S27, S31, S32, LOW32 = np.uint64(30), np.uint64(27), np.uint64(31), np.uint64(32), np.uint64(0xFFFFFFFF)
+UNIT = 1.0 / 4294967296.0  # 2**-32: 32 random bits to a double in [0, 1)
 
 
 @njit(inline="always")
@@ -67,15 +67,26 @@ def _stream_key(seed, replicate):
 
 
 @njit(inline="always")
-def _poisson1(key, position, cdf):
+def _poisson1(u, cdf):
     """Poisson(1) by inverse CDF, without branches for k < 8 (a mispredicted branch per row would cost more
     than the rest of the row's work); the loop only runs past that, for one row in 100,000."""
-    u = (_mix(key + np.uint64(position + 1) * GOLDEN) >> S11) * UNIT
     k = ((u >= cdf[0]) + (u >= cdf[1]) + (u >= cdf[2]) + (u >= cdf[3]) + (u >= cdf[4]) + (u >= cdf[5])
          + (u >= cdf[6]) + (u >= cdf[7]))
     while u >= cdf[k]:
         k += 1
     return k
+
+
+@njit(inline="always")
+def _add_weights(key, slot, weights, cdf):
+    """weights[slot[p]] += row p's Poisson(1) weight, for the rows p in sweep order; one 64-bit SplitMix64 output
+    (of the replicate's key and the row pair) gives two rows their 32-bit uniforms."""
+    n = len(slot)
+    for pair in range((n + 1) // 2):
+        bits = _mix(key + np.uint64(pair + 1) * GOLDEN)
+        weights[slot[2 * pair]] += _poisson1((bits >> S32) * UNIT, cdf)
+        if 2 * pair + 1 < n:
+            weights[slot[2 * pair + 1]] += _poisson1((bits & LOW32) * UNIT, cdf)
 
 
 @njit(inline="always")
@@ -108,52 +119,48 @@ def _objective(code, tp, fp, fn, tn, beta, cost_fp, cost_fn, min_precision, min_
 
 
 @njit(parallel=True, cache=True)
-def _replicates(cell_of_row, is_positive, cells, seed, first, count, code, beta, cost_fp, cost_fn, min_precision,
-                min_recall, cdf):
+def _replicates(slot, cells, seed, first, count, code, beta, cost_fp, cost_fn, min_precision, min_recall, cdf):
     """Per replicate: index of the best distinct score (-1: none feasible); TP, FP there and P, N in all.
-    Rows come in sweep order (score descending); `cell_of_row` is the index of each row's distinct score."""
-    n = len(cell_of_row)
+    Rows come in sweep order (score descending); `slot` is 2 * (index of the row's distinct score) + its class."""
     best_index = np.full(count, -1, np.int64)
     counts = np.zeros((count, 4), np.int64)
     for r in prange(count):
-        key = _stream_key(seed, first + r)
-        weights = np.zeros((cells, 2), np.int32)  # [:, 0] negatives, [:, 1] positives at each distinct score
-        for position in range(n):
-            weights[cell_of_row[position], is_positive[position]] += _poisson1(key, position, cdf)
-        total_neg, total_pos = weights[:, 0].sum(), weights[:, 1].sum()
+        weights = np.zeros(2 * cells, np.int32)  # [2i] negatives, [2i + 1] positives at distinct score i
+        _add_weights(_stream_key(seed, first + r), slot, weights, cdf)
+        total_neg, total_pos = weights[0::2].sum(), weights[1::2].sum()
         tp, fp, best, best_at = 0, 0, -np.inf, -1
         for i in range(cells):
-            tp += weights[i, 1]
-            fp += weights[i, 0]
+            tp += weights[2 * i + 1]
+            fp += weights[2 * i]
             value = _objective(code, float(tp), float(fp), float(total_pos - tp), float(total_neg - fp), beta,
                                cost_fp, cost_fn, min_precision, min_recall)
             # a score no row carries in this replicate is not a candidate (a select, not a branch)
-            value = value if weights[i, 0] + weights[i, 1] > 0 else -np.inf
+            value = value if weights[2 * i] + weights[2 * i + 1] > 0 else -np.inf
             if value > best:  # strictly: the first maximum, the highest threshold, as np.argmax
                 best, best_at = value, i
         if best_at >= 0:
             best_index[r] = best_at
-            counts[r, 0] = weights[:best_at + 1, 1].sum()
-            counts[r, 1] = weights[:best_at + 1, 0].sum()
+            counts[r, 0] = weights[1:2 * best_at + 2:2].sum()
+            counts[r, 1] = weights[0:2 * best_at + 2:2].sum()
         counts[r, 2], counts[r, 3] = total_pos, total_neg
     return best_index, counts
 
 
 @njit(cache=True)
 def _row_weights(seed, replicate, n, cdf):
-    key = _stream_key(seed, replicate)
-    out = np.empty(n, np.int64)
-    for position in range(n):
-        out[position] = _poisson1(key, position, cdf)
-    return out
+    weights = np.zeros(n, np.int64)
+    _add_weights(_stream_key(seed, replicate), np.arange(n), weights, cdf)
+    return weights
 
 
-def _cells(data: ScoredLabels) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(distinct scores descending, each row's index among them and its class, in sweep order; that order)."""
+def _cells(data: ScoredLabels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct scores descending, each row's slot: 2 * its score's index among them + its class, in sweep
+    order; that order)."""
     order = np.argsort(-data.scores, kind="stable")
     scores = data.scores[order]
     new_score = np.r_[True, scores[1:] != scores[:-1]]
-    return scores[new_score], np.cumsum(new_score) - 1, data.y[order].astype(np.int64), order
+    slot = 2 * (np.cumsum(new_score, dtype=np.int32) - 1) + data.y[order]
+    return scores[new_score], slot.astype(np.int32), order
 
 
 def replicate_row_weights(data: ScoredLabels, replicate: int, seed: int = DEFAULT_BOOTSTRAP_SEED) -> np.ndarray:
@@ -174,11 +181,11 @@ def bootstrap(result: ThresholdResult, replicates: int, confidence: float = DEFA
     if not 0 < confidence < 1:
         raise ThresholdError("the confidence level must be between 0 and 1 (e.g. 0.95)")
     params = params or ObjectiveParams()
-    thresholds, cell_of_row, is_positive, _ = _cells(result.data)
+    thresholds, slot, _ = _cells(result.data)
     best, counts = [], []
     for first in range(0, replicates, BOOTSTRAP_CHUNK):
         count = min(BOOTSTRAP_CHUNK, replicates - first)
-        b, c = _replicates(cell_of_row, is_positive, len(thresholds), seed, first, count, OBJECTIVE_CODES[result.objective], params.beta,
+        b, c = _replicates(slot, len(thresholds), seed, first, count, OBJECTIVE_CODES[result.objective], params.beta,
                       params.cost_fp, params.cost_fn, params.min_precision, params.min_recall, _POISSON1_CDF)
         best.append(b)
         counts.append(c)
