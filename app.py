@@ -272,7 +272,7 @@ def build_demo(ensemble: Ensemble | None, status: str, report: dict | None, vers
                         min_precision = gr.Number(label="min precision (recall_at_precision)", value=0.9)
                         min_recall = gr.Number(label="min recall (precision_at_recall)", value=0.9)
                     with_intervals = gr.Checkbox(
-                        label=f"How sure is it? 95% intervals from {DEFAULT_BOOTSTRAP_REPLICATES:,} bootstrap resamples",
+                        label=f"How sure is it? 95% intervals from {DEFAULT_BOOTSTRAP_REPLICATES:,} resamples",
                         info="reruns the exact search on resamples of your rows: a wide range means more data would "
                              "help", value=False)
                     find_button = gr.Button("Find the best threshold", variant="primary")

@@ -63,7 +63,8 @@ def main() -> None:
         optimize(ScoredLabels(y[drawn], scores[drawn], "label", "score", "1", "0"), "f1")
     per_replicate = (time.perf_counter() - start) / args.naive_replicates
     print(f"obvious way (resample rows, optimize): {per_replicate:.3f} s per replicate, "
-          f"{per_replicate * args.replicates:.0f} s for {args.replicates:,} (extrapolated from {args.naive_replicates})")
+          f"{per_replicate * args.replicates:.0f} s for {args.replicates:,} "
+          f"(extrapolated from {args.naive_replicates})")
 
 
 if __name__ == "__main__":

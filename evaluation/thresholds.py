@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_BOOTSTRAP_REPLICATES}); each resample reruns the exact search")
     p.add_argument("--confidence", type=float, default=DEFAULT_BOOTSTRAP_CONFIDENCE,
                    help="confidence level of the --bootstrap intervals (default 0.95)")
-    p.add_argument("--seed", type=int, default=DEFAULT_BOOTSTRAP_SEED, help="--bootstrap's seed: same seed, same intervals")
+    p.add_argument("--seed", type=int, default=DEFAULT_BOOTSTRAP_SEED,
+                   help="--bootstrap's seed: the same seed gives the same intervals")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--out-dir", type=Path,
                    help="also write results.csv (metrics per threshold), summary.json and pr/roc/metrics PNGs here")

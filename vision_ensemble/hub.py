@@ -156,7 +156,8 @@ def conformal_markdown(c: dict) -> list[str]:
              f"- mean set size where the uncertainty hint fires: {_size(c['mean_set_size_flagged'])}; where it does "
              f"not: {_size(c['mean_set_size_unflagged'])}",
              "\n| set size | test images | coverage |", "| --- | --- | --- |"]
-    lines += [f"| {size} | {row['images']:,} | {row['coverage'] * 100:.1f}% |" for size, row in t["by_set_size"].items()]
+    lines += [f"| {size} | {row['images']:,} | {row['coverage'] * 100:.1f}% |"
+              for size, row in t["by_set_size"].items()]
     lines += ["\n| class | coverage |", "| --- | --- |"]
     lines += [f"| {name} | {_percent(None if v is None else v * 100)} |" for name, v in t["per_class_coverage"].items()]
     lines.append("\n`conformal_coverage.png` plots coverage and mean set size against the level asked for.")

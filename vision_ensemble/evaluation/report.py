@@ -101,7 +101,8 @@ def _accuracy(predicted: np.ndarray, labels: np.ndarray) -> float | None:
 
 def out_of_domain_flags(ensemble: Ensemble, photos: dict[str, np.ndarray]) -> list[dict]:
     """The ensemble's top class, its calibrated probability, the uncertainty flag and the prediction set for each
-    (H, W, 3) photo, computed as the Space computes them (`Ensemble.predict` on the photo as decoded, the same rules)."""
+    (H, W, 3) photo, computed as the Space computes them (`Ensemble.predict` on the photo as decoded, the same
+    rules)."""
     rows = []
     for name, pixels in photos.items():
         probs, member_probs = ensemble.predict(torch.from_numpy(pixels).permute(2, 0, 1)[None])
@@ -138,7 +139,8 @@ def write_outputs(evaluation: EnsembleEvaluation, members: list[MemberPrediction
             calibration_bins(evaluation.test_calibrated, test_labels)}), paths[3])
     if "conformal" in report:
         c = report["conformal"]
-        paths.append(save(coverage_figure(c["curve"], c["coverage"], c["score"].upper()), output_dir / "conformal_coverage.png"))
+        paths.append(save(coverage_figure(c["curve"], c["coverage"], c["score"].upper()),
+                          output_dir / "conformal_coverage.png"))
     return paths
 
 
@@ -154,7 +156,8 @@ def summary_lines(report: dict) -> list[str]:
                      f"{u['min_agreement']:.0%}): fires on {u['test_fire_rate'] * 100:.1f}% of test images")
     if "conformal" in report:
         c, t = report["conformal"], report["conformal"]["test"]
-        lines.append(f"prediction sets ({c['score'].upper()}, {c['coverage']:.0%} asked, calibrated on {c['validation_size']:,} "
-                     f"validation images): hold the true class for {t['coverage'] * 100:.1f}% of test images, "
+        lines.append(f"prediction sets ({c['score'].upper()}, {c['coverage']:.0%} asked, calibrated on "
+                     f"{c['validation_size']:,} validation images): hold the true class for "
+                     f"{t['coverage'] * 100:.1f}% of test images, "
                      f"{t['mean_set_size']:.2f} classes on average, {t['singletons'] * 100:.1f}% a single class")
     return lines

@@ -6,8 +6,8 @@ as `thresholds.optimize`; the interval is the percentile interval of the replica
 Why not resample and re-sort: the sweep's order does not change between replicates, only the counts at each
 distinct score do, so one Numba kernel per replicate draws the weights, accumulates TP and FP down the scores
 and keeps the best candidate, in parallel over replicates.  Weights come from a counter-based generator
-(SplitMix64 of seed, replicate and row position, 32 bits per row): the answer is the same for any thread count or chunking, and
-`replicate_row_weights` hands the very same weights to a test's slow reference.
+(SplitMix64 of seed, replicate and row position, 32 bits per row): the answer is the same for any thread count
+or chunking, and `replicate_row_weights` hands the very same weights to a test's slow reference.
 """
 
 from __future__ import annotations
@@ -205,7 +205,8 @@ def bootstrap(result: ThresholdResult, replicates: int, confidence: float = DEFA
 
 
 #: The metric each objective's value is (the constrained objectives report their free metric).
-VALUE_METRIC = {**{name: name for name in OBJECTIVES}, "recall_at_precision": "recall", "precision_at_recall": "precision"}
+VALUE_METRIC = {**{name: name for name in OBJECTIVES}, "recall_at_precision": "recall",
+                "precision_at_recall": "precision"}
 
 
 def interval_line(result: ThresholdResult, intervals: BootstrapIntervals) -> str:

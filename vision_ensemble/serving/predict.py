@@ -79,7 +79,7 @@ class Prediction(BaseModel):
         "the classes the ensemble cannot rule out, most probable first: sets built this way hold the true class for "
         "`coverage` of images like the validation images (conformal prediction); null if ensemble.json has no "
         "calibrated set rule"))
-    coverage: float | None = Field(description="the share of images whose prediction set holds the true class, e.g. 0.9")
+    coverage: float | None = Field(description="the share of images whose prediction set holds the true class (0.9)")
     uncertain: bool = Field(description="the ensemble's uncertainty rule fired (low confidence or members disagree)")
     hint: str | None = Field(description="a plain-words warning when `uncertain`, else null")
     model_version: str = Field(description="hash of ensemble.json's content and the members' weights")
