@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch
 
-from vision_ensemble.config import (CIFAR10_NAME, CONFORMAL_SCORES, DEFAULT_ATTACK_SAMPLES, DEFAULT_COVERAGE,
-                                     DEFAULT_SEED, DEFAULT_VAL_SIZE, PGD_STEPS, UNCERTAINTY_FLAGGED_ACCURACY,
-                                     default_cache_size)
+from vision_ensemble.config import (CIFAR10_NAME, CONFORMAL_SCORES, DEFAULT_ATTACK_SAMPLES, DEFAULT_CONFORMAL_SCORE,
+                                     DEFAULT_COVERAGE, DEFAULT_SEED, DEFAULT_VAL_SIZE, PGD_STEPS,
+                                     UNCERTAINTY_FLAGGED_ACCURACY, default_cache_size)
 from vision_ensemble.data import DataError, load_dataset
 from vision_ensemble.evaluation.conformal import calibration_problem
 from vision_ensemble.evaluation.diagnostics import diagnose
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coverage", type=float, default=DEFAULT_COVERAGE,
                    help="conformal prediction sets: the share of images whose set of classes should hold the true "
                         "class (default 0.9), calibrated on the validation split")
-    p.add_argument("--conformal", choices=CONFORMAL_SCORES, default=CONFORMAL_SCORES[0],
+    p.add_argument("--conformal", choices=CONFORMAL_SCORES, default=DEFAULT_CONFORMAL_SCORE,
                    help="how the sets are built: aps (default: never empty, larger on harder images), lac (smallest "
                         "sets on average, may be empty), raps (aps with a penalty on long sets, for many classes)")
     p.add_argument("--ood-images", nargs="+", default=[], metavar="IMAGE",

@@ -165,6 +165,15 @@ def evaluated(ensemble_dir, cifar10, cifar10_archive, cache_root):
     return out
 
 
+def test_evaluate_refuses_a_level_its_validation_split_cannot_calibrate(ensemble_dir, cifar10_archive, cache_root):
+    result = subprocess.run([sys.executable, str(REPO / "evaluation" / "evaluate.py"), "--models",
+                             str(ensemble_dir / "member_a"), "--data-dir", str(cifar10_archive), "--cache-dir",
+                             str(cache_root), "--max-eval-samples", "20", "--coverage", "0.99"],
+                            capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "error: 20 validation images cannot calibrate 99% coverage: it needs at least 99" in result.stderr
+
+
 def test_evaluate_stores_the_rule_and_reports_the_sets(evaluated, ensemble_dir):
     from vision_ensemble.evaluation.ensemble import Ensemble
     from vision_ensemble.hub import results_markdown

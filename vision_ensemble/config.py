@@ -92,6 +92,7 @@ UNCERTAINTY_FLAGGED_ACCURACY = 0.5
 #: empty ones; RAPS is APS with a penalty on long sets, made for a thousand classes rather than ten.
 DEFAULT_COVERAGE = 0.9
 CONFORMAL_SCORES = ("aps", "lac", "raps")
+DEFAULT_CONFORMAL_SCORE = "aps"
 RAPS_LAMBDAS = (0.001, 0.01, 0.1, 0.2, 0.5)  # penalty weights tried (Angelopoulos et al. 2021)
 RAPS_TUNING_SHARE = 0.2  # of the validation split, held out to choose RAPS's penalty
 COVERAGE_CURVE_LEVELS = (0.5, 0.99)  # the coverage plot's range of levels

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..config import (CONFORMAL_SCORES, COVERAGE_CURVE_LEVELS, DEFAULT_COVERAGE, DEFAULT_SEED, RAPS_LAMBDAS,
-                      RAPS_TUNING_SHARE)
+from ..config import (CONFORMAL_SCORES, COVERAGE_CURVE_LEVELS, DEFAULT_CONFORMAL_SCORE, DEFAULT_COVERAGE,
+                      DEFAULT_SEED, RAPS_LAMBDAS, RAPS_TUNING_SHARE)
 
 
 class ConformalError(ValueError):
@@ -69,7 +69,7 @@ def conformal_rank(n: int, coverage: float) -> int:
     return math.ceil((n + 1) * coverage - 1e-9)  # the tolerance keeps e.g. (99 + 1) * 0.9 at 90, not 91
 
 
-def calibration_problem(n: int, coverage: float, score: str = "aps") -> str | None:
+def calibration_problem(n: int, coverage: float, score: str = DEFAULT_CONFORMAL_SCORE) -> str | None:
     """Why `n` validation images cannot calibrate `coverage`, in words; None when they can."""
     if not 0 < coverage < 1:
         return f"coverage must be between 0 and 1 (e.g. 0.9), not {coverage}"
@@ -92,8 +92,8 @@ def _true_scores(probs, labels, score, k_reg=0, penalty=0.0) -> np.ndarray:
     return label_scores(probs, score, k_reg, penalty)[np.arange(len(labels)), labels]
 
 
-def calibrate(probs: np.ndarray, labels: np.ndarray, coverage: float = DEFAULT_COVERAGE, score: str = "aps",
-              seed: int = DEFAULT_SEED) -> tuple[ConformalRule, np.ndarray]:
+def calibrate(probs: np.ndarray, labels: np.ndarray, coverage: float = DEFAULT_COVERAGE,
+              score: str = DEFAULT_CONFORMAL_SCORE, seed: int = DEFAULT_SEED) -> tuple[ConformalRule, np.ndarray]:
     """The rule for validation probabilities (N, C) and labels, and the calibration images' true-label scores.
     RAPS first holds out a seeded RAPS_TUNING_SHARE of the images to choose k_reg (the rank of the true label
     at the coverage level) and the penalty (of RAPS_LAMBDAS, the smallest mean set size there)."""

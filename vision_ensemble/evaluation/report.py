@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from sklearn.metrics import classification_report, confusion_matrix
 
-from ..config import DEFAULT_COVERAGE, UNCERTAINTY_FLAGGED_ACCURACY
+from ..config import DEFAULT_CONFORMAL_SCORE, DEFAULT_COVERAGE, UNCERTAINTY_FLAGGED_ACCURACY
 from ..plots import confusion_matrix_figure, coverage_figure, reliability_figure, save
 from .calibration import (apply_temperature, calibration_bins, expected_calibration_error, fit_temperature, nll,
                           topk_accuracy)
@@ -51,7 +51,7 @@ def evaluate_ensemble(members: list[MemberPredictions], val_labels: np.ndarray, 
                       class_names: list[str], tta_flip: bool, equal_weights: bool = False,
                       context: dict | None = None,
                       flagged_accuracy: float = UNCERTAINTY_FLAGGED_ACCURACY, coverage: float = DEFAULT_COVERAGE,
-                      conformal_score: str = "aps") -> EnsembleEvaluation:
+                      conformal_score: str = DEFAULT_CONFORMAL_SCORE) -> EnsembleEvaluation:
     """Fit weights (unless `equal_weights`), temperature, the uncertainty rule (`UncertaintyRule.choose`,
     with `flagged_accuracy`) and the conformal prediction sets (`coverage`, `conformal_score`) on val; measure
     everything, how often the rule fires and how the sets cover, on test."""
