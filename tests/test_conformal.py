@@ -165,7 +165,8 @@ def evaluated(ensemble_dir, cifar10, cifar10_archive, cache_root):
     return out
 
 
-def test_evaluate_refuses_a_level_its_validation_split_cannot_calibrate(ensemble_dir, cifar10_archive, cache_root):
+def test_evaluate_refuses_a_level_its_validation_split_cannot_calibrate(ensemble_dir, cifar10, cifar10_archive,
+                                                                      cache_root):
     result = subprocess.run([sys.executable, str(REPO / "evaluation" / "evaluate.py"), "--models",
                              str(ensemble_dir / "member_a"), "--data-dir", str(cifar10_archive), "--cache-dir",
                              str(cache_root), "--max-eval-samples", "20", "--coverage", "0.99"],
