@@ -8,7 +8,8 @@ Members are timm model folders or Hub repo ids, or the predictions.npz files tra
 (their best epoch's probabilities: no weights or dataset needed; members named as their Hub repos).
 Weights (unless --equal-weights) and the temperature are fitted on the validation split, then everything
 is measured on the test split.  Writes report.json, ensemble.json (the manifest the app loads, with the
-uncertainty rule chosen on validation), confusion_matrix.png and reliability_diagram.png; with models,
+uncertainty rule and the conformal prediction-set rule chosen on validation), confusion_matrix.png,
+reliability_diagram.png and conformal_coverage.png; with models,
 --diagnose adds error_gallery.png, the top confusions and accuracy under FGSM/PGD attacks
 (robustness.png); with --update-card, fills the results section of model_card.md from the report.
 With --student (a distilled student's folder, or its predictions.npz beside --predictions), the report puts the
@@ -35,9 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch
 from accelerate import Accelerator
 
-from vision_ensemble.config import (CIFAR10_NAME, DEFAULT_ATTACK_SAMPLES, DEFAULT_SEED, DEFAULT_VAL_SIZE, PGD_STEPS,
+from vision_ensemble.config import (CIFAR10_NAME, CONFORMAL_SCORES, DEFAULT_ATTACK_SAMPLES, DEFAULT_CONFORMAL_SCORE,
+                                     DEFAULT_COVERAGE, DEFAULT_SEED, DEFAULT_VAL_SIZE, PGD_STEPS,
                                      UNCERTAINTY_FLAGGED_ACCURACY, default_cache_size)
 from vision_ensemble.data import DataError, load_dataset
+from vision_ensemble.evaluation.conformal import calibration_problem
 from vision_ensemble.evaluation.diagnostics import diagnose
 from vision_ensemble.evaluation.ensemble import Ensemble
 from vision_ensemble.evaluation.predictions import PredictionsError, check_same_data, evaluation_batch, load_predictions
@@ -74,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flagged-accuracy", type=float, default=UNCERTAINTY_FLAGGED_ACCURACY,
                    help="the uncertainty hint fires below the calibrated probability at which validation predictions "
                         "are right at most this often (or when fewer than half the members agree)")
+    p.add_argument("--coverage", type=float, default=DEFAULT_COVERAGE,
+                   help="conformal prediction sets: the share of images whose set of classes should hold the true "
+                        "class (default 0.9), calibrated on the validation split")
+    p.add_argument("--conformal", choices=CONFORMAL_SCORES, default=DEFAULT_CONFORMAL_SCORE,
+                   help="how the sets are built: aps (default: never empty, larger on harder images), lac (smallest "
+                        "sets on average, may be empty), raps (aps with a penalty on long sets, for many classes)")
     p.add_argument("--ood-images", nargs="+", default=[], metavar="IMAGE",
                    help="out-of-domain photos to report the uncertainty hint on, e.g. examples/china.jpg "
                         "examples/flower.jpg")
@@ -120,6 +129,9 @@ def main(argv=None) -> int:
 
     val_images, val_labels = evaluation_batch(data.val, args.max_eval_samples, args.seed)
     test_images, test_labels = evaluation_batch(data.test, args.max_eval_samples, args.seed)
+    if problem := calibration_problem(len(val_labels), args.coverage, args.conformal):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     predictions = [MemberPredictions(m.source, m.data_config,
                                      sharded_probabilities(m, val_images, args.tta, args.batch_size, accelerator),
@@ -131,8 +143,10 @@ def main(argv=None) -> int:
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     evaluation = evaluate_ensemble(predictions, val_labels, test_labels, data.class_names, args.tta, args.equal_weights,
                                    context={"command": command, "device": device, "data_dir": str(args.data_dir),
-                                            "inference_s": inference_s}, flagged_accuracy=args.flagged_accuracy)
-    ensemble = Ensemble(members, evaluation.weights, evaluation.temperature, args.tta, evaluation.uncertainty)
+                                            "inference_s": inference_s}, flagged_accuracy=args.flagged_accuracy,
+                                   coverage=args.coverage, conformal_score=args.conformal)
+    ensemble = Ensemble(members, evaluation.weights, evaluation.temperature, args.tta, evaluation.uncertainty,
+                        evaluation.conformal)
     evaluation.report["uncertainty"]["out_of_domain"] = out_of_domain_flags(ensemble, ood_images)
     written = write_outputs(evaluation, predictions, test_labels, args.output_dir)
     if args.diagnose:
@@ -165,6 +179,8 @@ def evaluate_predictions(args, command: str) -> int:
         runs = [load_predictions(path) for path in paths]
         check_same_data(runs, paths)  # the student too: predicted on the same images
         student, runs = (runs[-1], runs[:-1]) if args.student else (None, runs)
+        if problem := calibration_problem(len(runs[0].val_labels), args.coverage, args.conformal):
+            raise PredictionsError(problem)
     except (PredictionsError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -175,7 +191,8 @@ def evaluate_predictions(args, command: str) -> int:
                                    context={"command": command, "device": ", ".join(sorted({r.device for r in runs})),
                                             "data_dir": first.data_dir,
                                             "predictions_files": [str(path) for path in args.predictions]},
-                                   flagged_accuracy=args.flagged_accuracy)
+                                   flagged_accuracy=args.flagged_accuracy, coverage=args.coverage,
+                                   conformal_score=args.conformal)
     written = write_outputs(evaluation, predictions, first.test_labels, args.output_dir)
     if student is not None:
         written += add_student(args, evaluation, student.member(args.tta), first.val_labels, first.test_labels)

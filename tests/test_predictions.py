@@ -104,6 +104,8 @@ def test_report_from_predictions_equals_report_from_model_folders(trained_run, s
     for ours, theirs in zip(ma["members"], mb["members"]):
         assert ours["weight"] == pytest.approx(theirs["weight"], abs=1e-6)
         assert ours["preprocessing"] == theirs["preprocessing"]
+    assert mb["conformal"]["cutoff"] == pytest.approx(ma["conformal"]["cutoff"], abs=1e-5)  # prediction sets, too
+    assert a["conformal"]["test"]["coverage"] == b["conformal"]["test"]["coverage"]
     assert (tmp_path / "files" / "reliability_diagram.png").stat().st_size > 10_000
     assert (tmp_path / "files" / "confusion_matrix.png").stat().st_size > 10_000
 

@@ -54,6 +54,10 @@ MAX_CSV_ROWS = 20_000_000
 #: in the repository (`evaluation/evaluate.py --student` writes the folder), relative to where the app runs.
 DEFAULT_MANIFEST = "student"
 LATENCY_THREADS = 2  # CPU threads of the batch-1 latency evaluate.py reports: a free CPU Space's 2 cores
+DEFAULT_BOOTSTRAP_REPLICATES = 1000  # the threshold tab's "confidence intervals" box; the CLI's --bootstrap N
+DEFAULT_BOOTSTRAP_CONFIDENCE = 0.95
+DEFAULT_BOOTSTRAP_SEED = 0
+BOOTSTRAP_CHUNK = 50  # replicates per parallel kernel call: the progress bar's step
 CLASSIFY_CONCURRENCY = 2  # predictions at once, in the Classify tab and in POST /api/predict alike
 DEFAULT_TOP_K = 3
 
@@ -103,6 +107,16 @@ LABELER_DISPLAY_SIZE = (512, 1600)  # smallest and largest longest side, in pixe
 #: validation predictions below it are right at most UNCERTAINTY_FLAGGED_ACCURACY of the time.
 UNCERTAINTY_MIN_AGREEMENT = 0.5
 UNCERTAINTY_FLAGGED_ACCURACY = 0.5
+#: Conformal prediction sets (evaluate.py --coverage/--conformal): the share of images whose set holds the true
+#: class, and the score.  APS by default: its sets never come out empty and grow with how hard the image is (the
+#: honest answer on photos that are none of the classes); LAC gives the smallest sets on average but may give
+#: empty ones; RAPS is APS with a penalty on long sets, made for a thousand classes rather than ten.
+DEFAULT_COVERAGE = 0.9
+CONFORMAL_SCORES = ("aps", "lac", "raps")
+DEFAULT_CONFORMAL_SCORE = "aps"
+RAPS_LAMBDAS = (0.001, 0.01, 0.1, 0.2, 0.5)  # penalty weights tried (Angelopoulos et al. 2021)
+RAPS_TUNING_SHARE = 0.2  # of the validation split, held out to choose RAPS's penalty
+COVERAGE_CURVE_LEVELS = (0.5, 0.99)  # the coverage plot's range of levels
 ATTACK_EPSILONS_255 = (0, 1, 2, 4, 8)  # L-inf attack radii, in 1/255 steps of [0, 1] pixel values
 DEFAULT_ATTACK_SAMPLES = 256  # test images attacked by `--diagnose`
 PGD_STEPS = 10  # PGD step size is 2.5 * epsilon / steps (Madry et al.), so it can reach the ball's edge

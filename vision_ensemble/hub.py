@@ -115,6 +115,8 @@ def results_markdown(report: dict) -> str:
                  f"{report['date']}, with `{report['command']}`.")
     if "uncertainty" in report:
         lines += uncertainty_markdown(report["uncertainty"])
+    if "conformal" in report:
+        lines += conformal_markdown(report["conformal"])
     if "diagnostics" in report:
         lines += diagnostics_markdown(report["diagnostics"])
     return "\n".join(lines)
@@ -168,11 +170,37 @@ def uncertainty_markdown(u: dict) -> list[str]:
     if ood:
         fired = sum(row["flagged"] for row in ood)
         lines.append(f"\nOn the out-of-domain example photos, none of them one of the ten classes, it fires on "
-                     f"**{fired} of {len(ood)}**:\n\n| photo | top class | probability | members agreeing | flagged |\n"
-                     "| --- | --- | --- | --- | --- |")
+                     f"**{fired} of {len(ood)}** (large prediction sets are the honest answer there):\n\n"
+                     "| photo | top class | probability | members agreeing | flagged | set size |\n"
+                     "| --- | --- | --- | --- | --- | --- |")
         lines += [f"| `{r['image']}` | {r['top_class']} | {r['probability']:.2f} | {r['members_agreeing']} | "
-                  f"{'yes' if r['flagged'] else '**no**'} |" for r in ood]
+                  f"{'yes' if r['flagged'] else '**no**'} | {r.get('set_size', 'n/a')} |" for r in ood]
     return lines
+
+
+def conformal_markdown(c: dict) -> list[str]:
+    """Prediction sets: what the coverage means, and how the sets did on the test split."""
+    t = c["test"]
+    lines = ["\n### Prediction sets with a coverage guarantee",
+             f"\nBeside the top-3, the Space shows the classes it cannot rule out, e.g. \"cat or dog, with "
+             f"{c['coverage']:.0%} coverage\": sets built this way hold the true class for {c['coverage']:.0%} of "
+             f"images from the same distribution (split conformal prediction, {c['score'].upper()} score, cut-off "
+             f"{c['cutoff']:.4f} calibrated on {c['validation_size']:,} validation images). On the test split:",
+             f"\n- coverage **{t['coverage'] * 100:.1f}%**, mean set size **{t['mean_set_size']:.2f}** classes, "
+             f"{t['singletons'] * 100:.1f}% single-class sets, {t['empty'] * 100:.1f}% empty sets",
+             f"- mean set size where the uncertainty hint fires: {_size(c['mean_set_size_flagged'])}; where it does "
+             f"not: {_size(c['mean_set_size_unflagged'])}",
+             "\n| set size | test images | coverage |", "| --- | --- | --- |"]
+    lines += [f"| {size} | {row['images']:,} | {row['coverage'] * 100:.1f}% |"
+              for size, row in t["by_set_size"].items()]
+    lines += ["\n| class | coverage |", "| --- | --- |"]
+    lines += [f"| {name} | {_percent(None if v is None else v * 100)} |" for name, v in t["per_class_coverage"].items()]
+    lines.append("\n`conformal_coverage.png` plots coverage and mean set size against the level asked for.")
+    return lines
+
+
+def _size(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def diagnostics_markdown(d: dict) -> list[str]:
