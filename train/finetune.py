@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -32,12 +33,15 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from vision_ensemble.config import DEFAULT_CROP_PCT, TrainConfig, build_parser, default_cache_size, recipe_config
-from vision_ensemble.data import (BatchTransform, DataError, DeviceImageDataset, choose_augment, device_loader,
-                                  fits_on_device, load_dataset, stream_loader, subset_indices, train_transform)
+from vision_ensemble.data import (BalancedSampler, BatchTransform, DataError, DeviceImageDataset, choose_augment,
+                                  device_loader, fits_on_device, load_dataset, stream_loader, subset_indices,
+                                  train_transform)
+from vision_ensemble.data.check import check_cache, leakage, summary_lines
 from vision_ensemble.evaluation.predictions import save_predictions
 from vision_ensemble.hub import HubError, default_repo_id, member_card, push_folder
 from vision_ensemble.model import ModelError, create_model, export_model
 from vision_ensemble.plots import plot_training_curves
+from vision_ensemble.training.imbalance import WeightedSoftTargetCrossEntropy, balanced_class_weights
 from vision_ensemble.training.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
 from vision_ensemble.training.tracking import TrackingError, log_run_files, require_trackers, start_trackers
 
@@ -122,11 +126,18 @@ def main(argv=None) -> int:
         pretrained_cfg.crop_pct if pretrained_cfg else DEFAULT_CROP_PCT)
     with accelerator.main_process_first():
         data = load_dataset(cfg.data_dir, cfg.cache_dir, cfg.val_size, cfg.seed, cache_size)
+        data_report, report_dir = check_cache(cfg.data_dir, data.cache_dir, cache_size) if cfg.data_check else (None, None)
+    if data_report is not None:
+        print_main("\n".join(summary_lines(data_report, short=True)) + f"\n(full data check: {report_dir / 'datacheck.html'})")
+        if cfg.strict_data and leakage(data_report):
+            raise DataError(f"the same images are in two splits ({leakage(data_report)} duplicate pairs; see "
+                            f"{report_dir / 'datacheck.html'}): remove them, or train without --strict-data")
     train_subset = subset_indices(len(data.train), cfg.max_train_samples, cfg.seed)
     val_subset = subset_indices(len(data.val), cfg.max_eval_samples, cfg.seed)
     train_arrays = data.train if train_subset is None else data.train.subset(train_subset)
     val_arrays = data.val if val_subset is None else data.val.subset(val_subset)
     num_classes = len(data.class_names)
+    cfg.train_class_counts = dict(zip(data.class_names, np.bincount(train_arrays.labels, minlength=num_classes).tolist()))
 
     # --- model, what of it trains, and its preprocessing -------------------------------------------------------
     # Resolved here so training_args.json records the augmentation that ran; it also sets the eval geometry
@@ -147,14 +158,15 @@ def main(argv=None) -> int:
     nbytes = train_arrays.nbytes + val_arrays.nbytes
     data_mode = cfg.data_mode if cfg.data_mode != "auto" else (
         "device" if fits_on_device(nbytes, accelerator.device) else "stream")
+    sampler = BalancedSampler(train_arrays.labels, cfg.seed) if cfg.sampler == "balanced" else None
     if data_mode == "device":
         train_loader = device_loader(DeviceImageDataset(train_arrays, accelerator.device), batch_size,
-                                     shuffle=True, drop_last=True, seed=cfg.seed)
+                                     shuffle=True, drop_last=True, seed=cfg.seed, sampler=sampler)
         val_loader = device_loader(DeviceImageDataset(val_arrays, accelerator.device), cfg.batch_size * 2,
                                    shuffle=False)
     else:  # no decoding here: workers read whole batches from the memory-mapped cache
         train_loader = stream_loader(train_arrays, batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
-                                     num_workers=cfg.num_workers)
+                                     num_workers=cfg.num_workers, sampler=sampler)
         val_loader = stream_loader(val_arrays, cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers)
 
     # --- optimisation: timm's AdamW at a rate scaled to the global batch, warmup + cosine per step, ------------
@@ -175,6 +187,9 @@ def main(argv=None) -> int:
         mixup = Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mixup_prob,
                       label_smoothing=cfg.label_smoothing, num_classes=num_classes)
     train_loss_fn = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(cfg.label_smoothing)
+    if cfg.class_weights == "balanced":  # MixUp targets arrive smoothed; hard labels are smoothed by the loss
+        train_loss_fn = WeightedSoftTargetCrossEntropy(balanced_class_weights(train_arrays.labels, num_classes),
+                                                       0.0 if mixup else cfg.label_smoothing).to(accelerator.device)
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay) if cfg.ema else None
     if cfg.compile:
         torch._logging.set_logs(dynamo=logging.ERROR, inductor=logging.ERROR)  # recompile chatter drowns the log
