@@ -1,0 +1,100 @@
+"""Wrong labels found and fixed, the whole way: label a pool (some labels planted wrong), export, train, evaluate
+with --label-issues (cleanlab on the ensemble's probabilities), review exactly the flagged images in the
+labeller's queue, correct them in labels.csv, export the corrected dataset."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ENV, FINETUNE, REPO, make_image_folder
+from vision_ensemble.labeling.store import LabelingError, LabelStore, export_dataset, find_images, review_queue
+
+CLASSES = ("circle", "square", "stripes")
+EVALUATE = str(REPO / "evaluation" / "evaluate.py")
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("label-issues")
+    pool = make_image_folder(tmp, CLASSES, per_class=40, size=(32, 32), splits=("pool",)) / "pool"
+    store = LabelStore(pool / "labels.csv")
+    rng = np.random.default_rng(0)
+    files = find_images(pool)
+    planted = set(rng.choice(files, 15, replace=False).tolist())
+    for name in files:  # the true class is the first path part
+        true = name.split("/")[0]
+        store.set(name, CLASSES[(CLASSES.index(true) + 1) % 3] if name in planted else true)
+    dataset = export_dataset(pool, store.labels(), tmp / "dataset", "0.5,0.25,0.25").out_dir
+    with open(dataset / "splits.csv", newline="") as f:
+        split_of = {row["filename"]: row["split"] for row in csv.DictReader(f)}
+    run = tmp / "run"
+    subprocess.run([sys.executable, FINETUNE, "--model", "test_resnet", "--img-size", "32", "--batch-size", "16",
+                    "--epochs", "5", "--lr", "1e-2", "--data-dir", str(dataset), "--cache-dir", str(tmp / "cache"),
+                    "--output-dir", str(run), "--no-data-check"], cwd=REPO, env=ENV, check=True, capture_output=True,
+                   timeout=600)
+    results = tmp / "results"
+    evaluation = subprocess.run([sys.executable, EVALUATE, "--models", str(run / "best"), "--data-dir", str(dataset),
+                                 "--cache-dir", str(tmp / "cache"), "--output-dir", str(results), "--label-issues"],
+                                cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    with open(results / "label_issues.csv", newline="") as f:
+        issues = list(csv.DictReader(f))
+    held_out = {name for name in planted if split_of[name] != "train"}
+    return dict(pool=pool, store=store, planted=planted, held_out=held_out, issues=issues, results=results,
+                dataset=dataset, tmp=tmp)
+
+
+def test_evaluate_flags_most_planted_wrong_labels_in_val_and_test(workflow):
+    issues, held_out = workflow["issues"], workflow["held_out"]
+    assert len(held_out) >= 5
+    flagged = {"/".join(row["file"].split("/")[-2:]) for row in issues}  # <class>/NNNN.png under split/label/
+    found = held_out & flagged
+    assert len(found) >= 0.7 * len(held_out), (sorted(held_out), issues)
+    assert len(flagged) <= 2 * len(held_out)  # few false alarms
+    for row in issues:
+        if "/".join(row["file"].split("/")[-2:]) in held_out:
+            assert row["suggested_label"] == row["file"].split("/")[-2] != row["given_label"]  # the true class
+    assert [float(r["score"]) for r in issues] == sorted((float(r["score"]) for r in issues), reverse=True)
+    report = json.loads((workflow["results"] / "report.json").read_text())
+    assert report["label_issues"]["val"] + report["label_issues"]["test"] == len(issues)
+    assert {"balanced_accuracy", "macro_f1"} <= set(report["ensemble"])
+    assert (workflow["results"] / "label_issues.png").stat().st_size > 10_000
+
+
+def test_review_queues_exactly_the_flagged_images_and_the_export_is_corrected(workflow):
+    pool, issues = workflow["pool"], workflow["issues"]
+    store = LabelStore(pool / "labels.csv")
+    queue = review_queue(pool, workflow["results"] / "label_issues.csv", store)
+    expected = ["/".join(row["file"].split("/")[-2:]) for row in issues]
+    assert queue.order == expected
+    first = queue.suggestions[expected[0]]
+    assert (first.given, first.label) == (issues[0]["given_label"], issues[0]["suggested_label"])
+    name, pixels = queue.next_image()
+    assert name == expected[0] and pixels.shape == (32, 32, 3)
+    for filename in expected[:2]:  # the reviewer accepts the suggestion, then stops
+        store.set(filename, queue.suggestions[filename].label)
+    resumed = review_queue(pool, workflow["results"] / "label_issues.csv", LabelStore(pool / "labels.csv"))
+    assert resumed.next_image()[0] == expected[2] and resumed.progress()[:2] == (2, len(expected))
+    for filename in expected[2:]:
+        resumed.store.set(filename, resumed.suggestions[filename].label)
+    assert resumed.next_image() == (None, None)
+    corrected = export_dataset(pool, LabelStore(pool / "labels.csv").labels(), workflow["tmp"] / "corrected", "0.5,0.25,0.25")
+    still_wrong = {f for f, label in LabelStore(pool / "labels.csv").labels().items() if label != f.split("/")[0]}
+    assert still_wrong == workflow["planted"] - set(expected) and len(still_wrong) < len(workflow["planted"])
+    assert sum(row[-1] for row in corrected.table()) == 120
+
+
+def test_review_of_files_outside_the_folder_is_a_one_line_error(workflow, tmp_path):
+    issues = tmp_path / "label_issues.csv"
+    issues.write_text("file,split,given_label,suggested_label,score\n/elsewhere/a.png,test,cat,dog,0.9\n")
+    with pytest.raises(LabelingError, match="neither inside"):
+        review_queue(workflow["pool"], issues, LabelStore(workflow["pool"] / "labels.csv"))
+    result = subprocess.run([sys.executable, "-m", "vision_ensemble.labeler", str(workflow["pool"]), "--review",
+                             str(issues)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: /elsewhere/a.png")
