@@ -74,7 +74,8 @@ def test_counts_missing_classes_and_imbalance(checked):
 
 def test_every_left_out_file_is_reported_with_its_reason(checked, dirty_folder):
     report, _, _ = checked
-    reasons = {Path(s["file"]).relative_to(dirty_folder).as_posix(): s["reason"].split(" (")[0] for s in report["skipped"]}
+    reasons = {Path(s["file"]).relative_to(dirty_folder).as_posix(): s["reason"].split(" (")[0]
+               for s in report["skipped"]}
     assert reasons == {
         "train/.ipynb_checkpoints": "hidden folder", "train/.DS_Store": "hidden file",
         "train/apple/.ipynb_checkpoints": "hidden folder", "train/apple/._001.png": "hidden file",
@@ -101,7 +102,8 @@ def test_report_files_and_the_cache_agree_with_the_check(checked, dirty_folder, 
     report, written, out = checked
     assert {p.name for p in written} == {"datacheck.json", "datacheck.html", "duplicates.png", "image_sizes.png"}
     saved = json.loads((out / "datacheck.json").read_text())
-    assert saved["counts"] == report["counts"] and saved["cache"] == {"cache_size": 64, "image_size": [48, 64], "resized": 0}
+    assert saved["counts"] == report["counts"]
+    assert saved["cache"] == {"cache_size": 64, "image_size": [48, 64], "resized": 0}
     assert "leaked.png" in (out / "datacheck.html").read_text()
     assert Image.open(out / "duplicates.png").size[1] > 200
     data = load_dataset(dirty_folder, tmp_path / "cache", cache_size=64)  # the cache takes the same images
@@ -119,10 +121,11 @@ def test_command_line_prints_the_table_and_strict_training_refuses_leakage(dirty
     assert "warning: no test images of plum" in result.stdout
     assert "train-test (LEAKAGE) 1 exact, 1 near" in result.stdout
     result = subprocess.run([sys.executable, FINETUNE, "--model", "test_resnet", "--img-size", "32", "--data-dir",
-                             str(dirty_folder), "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(tmp_path / "run"),
-                             "--strict-data"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+                             str(dirty_folder), "--cache-dir", str(tmp_path / "cache"), "--output-dir",
+                             str(tmp_path / "run"), "--strict-data"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("error: the same images are in two splits (2 duplicate pairs")
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: the same images are in two splits (2 duplicate pairs")
     assert "duplicates: train-test (LEAKAGE) 1 exact, 1 near" in result.stdout  # the short form came first
     assert not (tmp_path / "run" / "checkpoints").exists()
 

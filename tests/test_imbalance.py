@@ -4,7 +4,6 @@ rare class's recall over the same seeded run without."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +26,8 @@ def test_class_weights_are_sklearns_and_the_loss_is_torchs_weighted_cross_entrop
     labels = np.array([0] * 40 + [1] * 2 + [3] * 8)  # class 2 absent
     weights = balanced_class_weights(labels, 4)
     present = np.array([0, 1, 3])
-    assert np.allclose(weights[present], compute_class_weight("balanced", classes=present, y=labels)) and weights[2] == 0
+    assert np.allclose(weights[present], compute_class_weight("balanced", classes=present, y=labels))
+    assert weights[2] == 0
     logits, hard = torch.randn(50, 4), torch.from_numpy(labels)
     loss = WeightedSoftTargetCrossEntropy(weights)(logits, hard)
     assert torch.allclose(loss, F.cross_entropy(logits, hard, weight=torch.tensor(weights, dtype=torch.float32)))
@@ -94,8 +94,8 @@ def runs(tmp_path_factory):
         assert result.returncode == 0, result.stderr[-3000:]
         predictions = np.load(out / "predictions.npz")
         predicted, labels = predictions["test_probs"].argmax(1), predictions["test_labels"]
-        results[name] = {"recall": [float((predicted[labels == c] == c).mean()) for c in (0, 1)], "stdout": result.stdout,
-                         "card": (out / "best" / "README.md").read_text()}
+        results[name] = {"recall": [float((predicted[labels == c] == c).mean()) for c in (0, 1)],
+                         "stdout": result.stdout, "card": (out / "best" / "README.md").read_text()}
     return results
 
 

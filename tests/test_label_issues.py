@@ -11,18 +11,31 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from conftest import ENV, FINETUNE, REPO, make_image_folder
+from conftest import ENV, FINETUNE, REPO
 from vision_ensemble.labeling.store import LabelingError, LabelStore, export_dataset, find_images, review_queue
 
-CLASSES = ("circle", "square", "stripes")
+CLASSES = ("red", "green", "blue")
 EVALUATE = str(REPO / "evaluation" / "evaluate.py")
+
+
+def colour_pool(pool, per_class: int = 60):
+    """<class>/NNNN.png: noisy images whose dominant channel is the class, learnt in a few steps."""
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(CLASSES):
+        (pool / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 120, (32, 32, 3))
+            pixels[..., c] += rng.integers(60, 136)
+            Image.fromarray(pixels.astype(np.uint8)).save(pool / name / f"{i:04d}.png")
+    return pool
 
 
 @pytest.fixture(scope="module")
 def workflow(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("label-issues")
-    pool = make_image_folder(tmp, CLASSES, per_class=40, size=(32, 32), splits=("pool",)) / "pool"
+    pool = colour_pool(tmp / "pool")
     store = LabelStore(pool / "labels.csv")
     rng = np.random.default_rng(0)
     files = find_images(pool)
@@ -35,7 +48,8 @@ def workflow(tmp_path_factory):
         split_of = {row["filename"]: row["split"] for row in csv.DictReader(f)}
     run = tmp / "run"
     subprocess.run([sys.executable, FINETUNE, "--model", "test_resnet", "--img-size", "32", "--batch-size", "16",
-                    "--epochs", "5", "--lr", "1e-2", "--data-dir", str(dataset), "--cache-dir", str(tmp / "cache"),
+                    "--epochs", "4", "--lr", "1e-2", "--mixup-alpha", "0", "--cutmix-alpha", "0", "--data-dir",
+                    str(dataset), "--cache-dir", str(tmp / "cache"),
                     "--output-dir", str(run), "--no-data-check"], cwd=REPO, env=ENV, check=True, capture_output=True,
                    timeout=600)
     results = tmp / "results"
@@ -84,10 +98,11 @@ def test_review_queues_exactly_the_flagged_images_and_the_export_is_corrected(wo
     for filename in expected[2:]:
         resumed.store.set(filename, resumed.suggestions[filename].label)
     assert resumed.next_image() == (None, None)
-    corrected = export_dataset(pool, LabelStore(pool / "labels.csv").labels(), workflow["tmp"] / "corrected", "0.5,0.25,0.25")
-    still_wrong = {f for f, label in LabelStore(pool / "labels.csv").labels().items() if label != f.split("/")[0]}
+    labels = LabelStore(pool / "labels.csv").labels()
+    corrected = export_dataset(pool, labels, workflow["tmp"] / "corrected", "0.5,0.25,0.25")
+    still_wrong = {f for f, label in labels.items() if label != f.split("/")[0]}
     assert still_wrong == workflow["planted"] - set(expected) and len(still_wrong) < len(workflow["planted"])
-    assert sum(row[-1] for row in corrected.table()) == 120
+    assert sum(row[-1] for row in corrected.table()) == 180
 
 
 def test_review_of_files_outside_the_folder_is_a_one_line_error(workflow, tmp_path):
@@ -98,3 +113,32 @@ def test_review_of_files_outside_the_folder_is_a_one_line_error(workflow, tmp_pa
     result = subprocess.run([sys.executable, "-m", "vision_ensemble.labeler", str(workflow["pool"]), "--review",
                              str(issues)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: /elsewhere/a.png")
+
+
+@pytest.mark.slow
+def test_the_live_labeller_shows_given_and_suggested_label_and_saves_the_correction(tmp_path):
+    from gradio_client import Client
+
+    from conftest import free_port, wait_for_server
+
+    pool = colour_pool(tmp_path / "pool", per_class=2)
+    store = LabelStore(pool / "labels.csv")
+    for name in find_images(pool):
+        store.set(name, name.split("/")[0])
+    issues = tmp_path / "label_issues.csv"
+    issues.write_text(f"file,split,given_label,suggested_label,score\n{pool / 'red/0001.png'},test,red,blue,0.93\n")
+    port, log_file = free_port(), tmp_path / "labeller.log"
+    with open(log_file, "w") as log:
+        process = subprocess.Popen([sys.executable, "-m", "vision_ensemble.labeler", str(pool), "--review", str(issues),
+                                    "--port", str(port)], cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        client = Client(wait_for_server(process, f"http://127.0.0.1:{port}/", log_file), verbose=False)
+        _, caption, suggestion, progress, _ = client.predict(api_name="/first")  # the session keeps the State
+        assert caption == "`red/0001.png`" and "0 / 1 labelled" in progress
+        assert "Labelled **red**; the ensemble suggests **blue** (score 0.93" in suggestion
+        _, caption, _, progress, _ = client.predict(api_name="/label")  # classes sorted: blue, green, red
+        assert caption.startswith("**Every readable image is labelled.**") and "1 / 1 labelled" in progress
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert LabelStore(pool / "labels.csv").labels()["red/0001.png"] == "blue"

@@ -41,8 +41,8 @@ from vision_ensemble.evaluation.predictions import save_predictions
 from vision_ensemble.hub import HubError, default_repo_id, member_card, push_folder
 from vision_ensemble.model import ModelError, create_model, export_model
 from vision_ensemble.plots import plot_training_curves
-from vision_ensemble.training.imbalance import WeightedSoftTargetCrossEntropy, balanced_class_weights
 from vision_ensemble.training.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
+from vision_ensemble.training.imbalance import WeightedSoftTargetCrossEntropy, balanced_class_weights
 from vision_ensemble.training.tracking import TrackingError, log_run_files, require_trackers, start_trackers
 
 CHECK_EVERY = 50  # steps between loss finiteness checks (each one synchronises the device)
@@ -126,9 +126,11 @@ def main(argv=None) -> int:
         pretrained_cfg.crop_pct if pretrained_cfg else DEFAULT_CROP_PCT)
     with accelerator.main_process_first():
         data = load_dataset(cfg.data_dir, cfg.cache_dir, cfg.val_size, cfg.seed, cache_size)
-        data_report, report_dir = check_cache(cfg.data_dir, data.cache_dir, cache_size) if cfg.data_check else (None, None)
+        checked = cfg.data_check or cfg.strict_data
+        data_report, report_dir = check_cache(cfg.data_dir, data.cache_dir, cache_size) if checked else (None, None)
     if data_report is not None:
-        print_main("\n".join(summary_lines(data_report, short=True)) + f"\n(full data check: {report_dir / 'datacheck.html'})")
+        print_main("\n".join(summary_lines(data_report, short=True)))
+        print_main(f"(full data check: {report_dir / 'datacheck.html'})")
         if cfg.strict_data and leakage(data_report):
             raise DataError(f"the same images are in two splits ({leakage(data_report)} duplicate pairs; see "
                             f"{report_dir / 'datacheck.html'}): remove them, or train without --strict-data")
@@ -137,7 +139,8 @@ def main(argv=None) -> int:
     train_arrays = data.train if train_subset is None else data.train.subset(train_subset)
     val_arrays = data.val if val_subset is None else data.val.subset(val_subset)
     num_classes = len(data.class_names)
-    cfg.train_class_counts = dict(zip(data.class_names, np.bincount(train_arrays.labels, minlength=num_classes).tolist()))
+    counts = np.bincount(train_arrays.labels, minlength=num_classes)
+    cfg.train_class_counts = dict(zip(data.class_names, counts.tolist()))  # the card says when they are imbalanced
 
     # --- model, what of it trains, and its preprocessing -------------------------------------------------------
     # Resolved here so training_args.json records the augmentation that ran; it also sets the eval geometry

@@ -25,13 +25,14 @@ CIFAR10_CLASSES = (
 )
 DEFAULT_VAL_SIZE = 0.1  # fraction of train (or a count): 5,000 of CIFAR-10's 50,000
 DEFAULT_SEED = 0
-DEFAULT_CROP_PCT = 0.875
+DEFAULT_CROP_PCT = 0.875  # timm's default eval crop: a 224 px input is cropped from a 256 px resize
 #: The data check (python -m vision_ensemble.datacheck, and at every cache build): warn when train's largest
 #: class has this many times the images of its smallest; near-duplicates are perceptual hashes (64 bits) at
-#: most this many bits apart (imagehash's phash: 4 keeps resized and re-encoded copies, not merely similar shots).
+#: most this many bits apart (imagehash's phash: 4 keeps resized and re-encoded copies, not merely similar
+#: shots).
 IMBALANCE_WARNING_RATIO = 3.0
 NEAR_DUPLICATE_DISTANCE = 4
-DATACHECK_PAIRS_KEPT = 1000  # duplicate pairs listed in datacheck.json/html (all are counted)  # timm's default eval crop: a 224 px input is cropped from a 256 px resize
+DATACHECK_PAIRS_KEPT = 1000  # duplicate pairs listed in datacheck.json and .html; all are counted
 
 
 def default_cache_size(img_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:

@@ -130,7 +130,8 @@ def results_markdown(report: dict) -> str:
                  f"{report['date']}, with `{report['command']}`.")
     if "label_issues" in report:
         li = report["label_issues"]
-        lines.append(f"\nThe ensemble flags **{li['test']} of {report['test_images']:,} test labels** as probably wrong "
+        lines.append(f"\nThe ensemble flags **{li['test']} of {report['test_images']:,} test labels** as probably "
+                     "wrong "
                      f"(confident learning, cleanlab; {li['val']} of the validation labels): every accuracy above is "
                      f"measured against these labels. They are listed in `{li['file']}` for review.")
     if "uncertainty" in report:

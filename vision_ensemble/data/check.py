@@ -163,7 +163,7 @@ def _rows(items: dict) -> dict:
     return {split: [f"{split} row {i}" for i in range(len(split_items))] for split, split_items in items.items()}
 
 
-def _source_items(data_dir: str, workdir: Path, cache_dir: Path | None) -> tuple[dict, dict, dict, list[dict], list[str]]:
+def _source_items(data_dir: str, workdir: Path, cache_dir: Path | None) -> tuple[dict, dict, dict, list, list[str]]:
     """(items, display names and class names per split, files skipped before reading, class names) of any
     `--data-dir`; an archive is read from `cache_dir`'s extracted copy when there is one, else extracted in
     `workdir`, and its files are named `archive:path inside it`."""
@@ -184,7 +184,8 @@ def _source_items(data_dir: str, workdir: Path, cache_dir: Path | None) -> tuple
     if not path.exists():
         raise DataError(f"data source not found: {data_dir}")
     if is_archive(path):
-        extracted = cache_dir / "extracted" if cache_dir and (cache_dir / "extracted").is_dir() else workdir / "extracted"
+        cached = cache_dir / "extracted" if cache_dir else None
+        extracted = cached if cached and cached.is_dir() else workdir / "extracted"
         if not extracted.is_dir():
             print(f"extracting {path.name} into a temporary folder")
             extract(path, extracted)
@@ -215,7 +216,8 @@ def check_data(data_dir: str | Path, output_dir: Path | None = None, cache_dir: 
                     skipped.append({"split": split, "file": names[split][i], "reason": reason})
                 else:
                     images.append({**record, "split": split, "class": labels[split][i], "name": names[split][i]})
-        report = {**_report(str(data_dir), images, skipped, class_names, list(items), cache_size, max_distance), **extra}
+        report = _report(str(data_dir), images, skipped, class_names, list(items), cache_size, max_distance)
+        report.update(extra)
         where = {name: (split, i) for split, split_names in names.items() for i, name in enumerate(split_names)}
         written = write_report(report, output_dir, lambda name: items[where[name][0]][where[name][1]]) \
             if output_dir is not None else []
@@ -271,7 +273,8 @@ def summary_lines(report: dict, short: bool = False) -> list[str]:
     if not short:
         width = max([len("class"), *map(len, report["class_names"])])
         lines.append(f"{'class':<{width}} " + " ".join(f"{s:>8}" for s in splits))
-        lines += [f"{name:<{width}} " + " ".join(f"{counts[s][name]:>8,}" for s in splits) for name in report["class_names"]]
+        lines += [f"{name:<{width}} " + " ".join(f"{counts[s][name]:>8,}" for s in splits)
+                  for name in report["class_names"]]
         lines.append(f"{'total':<{width}} " + " ".join(f"{sum(counts[s].values()):>8,}" for s in splits))
     else:
         lines.append("data: " + ", ".join(f"{s} {sum(counts[s].values()):,}" for s in splits)
@@ -358,7 +361,8 @@ def write_report(report: dict, output_dir: Path, read) -> list[Path]:
     from ..plots import save
 
     output_dir.mkdir(parents=True, exist_ok=True)
-    kept = {**report, "duplicates": {**report["duplicates"], "pairs": report["duplicates"]["pairs"][:DATACHECK_PAIRS_KEPT]}}
+    pairs = report["duplicates"]["pairs"][:DATACHECK_PAIRS_KEPT]
+    kept = {**report, "duplicates": {**report["duplicates"], "pairs": pairs}}
     kept.pop("shorter_sides")
     paths = [output_dir / CHECK_FILE, output_dir / "datacheck.html"]
     paths[0].write_text(json.dumps(kept, indent=1))
@@ -374,7 +378,8 @@ def _html(report: dict, figures: list[str]) -> str:
     e = html.escape
     def table(header, rows):
         return ("<table><tr>" + "".join(f"<th>{e(str(h))}</th>" for h in header) + "</tr>"
-                + "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows) + "</table>")
+                + "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+                + "</table>")
     splits = list(report["counts"])
     parts = [f"<h1>Data check of <code>{e(report['source'])}</code></h1>",
              "<pre>" + e("\n".join(summary_lines(report)[len(report['class_names']) + 2:])) + "</pre>",
@@ -384,11 +389,14 @@ def _html(report: dict, figures: list[str]) -> str:
     pairs = report["duplicates"]["pairs"]
     parts += [f"<h2>Duplicates ({len(pairs)} pairs shown)</h2>",
               table(["kind", "exact", "bits apart", "file", "class", "file", "class"],
-                    [[p["kind"], p["exact"], p["distance"], p["a"], p["a_class"], p["b"], p["b_class"]] for p in pairs]),
+                    [[p["kind"], p["exact"], p["distance"], p["a"], p["a_class"], p["b"], p["b_class"]]
+                     for p in pairs]),
               f"<h2>Skipped files ({len(report['skipped'])})</h2>",
               table(["split", "file", "reason"], [[s["split"], s["file"], s["reason"]] for s in report["skipped"]])]
-    style = "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}</style>"
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>Data check</title>{style}</head><body>{''.join(parts)}</body></html>"
+    style = ("<style>body{font-family:sans-serif}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 6px}</style>")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Data check</title>{style}</head>"
+            f"<body>{''.join(parts)}</body></html>")
 
 
 # --- python -m vision_ensemble.datacheck -------------------------------------------------------------------
@@ -403,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-size", type=int, default=default_cache_size(224),
                         help="the --cache-size you will train with: the report says what it does to these images")
     parser.add_argument("--near-distance", type=int, default=NEAR_DUPLICATE_DISTANCE,
-                        help="near-duplicates: perceptual hashes (64 bits) at most this many bits apart (0: equal hashes)")
+                        help="near-duplicates: perceptual hashes (64 bits) at most this many bits apart "
+                             "(0: equal hashes)")
     return parser
 
 

@@ -47,14 +47,16 @@ def report_label_issues(report: dict, splits: dict[str, tuple], weights: np.ndar
     names = [name for name, split in splits.items() for _ in split[1]]
     flagged, score = find_issues(probs, labels)
     rows = [{"file": files[i], "split": names[i], "given_label": class_names[labels[i]],
-             "suggested_label": class_names[int(probs[i].argmax())], "score": round(float(score[i]), 4)} for i in flagged]
+             "suggested_label": class_names[int(probs[i].argmax())], "score": round(float(score[i]), 4)}
+            for i in flagged]
     output_dir.mkdir(parents=True, exist_ok=True)
     csv_path, png_path = output_dir / "label_issues.csv", output_dir / "label_issues.png"
     with open(csv_path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, ISSUE_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    report["label_issues"] = {"file": csv_path.name, **{name: sum(names[i] == name for i in flagged) for name in splits}}
+    report["label_issues"] = {"file": csv_path.name, **{name: sum(names[i] == name for i in flagged)
+                                                         for name in splits}}
     within = [i for split in splits.values() for i in range(len(split[1]))]  # index inside its split
     images = [splits[names[i]][3][within[i]] for i in flagged[:GALLERY_ISSUES]]
     _gallery(rows[:GALLERY_ISSUES], images, png_path)

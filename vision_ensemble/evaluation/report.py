@@ -144,7 +144,8 @@ def summary_lines(report: dict) -> list[str]:
              for m in report["members"]]
     e = report["ensemble"]
     lines.append(f"ensemble: top-1 {e['top1']:.2f}%  top-3 {e['top3']:.2f}%  balanced accuracy "
-                 f"{e['balanced_accuracy']:.2f}%  macro-F1 {e['macro_f1']:.3f}  ECE {e['ece_uncalibrated'] * 100:.2f}% -> "
+                 f"{e['balanced_accuracy']:.2f}%  macro-F1 {e['macro_f1']:.3f}  "
+                 f"ECE {e['ece_uncalibrated'] * 100:.2f}% -> "
                  f"{e['ece_calibrated'] * 100:.2f}% (T = {e['temperature']:.3f})")
     if "uncertainty" in report:
         u = report["uncertainty"]

@@ -151,11 +151,11 @@ class LabelQueue:
     store: LabelStore
     suggestions: dict[str, Suggestion] = field(default_factory=dict)
     unreadable: dict[str, str] = field(default_factory=dict)
-    reviewed_after: str | None = None  # a review: an image is done once labelled at or after this (ISO) time
+    reviewed_after: str | None = None  # a review: an image is done once labelled after this (ISO) time
 
     def is_done(self, filename: str) -> bool:
         row = self.store.rows.get(filename)
-        return row is not None and (self.reviewed_after is None or row[1] >= self.reviewed_after)
+        return row is not None and (self.reviewed_after is None or row[1] > self.reviewed_after)
 
     def progress(self) -> tuple[int, int, Counter]:
         """(labelled, total readable, labels per class) over the images in the queue."""
