@@ -125,7 +125,7 @@ def test_command_line_prints_the_table_and_strict_training_refuses_leakage(dirty
                              str(tmp_path / "run"), "--strict-data"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()[-1]
-    assert error.startswith("error: the same images are in two splits (2 duplicate pairs")
+    assert error.startswith("error: the same images are in two splits (2 duplicate pairs across train-test; see ")
     assert "duplicates: train-test (LEAKAGE) 1 exact, 1 near" in result.stdout  # the short form came first
     assert not (tmp_path / "run" / "checkpoints").exists()
 

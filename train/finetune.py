@@ -131,9 +131,11 @@ def main(argv=None) -> int:
     if data_report is not None:
         print_main("\n".join(summary_lines(data_report, short=True)))
         print_main(f"(full data check: {report_dir / 'datacheck.html'})")
-        if cfg.strict_data and leakage(data_report):
-            raise DataError(f"the same images are in two splits ({leakage(data_report)} duplicate pairs; see "
-                            f"{report_dir / 'datacheck.html'}): remove them, or train without --strict-data")
+        leaked = leakage(data_report)
+        if cfg.strict_data and leaked:
+            raise DataError(f"the same images are in two splits ({sum(leaked.values())} duplicate pairs across "
+                            f"{', '.join(leaked)}; see {report_dir / 'datacheck.html'}): remove them, or train "
+                            "without --strict-data")
     train_subset = subset_indices(len(data.train), cfg.max_train_samples, cfg.seed)
     val_subset = subset_indices(len(data.val), cfg.max_eval_samples, cfg.seed)
     train_arrays = data.train if train_subset is None else data.train.subset(train_subset)

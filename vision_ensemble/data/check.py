@@ -106,10 +106,12 @@ def near_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.nd
     if not candidates:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty, empty
-    pairs = np.unique(np.sort(np.concatenate(candidates), axis=1), axis=0)
-    distance = np.bitwise_count(hashes[pairs[:, 0]] ^ hashes[pairs[:, 1]]).astype(np.int64)
-    keep = distance <= max_distance
-    return pairs[keep, 0], pairs[keep, 1], distance[keep]
+    pairs = np.concatenate(candidates)
+    pairs = pairs[np.bitwise_count(hashes[pairs[:, 0]] ^ hashes[pairs[:, 1]]) <= max_distance]  # most are far
+    first, second = pairs.min(axis=1), pairs.max(axis=1)
+    code = np.unique(first * len(hashes) + second)  # a pair shares several blocks: count it once
+    first, second = code // len(hashes), code % len(hashes)
+    return first, second, np.bitwise_count(hashes[first] ^ hashes[second]).astype(np.int64)
 
 
 def _pair_kind(a: dict, b: dict) -> str:
@@ -267,18 +269,22 @@ def leakage(report: dict) -> dict[str, int]:
 
 
 def summary_lines(report: dict, short: bool = False) -> list[str]:
-    """The check in words: a table of classes per split (unless `short`), then warnings and counts."""
+    """The check in words: a table of classes per split (`short`: one line of totals), then the findings."""
+    counts = report["counts"]
+    if short:
+        return ["data: " + ", ".join(f"{s} {sum(by_class.values()):,}" for s, by_class in counts.items())
+                + f" images of {len(report['class_names'])} classes", *findings(report, short=True)]
+    width = max([len("class"), *map(len, report["class_names"])])
+    return [f"{'class':<{width}} " + " ".join(f"{s:>8}" for s in counts),
+            *(f"{name:<{width}} " + " ".join(f"{by_class[name]:>8,}" for by_class in counts.values())
+              for name in report["class_names"]),
+            f"{'total':<{width}} " + " ".join(f"{sum(by_class.values()):>8,}" for by_class in counts.values()),
+            *findings(report)]
+
+
+def findings(report: dict, short: bool = False) -> list[str]:
+    """Warnings (imbalance, missing classes), skipped files, duplicates and (unless `short`) sizes, one a line."""
     counts, lines = report["counts"], []
-    splits = list(counts)
-    if not short:
-        width = max([len("class"), *map(len, report["class_names"])])
-        lines.append(f"{'class':<{width}} " + " ".join(f"{s:>8}" for s in splits))
-        lines += [f"{name:<{width}} " + " ".join(f"{counts[s][name]:>8,}" for s in splits)
-                  for name in report["class_names"]]
-        lines.append(f"{'total':<{width}} " + " ".join(f"{sum(counts[s].values()):>8,}" for s in splits))
-    else:
-        lines.append("data: " + ", ".join(f"{s} {sum(counts[s].values()):,}" for s in splits)
-                     + f" images of {len(report['class_names'])} classes")
     ratio = report["imbalance_ratio"]
     if ratio and ratio >= IMBALANCE_WARNING_RATIO:
         train = {n: c for n, c in counts["train"].items() if c}
@@ -382,7 +388,7 @@ def _html(report: dict, figures: list[str]) -> str:
                 + "</table>")
     splits = list(report["counts"])
     parts = [f"<h1>Data check of <code>{e(report['source'])}</code></h1>",
-             "<pre>" + e("\n".join(summary_lines(report)[len(report['class_names']) + 2:])) + "</pre>",
+             "<pre>" + e("\n".join(findings(report))) + "</pre>",
              "<h2>Classes</h2>", table(["class", *splits], [[n, *(report["counts"][s][n] for s in splits)]
                                                          for n in report["class_names"]])]
     parts += [f'<p><img src="{e(name)}" style="max-width:100%"></p>' for name in figures]
