@@ -122,7 +122,8 @@ def test_command_line_prints_the_table_and_strict_training_refuses_leakage(dirty
     assert "train-test (LEAKAGE) 1 exact, 1 near" in result.stdout
     result = subprocess.run([sys.executable, FINETUNE, "--model", "test_resnet", "--img-size", "32", "--data-dir",
                              str(dirty_folder), "--cache-dir", str(tmp_path / "cache"), "--output-dir",
-                             str(tmp_path / "run"), "--strict-data"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+                             str(tmp_path / "run"), "--strict-data"],
+                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("error: the same images are in two splits (2 duplicate pairs across train-test; see ")

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from conftest import ENV, FINETUNE, REPO
+from vision_ensemble.hub import results_markdown
 from vision_ensemble.labeling.store import LabelingError, LabelStore, export_dataset, find_images, review_queue
 
 CLASSES = ("red", "green", "blue")
@@ -78,6 +79,9 @@ def test_evaluate_flags_most_planted_wrong_labels_in_val_and_test(workflow):
     report = json.loads((workflow["results"] / "report.json").read_text())
     assert report["label_issues"]["val"] + report["label_issues"]["test"] == len(issues)
     assert {"balanced_accuracy", "macro_f1"} <= set(report["ensemble"])
+    card = results_markdown(report)
+    assert f"flags **{report['label_issues']['test']} of {report['test_images']} test labels**" in card
+    assert "balanced accuracy" in card
     assert (workflow["results"] / "label_issues.png").stat().st_size > 10_000
 
 
