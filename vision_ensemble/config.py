@@ -75,6 +75,24 @@ TRACKERS = ("tensorboard", "mlflow", "wandb")  # what `--report-to all` means
 TRACKING_PROJECT = "vision_ensemble"  # MLflow experiment, W&B project, TensorBoard folder under --output-dir
 TRACKING_INSTALL = "pip install 'vision-ensemble[tracking]'"
 
+# --- hyperparameter sweeps (python -m vision_ensemble.sweep) --------------------------------------
+
+#: What a sweep searches, one finetune option per entry (override with `--space FILE.yaml|json` in this
+#: shape): `low`/`high` (ints give an integer range; `log: true` samples on a log scale) or `choices`.
+#: drop_path_rate goes into --model-kwargs; ema_decay also turns on --ema.
+SWEEP_SPACE = {
+    "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+    "weight_decay": {"low": 1e-3, "high": 0.3, "log": True},
+    "mixup_alpha": {"low": 0.0, "high": 1.0},
+    "cutmix_alpha": {"low": 0.0, "high": 1.0},
+    "drop_path_rate": {"low": 0.0, "high": 0.3},
+    "augment_magnitude": {"low": 3, "high": 15},
+    "ema_decay": {"low": 0.99, "high": 0.9999, "log": True},
+}
+SWEEP_STORAGE = "sqlite:///sweep.db"  # any Optuna storage URL: machines given the same one share the study
+SWEEP_TRIALS = 20  # trials in the whole study, all workers together
+SWEEP_PRUNE_AFTER = 5  # trials completed before the median pruner stops weak ones early
+
 # --- labelling your own images (python -m vision_ensemble.labeler) ---------------------------------
 
 LABELS_FILENAME = "labels.csv"  # written in the image folder unless --labels says otherwise
@@ -98,6 +116,10 @@ GRADCAM_MIN_GRID = 4
 GALLERY_ERRORS = 8  # most confident errors drawn in error_gallery.png
 TOP_CONFUSIONS = 10
 
+
+# --- training for a time (--time-limit) -------------------------------------------------------------
+
+TIME_LIMIT_PROBE_STEPS = 300  # a first epoch longer than this is measured on its first steps alone
 
 # --- training recipes ------------------------------------------------------------------------------
 
@@ -124,7 +146,8 @@ class TrainConfig:
     model_kwargs: dict = field(default_factory=dict, metadata={"help": "extra timm.create_model arguments as JSON, e.g. '{\"drop_path_rate\": 0.1}'"})
     img_size: int | None = field(default=None, metadata={"help": "model input size in pixels (default: recipe, else the model's pretrained config)"})
     epochs: int | None = field(default=None, metadata={"help": "training epochs"})
-    batch_size: int | None = field(default=None, metadata={"help": "batch size per process"})
+    time_limit: float | None = field(default=None, metadata={"help": f"train for this many minutes of wall-clock time (from the process start to its end, the final predictions included) instead of --epochs: the first epoch (or its first {TIME_LIMIT_PROBE_STEPS} steps) measures the speed, with the evaluation and checkpoint, then the number of epochs that fits is fixed (logged, recorded in training_args.json and in checkpoints, so --resume keeps it) and the warmup + cosine schedule is set to end with it"})
+    batch_size: int | str | None = field(default=None, metadata={"help": "batch size per process, or auto: start from the recipe's batch and halve it until a training step and an evaluation step fit in memory (Accelerate's find_executable_batch_size; the size found is recorded in training_args.json)"})
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (AdamW) for a global batch of --lr-base-size; the run's rate follows its global batch (--lr-scale)"})
     lr_base_size: int | None = field(default=None, metadata={"help": "global batch size that --lr is given for (default 256, as timm; a recipe's own lr is given at its batch, 512)"})
     lr_scale: str = field(default="auto", metadata={"help": "how the rate follows the global batch, as timm's train.py: lr * (global_batch / lr_base_size) for linear, its square root for sqrt; auto: sqrt for Adam-family optimizers, linear otherwise; none: --lr as given"})
@@ -171,16 +194,27 @@ class TrainConfig:
     hub_private: bool = field(default=False, metadata={"help": "create the Hub repo as private"})
     fail_at_epoch: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: inject a NaN loss
     stop_after_epoch: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: simulate an interruption
+    oom_above_batch: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: simulate CUDA out of memory
     # Filled in by train/finetune.py (not options) so training_args.json records what the run used.
     global_batch_size: int | None = field(default=None, init=False)
     effective_lr: float | None = field(default=None, init=False)
     train_class_counts: dict | None = field(default=None, init=False)  # images per class trained on (the card)
+    batch_size_auto: list | None = field(default=None, init=False)  # --batch-size auto: the sizes tried, last fits
 
 
 CHOICES = {"data_mode": ("auto", "device", "stream"), "report_to": ("none", *TRACKERS, "all"),
            "mixed_precision": (None, "no", "bf16", "fp16"), "augment": ("auto", "cifar", "photo"),
            "auto_augment": ("randaugment", "trivialaugment", "none"), "lr_scale": ("auto", "sqrt", "linear", "none"),
            "class_weights": ("none", "balanced"), "sampler": ("shuffle", "balanced")}
+
+
+def int_or_auto(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got '{text}'") from None
 
 
 def _parse_bool_flag(parser: argparse.ArgumentParser, name: str, f: dataclasses.Field) -> None:
@@ -191,7 +225,7 @@ def _parse_bool_flag(parser: argparse.ArgumentParser, name: str, f: dataclasses.
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     import json
 
-    parser = argparse.ArgumentParser(description=description,
+    parser = argparse.ArgumentParser(description=description, fromfile_prefix_chars="@",  # @args.txt: a sweep's best
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(TrainConfig):
         if not f.init:  # derived during the run, not an option
@@ -201,7 +235,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         if f.type in ("bool",):
             _parse_bool_flag(parser, name, f)
             continue
-        kind = {"int": int, "float": float, "str": str, "int | None": int, "float | None": float,
+        kind = {"int | str | None": int_or_auto, "int": int, "float": float, "str": str, "int | None": int, "float | None": float,
                 "str | None": str, "dict": json.loads}[f.type]
         parser.add_argument(f"--{name}", dest=f.name, type=kind, default=None, help=help_text)
     return parser
@@ -211,6 +245,8 @@ def recipe_config(args: argparse.Namespace | dict) -> TrainConfig:
     """Command-line values first, then the model's recipe, then the dataclass defaults."""
     given = {k: v for k, v in (vars(args) if isinstance(args, argparse.Namespace) else args).items() if v is not None}
     model = given.get("model", TrainConfig.model)
+    # --batch-size auto starts from the recipe's batch (else the fallback below); train/finetune.py halves it to fit
+    auto_batch = given.get("batch_size") == "auto" and given.pop("batch_size")
     values = {**RECIPES.get(model, {}), **given}
     if "model_kwargs" in given:  # merge with the recipe's instead of replacing it
         values["model_kwargs"] = {**RECIPES.get(model, {}).get("model_kwargs", {}), **given["model_kwargs"]}
@@ -232,4 +268,8 @@ def recipe_config(args: argparse.Namespace | dict) -> TrainConfig:
                                warmup_epochs=1).items():
         if getattr(cfg, name) is None:
             setattr(cfg, name, fallback)
+    if auto_batch:
+        cfg.batch_size_auto = [cfg.batch_size]
+    if cfg.time_limit is not None and not cfg.time_limit > 0:
+        raise SystemExit(f"--time-limit {cfg.time_limit:g}: give a positive number of minutes")
     return cfg

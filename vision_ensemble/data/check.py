@@ -19,6 +19,7 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
+from filelock import FileLock
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -255,12 +256,14 @@ def check_cache(data_dir: str | Path, cache_dir: Path, cache_size: int) -> tuple
     the caches of it: (the report, the folder holding datacheck.json/.html and the figures)."""
     fingerprint = json.loads((cache_dir / "meta.json").read_text())["fingerprint"]
     folder = cache_dir.parent / f"datacheck-{hashlib.sha256(fingerprint.encode()).hexdigest()[:12]}"
-    if (folder / CHECK_FILE).exists():
-        report = json.loads((folder / CHECK_FILE).read_text())
-        if report.get("fingerprint") == fingerprint:
-            return report, folder
-    print(f"checking the data (once per data version; python -m vision_ensemble.datacheck {data_dir} runs it alone)")
-    return check_data(data_dir, folder, cache_dir, cache_size, fingerprint=fingerprint)[0], folder
+    with FileLock(folder.with_name(folder.name + ".lock")):  # one process checks; the others then read its report
+        if (folder / CHECK_FILE).exists():
+            report = json.loads((folder / CHECK_FILE).read_text())
+            if report.get("fingerprint") == fingerprint:
+                return report, folder
+        print(f"checking the data (once per data version; python -m vision_ensemble.datacheck {data_dir} runs "
+              "it alone)")
+        return check_data(data_dir, folder, cache_dir, cache_size, fingerprint=fingerprint)[0], folder
 
 
 def leakage(report: dict) -> dict[str, int]:
