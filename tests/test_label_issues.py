@@ -95,12 +95,12 @@ def test_review_queues_exactly_the_flagged_images_and_the_export_is_corrected(wo
     assert (first.given, first.label) == (issues[0]["given_label"], issues[0]["suggested_label"])
     name, pixels = queue.next_image()
     assert name == expected[0] and pixels.shape == (32, 32, 3)
-    for filename in expected[:2]:  # the reviewer accepts the suggestion, then stops
-        store.set(filename, queue.suggestions[filename].label)
+    for filename in expected[:2]:  # the reviewer presses the true class (keeps a right label), then stops
+        store.set(filename, filename.split("/")[0])
     resumed = review_queue(pool, workflow["results"] / "label_issues.csv", LabelStore(pool / "labels.csv"))
     assert resumed.next_image()[0] == expected[2] and resumed.progress()[:2] == (2, len(expected))
     for filename in expected[2:]:
-        resumed.store.set(filename, resumed.suggestions[filename].label)
+        resumed.store.set(filename, filename.split("/")[0])
     assert resumed.next_image() == (None, None)
     labels = LabelStore(pool / "labels.csv").labels()
     corrected = export_dataset(pool, labels, workflow["tmp"] / "corrected", "0.5,0.25,0.25")
