@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 
@@ -43,6 +44,7 @@ from vision_ensemble.data import DataError, load_dataset
 from vision_ensemble.evaluation.conformal import calibration_problem
 from vision_ensemble.evaluation.diagnostics import diagnose
 from vision_ensemble.evaluation.ensemble import Ensemble
+from vision_ensemble.evaluation.label_issues import report_label_issues, split_files
 from vision_ensemble.evaluation.predictions import PredictionsError, check_same_data, evaluation_batch, load_predictions
 from vision_ensemble.evaluation.report import (MemberPredictions, evaluate_ensemble, out_of_domain_flags,
                                                summary_lines, write_outputs)
@@ -92,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-samples", type=int, default=DEFAULT_ATTACK_SAMPLES,
                    help="test images attacked by --diagnose (a seeded subset)")
     p.add_argument("--pgd-steps", type=int, default=PGD_STEPS, help="PGD iterations per radius for --diagnose")
+    p.add_argument("--label-issues", action="store_true",
+                   help="rank the val and test images by how likely their label is wrong (cleanlab's confident "
+                        "learning on the ensemble's probabilities): label_issues.csv and label_issues.png; review them "
+                        "with python -m vision_ensemble.labeler FOLDER --review label_issues.csv")
     p.add_argument("--update-card", action="store_true", help="write the results into model_card.md")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--report-to", choices=("none", "mlflow"), default="none",
@@ -148,7 +154,15 @@ def main(argv=None) -> int:
     ensemble = Ensemble(members, evaluation.weights, evaluation.temperature, args.tta, evaluation.uncertainty,
                         evaluation.conformal)
     evaluation.report["uncertainty"]["out_of_domain"] = out_of_domain_flags(ensemble, ood_images)
-    written = write_outputs(evaluation, predictions, test_labels, args.output_dir)
+    written = []
+    if args.label_issues:  # first: report.json and the card count the flagged labels
+        written += report_label_issues(evaluation.report, {
+            "val": (np.stack([p.val_probs for p in predictions]), val_labels,
+                    split_files(data.val, args.max_eval_samples, args.seed), val_images),
+            "test": (np.stack([p.test_probs for p in predictions]), test_labels,
+                     split_files(data.test, args.max_eval_samples, args.seed), test_images)},
+            evaluation.weights, evaluation.temperature, args.output_dir)
+    written = write_outputs(evaluation, predictions, test_labels, args.output_dir) + written
     if args.diagnose:
         written += diagnose(evaluation.report, ensemble, test_images, test_labels, evaluation.test_calibrated,
                             args.output_dir, args.attack_samples, args.pgd_steps, args.seed)
@@ -173,8 +187,9 @@ def evaluate_predictions(args, command: str) -> int:
     """The same report from training runs' predictions.npz files: no weights, no dataset."""
     try:
         require_trackers(args.report_to)
-        if args.diagnose or args.ood_images:
-            raise PredictionsError("--diagnose and --ood-images need the models: pass --models instead of --predictions")
+        if args.diagnose or args.ood_images or args.label_issues:
+            raise PredictionsError("--diagnose, --ood-images and --label-issues need the models and the data: pass "
+                                   "--models instead of --predictions")
         paths = args.predictions + ([Path(args.student)] if args.student else [])
         runs = [load_predictions(path) for path in paths]
         check_same_data(runs, paths)  # the student too: predicted on the same images

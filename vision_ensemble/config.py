@@ -26,6 +26,13 @@ CIFAR10_CLASSES = (
 DEFAULT_VAL_SIZE = 0.1  # fraction of train (or a count): 5,000 of CIFAR-10's 50,000
 DEFAULT_SEED = 0
 DEFAULT_CROP_PCT = 0.875  # timm's default eval crop: a 224 px input is cropped from a 256 px resize
+#: The data check (python -m vision_ensemble.datacheck, and at every cache build): warn when train's largest
+#: class has this many times the images of its smallest; near-duplicates are perceptual hashes (64 bits) at
+#: most this many bits apart (imagehash's phash: 4 keeps resized and re-encoded copies, not merely similar
+#: shots).
+IMBALANCE_WARNING_RATIO = 3.0
+NEAR_DUPLICATE_DISTANCE = 4
+DATACHECK_PAIRS_KEPT = 1000  # duplicate pairs listed in datacheck.json and .html; all are counted
 
 
 def default_cache_size(img_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:
@@ -199,6 +206,10 @@ class TrainConfig:
     val_size: float = field(default=DEFAULT_VAL_SIZE, metadata={"help": "validation split taken from train: a fraction or a count (ignored if the data has val/)"})
     data_mode: str = field(default="auto", metadata={"help": "device: decoded data kept on the GPU; stream: batches gathered from the memory-mapped cache by DataLoader workers; auto: device when it fits"})
     num_workers: int = field(default=4, metadata={"help": "DataLoader workers for --data-mode stream"})
+    data_check: bool = field(default=True, metadata={"help": "check the data when its cache is built (python -m vision_ensemble.datacheck: class counts and imbalance, skipped files, duplicates within and across splits) and print the short form; the full report is kept beside the cache"})
+    strict_data: bool = field(default=False, metadata={"help": "refuse to train when the data check finds the same image (exact or near-duplicate) in two splits: a test image also in train makes test accuracy a lie"})
+    class_weights: str = field(default="none", metadata={"help": "balanced: weight the loss by inverse class frequency (as scikit-learn's compute_class_weight; a MixUp/CutMix sample weighs its mix of classes); none: every sample alike"})
+    sampler: str = field(default="shuffle", metadata={"help": "balanced: draw each epoch's images with replacement, every class equally often (seeded per epoch; each process its own shard); shuffle: every image once per epoch"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only this many training images (quick runs)"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use only this many validation images"})
     output_dir: str = field(default="runs/{model}", metadata={"help": "run folder: checkpoints/, best/, metrics.jsonl, curves"})
@@ -217,12 +228,14 @@ class TrainConfig:
     # Filled in by train/finetune.py (not options) so training_args.json records what the run used.
     global_batch_size: int | None = field(default=None, init=False)
     effective_lr: float | None = field(default=None, init=False)
+    train_class_counts: dict | None = field(default=None, init=False)  # images per class trained on (the card)
     batch_size_auto: list | None = field(default=None, init=False)  # --batch-size auto: the sizes tried, last fits
 
 
 CHOICES = {"data_mode": ("auto", "device", "stream"), "report_to": ("none", *TRACKERS, "all"),
            "mixed_precision": (None, "no", "bf16", "fp16"), "augment": ("auto", "cifar", "photo"),
-           "auto_augment": ("randaugment", "trivialaugment", "none"), "lr_scale": ("auto", "sqrt", "linear", "none")}
+           "auto_augment": ("randaugment", "trivialaugment", "none"), "lr_scale": ("auto", "sqrt", "linear", "none"),
+           "class_weights": ("none", "balanced"), "sampler": ("shuffle", "balanced")}
 
 
 def int_or_auto(text: str) -> int | str:
@@ -281,6 +294,11 @@ def recipe_config(args: argparse.Namespace | dict) -> TrainConfig:
         raise SystemExit(f"--freeze {cfg.freeze}: choose none, backbone or stages:N (N >= 1)")
     if not 0 <= cfg.distill_alpha <= 1 or cfg.distill_temperature <= 0:
         raise SystemExit("--distill-alpha must be in [0, 1] and --distill-temperature positive")
+    if cfg.class_weights == "balanced" and cfg.sampler == "balanced":
+        raise SystemExit("--class-weights balanced and --sampler balanced each correct the imbalance: choose one")
+    if cfg.class_weights == "balanced" and cfg.teacher:
+        raise SystemExit("--class-weights weighs the label loss, which a student hardly uses (--teacher): balance it "
+                         "with --sampler balanced instead")
     if not 1 <= cfg.augment_magnitude <= 29:
         raise SystemExit(f"--augment-magnitude {cfg.augment_magnitude}: choose 1-29")
     # Options a recipe-less model still needs.

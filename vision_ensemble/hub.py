@@ -96,9 +96,26 @@ def member_card(model_name: str, metrics: dict, training_args: dict, class_names
                f"Trained with `accelerate launch train/finetune.py {args}`"
                + (f", distilled from the ensemble `{' '.join(training_args['teacher'])}` (`--teacher`: "
                   f"alpha {training_args['distill_alpha']}, T {training_args['distill_temperature']}; fp16 weights)"
-                  if training_args.get("teacher") else "") + ".\n\n"
+                  if training_args.get("teacher") else "") + f".{imbalance_note(training_args)}\n\n"
                f"```python\nimport timm\nmodel = timm.create_model(\"hf-hub:<this repo>\", pretrained=True).eval()\n```")
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n" + fill_results(body, results)))
+
+
+def imbalance_note(training_args: dict) -> str:
+    """A sentence for the card when the training classes were imbalanced (largest/smallest >= the data check's
+    warning ratio), naming the correction used, if any."""
+    from .config import IMBALANCE_WARNING_RATIO
+
+    counts = {name: n for name, n in (training_args.get("train_class_counts") or {}).items() if n}
+    if not counts or max(counts.values()) < IMBALANCE_WARNING_RATIO * min(counts.values()):
+        return ""
+    big, small = max(counts, key=counts.get), min(counts, key=counts.get)
+    fix = ("the loss weighted by inverse class frequency (`--class-weights balanced`)"
+           if training_args.get("class_weights") == "balanced" else
+           "class-balanced sampling (`--sampler balanced`)" if training_args.get("sampler") == "balanced" else
+           "no correction: expect lower recall on the rare classes")
+    return (f"\n\n**The training data was imbalanced**: {big} had {counts[big] / counts[small]:.1f}x the images of "
+            f"{small} ({counts[big]:,} vs {counts[small]:,}); trained with {fix}.")
 
 
 def results_markdown(report: dict) -> str:
@@ -109,10 +126,19 @@ def results_markdown(report: dict) -> str:
     lines.append(f"| **ensemble** (soft voting{', flip TTA' if report['tta_flip'] else ''}) | **{e['top1']:.2f}** | "
                  f"{e['top3']:.2f} | {e['ece_calibrated'] * 100:.2f} (T = {e['temperature']:.3f}; "
                  f"{e['ece_uncalibrated'] * 100:.2f} before) | |")
+    if "balanced_accuracy" in e:
+        lines.append(f"\nEvery class counted alike, the ensemble's balanced accuracy is {e['balanced_accuracy']:.2f}% "
+                     f"and its macro-F1 {e['macro_f1']:.3f}.")
     if "student" in report:
         lines += student_markdown(report["student"])
     lines.append(f"\nMeasured on {report['test_images']:,} test images of `{report['data_dir']}` on {report['device']}, "
                  f"{report['date']}, with `{report['command']}`.")
+    if "label_issues" in report:
+        li = report["label_issues"]
+        lines.append(f"\nThe ensemble flags **{li['test']} of {report['test_images']:,} test labels** as probably "
+                     "wrong "
+                     f"(confident learning, cleanlab; {li['val']} of the validation labels): every accuracy above is "
+                     f"measured against these labels. They are listed in `{li['file']}` for review.")
     if "uncertainty" in report:
         lines += uncertainty_markdown(report["uncertainty"])
     if "conformal" in report:

@@ -57,26 +57,53 @@ class MemmapImageDataset(torch.utils.data.Dataset):
         return (images, labels) + ((torch.as_tensor(indices),) if self.with_indices else ())
 
 
+class BalancedSampler(torch.utils.data.Sampler[int]):
+    """Class-balanced sampling (`--sampler balanced`): an epoch is as many draws, with replacement, as there are
+    images, every class equally likely (an image with probability 1 / (classes x its class's count)).  The draws
+    come from a generator seeded by (seed, epoch), so every process draws the same order and Accelerate gives
+    each its own shard of it (`BatchSamplerShard`); `set_epoch`, which Accelerate's loader forwards, moves on."""
+
+    def __init__(self, labels: np.ndarray, seed: int = DEFAULT_SEED):
+        labels = np.asarray(labels)
+        weights = 1.0 / np.bincount(labels)[labels]
+        self.probabilities = weights / weights.sum()
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return iter(rng.choice(len(self), size=len(self), p=self.probabilities).tolist())
+
+
 def _keep_batch(batch):
     return batch
 
 
 def device_loader(dataset: torch.utils.data.Dataset, batch_size: int, shuffle: bool, drop_last: bool = False,
-                  seed: int = DEFAULT_SEED, num_workers: int = 0, pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A standard DataLoader of whole batches (uint8 NCHW images, labels) from a dataset with `__getitems__`."""
+                  seed: int = DEFAULT_SEED, num_workers: int = 0, pin_memory: bool = False,
+                  sampler: torch.utils.data.Sampler | None = None) -> torch.utils.data.DataLoader:
+    """A standard DataLoader of whole batches (uint8 NCHW images, labels) from a dataset with `__getitems__`;
+    `sampler` (e.g. `BalancedSampler`) replaces the shuffle."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle and sampler is None,
+                                       sampler=sampler, drop_last=drop_last,
                                        collate_fn=_keep_batch, generator=generator, num_workers=num_workers,
                                        pin_memory=pin_memory, persistent_workers=num_workers > 0,
                                        prefetch_factor=2 if num_workers > 0 else None)
 
 
 def stream_loader(arrays: ImageArrays, batch_size: int, shuffle: bool, drop_last: bool = False,
-                  seed: int = DEFAULT_SEED, num_workers: int = 2, with_indices: bool = False) -> torch.utils.data.DataLoader:
+                  seed: int = DEFAULT_SEED, num_workers: int = 2, with_indices: bool = False,
+                  sampler: torch.utils.data.Sampler | None = None) -> torch.utils.data.DataLoader:
     """Batches gathered from the memory map by `num_workers` background workers, two batches ahead each,
     into pinned memory when CUDA is there."""
     return device_loader(MemmapImageDataset(arrays, with_indices), batch_size, shuffle, drop_last, seed, num_workers,
-                         pin_memory=torch.cuda.is_available())
+                         pin_memory=torch.cuda.is_available(), sampler=sampler)
 
 
 def fits_on_device(arrays_bytes: int, device: torch.device) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import classification_report, confusion_matrix
+from sklearn.metrics import balanced_accuracy_score, classification_report, confusion_matrix, f1_score
 
 from ..config import DEFAULT_CONFORMAL_SCORE, DEFAULT_COVERAGE, UNCERTAINTY_FLAGGED_ACCURACY
 from ..plots import confusion_matrix_figure, coverage_figure, reliability_figure, save
@@ -72,10 +72,12 @@ def evaluate_ensemble(members: list[MemberPredictions], val_labels: np.ndarray, 
         **(context or {}), "date": time.strftime("%Y-%m-%d"), "val_images": len(val_labels),
         "test_images": len(test_labels), "tta_flip": tta_flip, "class_names": list(class_names),
         "members": [{"source": m.source, "weight": float(w), "top1": topk_accuracy(p, test_labels, 1),
-                     "top3": topk_accuracy(p, test_labels, 3), "nll": nll(p, test_labels),
+                     "top3": topk_accuracy(p, test_labels, 3), **class_averaged(p, test_labels, labels),
+                     "nll": nll(p, test_labels),
                      "ece": expected_calibration_error(p, test_labels), "input_size": m.data_config["input_size"]}
                     for m, w, p in zip(members, weights, test_member)],
         "ensemble": {"top1": topk_accuracy(calibrated, test_labels, 1), "top3": topk_accuracy(calibrated, test_labels, 3),
+                     **class_averaged(calibrated, test_labels, labels),
                      "temperature": temperature,
                      "nll_uncalibrated": nll(raw, test_labels), "nll_calibrated": nll(calibrated, test_labels),
                      "ece_uncalibrated": expected_calibration_error(raw, test_labels),
@@ -93,6 +95,13 @@ def evaluate_ensemble(members: list[MemberPredictions], val_labels: np.ndarray, 
         "conformal": conformal_summary(conformal, calibration_scores, calibrated, test_labels, class_names, flagged),
     }
     return EnsembleEvaluation(report, weights, temperature, uncertainty, raw, calibrated, conformal)
+
+
+def class_averaged(probs: np.ndarray, labels: np.ndarray, classes) -> dict:
+    """Balanced accuracy (mean per-class recall, %) and macro-F1: every class counts alike, however rare."""
+    predicted = probs.argmax(axis=1)
+    return {"balanced_accuracy": float(balanced_accuracy_score(labels, predicted) * 100),
+            "macro_f1": float(f1_score(labels, predicted, labels=list(classes), average="macro", zero_division=0))}
 
 
 def _accuracy(predicted: np.ndarray, labels: np.ndarray) -> float | None:
@@ -148,7 +157,9 @@ def summary_lines(report: dict) -> list[str]:
     lines = [f"{m['source']}: top-1 {m['top1']:.2f}%  top-3 {m['top3']:.2f}%  weight {m['weight']:.3f}"
              for m in report["members"]]
     e = report["ensemble"]
-    lines.append(f"ensemble: top-1 {e['top1']:.2f}%  top-3 {e['top3']:.2f}%  ECE {e['ece_uncalibrated'] * 100:.2f}% -> "
+    lines.append(f"ensemble: top-1 {e['top1']:.2f}%  top-3 {e['top3']:.2f}%  balanced accuracy "
+                 f"{e['balanced_accuracy']:.2f}%  macro-F1 {e['macro_f1']:.3f}  "
+                 f"ECE {e['ece_uncalibrated'] * 100:.2f}% -> "
                  f"{e['ece_calibrated'] * 100:.2f}% (T = {e['temperature']:.3f})")
     if "student" in report:
         s = report["student"]
