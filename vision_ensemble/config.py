@@ -53,6 +53,8 @@ MAX_CSV_ROWS = 20_000_000
 DEFAULT_MANIFEST = "ensemble.json"  # the app's default: a path, a folder holding it, or a Hub repo id
 CLASSIFY_CONCURRENCY = 2  # predictions at once, in the Classify tab and in POST /api/predict alike
 DEFAULT_TOP_K = 3
+TEMP_FILE_MAX_AGE_S = 900  # the Space deletes uploads and result files older than this (Gradio's delete_cache)
+TEMP_SWEEP_EVERY_S = 300  # ... checking this often
 
 
 # --- ONNX export ----------------------------------------------------------------------------------------
