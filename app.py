@@ -36,7 +36,7 @@ from vision_ensemble.hub import MODEL_CARD, HubError, fill_results, results_mark
 from vision_ensemble.model import ModelError
 from vision_ensemble.serving.api import create_api
 from vision_ensemble.serving.predict import InputError, check_upload_size, decode_upload, model_version, predict_image
-from vision_ensemble.serving.tempfiles import sweep_empty_folders
+from vision_ensemble.serving.tempfiles import sweep_temp_files
 
 log = logging.getLogger("vision_ensemble.app")
 HERE = Path(__file__).resolve().parent
@@ -199,7 +199,7 @@ def optimize_threshold(csv_file, label_column, score_column, positive, objective
                f"{s['positives']:,} positive, {s['distinct_thresholds']:,} distinct scores; ROC AUC "
                f"{s['roc_auc']:.4f}, average precision {s['average_precision']:.4f}.")
     figures = curve_figures(result)
-    cache = Path(gr.utils.get_upload_folder())  # in Gradio's cache, so delete_cache removes it with the uploads
+    cache = Path(gr.utils.get_upload_folder())  # in Gradio's cache, so it is deleted with the uploads
     cache.mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix="thresholds-", dir=cache)) / "threshold_results.csv"
     results_table(result).to_csv(out, index=False)
@@ -212,8 +212,7 @@ def optimize_threshold(csv_file, label_column, score_column, positive, objective
 # --- layout --------------------------------------------------------------------------------------------
 
 def build_demo(ensemble: Ensemble | None, status: str, report: dict | None, version: str = "") -> gr.Blocks:
-    # Uploads and results stay in Gradio's cache until delete_cache removes them (a Space runs for weeks).
-    with gr.Blocks(title="Vision Ensemble", delete_cache=(TEMP_SWEEP_EVERY_S, TEMP_FILE_MAX_AGE_S)) as demo:
+    with gr.Blocks(title="Vision Ensemble") as demo:
         gr.Markdown("# Vision Ensemble\nAn ensemble of timm backbones trained on CIFAR-10, and a decision-threshold "
                     "optimizer for any binary classifier's scores.")
         with gr.Tab("Classify"):
@@ -302,7 +301,8 @@ def main(argv=None) -> None:
     version = model_version(ensemble) if ensemble is not None else None
     demo = build_demo(ensemble, status, report, version or "")
     demo.queue(default_concurrency_limit=CLASSIFY_CONCURRENCY, max_size=64)
-    sweep_empty_folders(gr.utils.get_upload_folder(), TEMP_SWEEP_EVERY_S, TEMP_FILE_MAX_AGE_S)
+    # Uploads and results are deleted after TEMP_FILE_MAX_AGE_S (not by delete_cache: see serving/tempfiles.py).
+    sweep_temp_files(demo, gr.utils.get_upload_folder(), TEMP_SWEEP_EVERY_S, TEMP_FILE_MAX_AGE_S)
     # One server: the JSON API's routes (and /docs) first, the Space mounted at / behind them.
     app = gr.mount_gradio_app(create_api(ensemble, status, args.runtime, version), demo, path="/",
                               max_file_size=MAX_UPLOAD_BYTES, show_error=True, allowed_paths=[str(EXAMPLES)])

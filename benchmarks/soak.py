@@ -283,6 +283,8 @@ def main():
     p.add_argument("--warmup-minutes", type=float, default=10.0, help="RSS growth is measured after this")
     p.add_argument("--upload-limit-mb", type=float, default=2.0,
                    help="the server's upload limit (VISION_ENSEMBLE_MAX_UPLOAD_BYTES), so oversized inputs stay cheap")
+    p.add_argument("--temp-max-age", type=int, default=None,
+                   help="the server's VISION_ENSEMBLE_TEMP_MAX_AGE_S (default: the app's, 900 s), for shorter runs")
     p.add_argument("--out", default=str(REPO / "results" / "soak"))
     args = p.parse_args()
     out = Path(args.out)
@@ -296,12 +298,14 @@ def main():
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",
            "GRADIO_TEMP_DIR": str(temp_root / "gradio"), "TMPDIR": str(temp_root),
            "VISION_ENSEMBLE_MAX_UPLOAD_BYTES": str(upload_limit)}
+    if args.temp_max_age is not None:
+        env["VISION_ENSEMBLE_TEMP_MAX_AGE_S"] = str(args.temp_max_age)
     port = free_port()
     log_file = out / "server.log"
     server = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--manifest", str(manifest), "--runtime", "onnx",
                                "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=env,
                               stdout=log_file.open("w"), stderr=subprocess.STDOUT)
-    url = wait_for_server(server, f"http://127.0.0.1:{port}/", log_file)
+    url = wait_for_server(server, f"http://127.0.0.1:{port}/", log_file, timeout=600)  # a loaded machine starts slowly
     process, bad, log, stop = psutil.Process(server.pid), BadInputs(upload_limit), Log(), threading.Event()
     client_tmp = work / "client-files"
     client_tmp.mkdir()

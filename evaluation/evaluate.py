@@ -27,12 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import torch
 
-from vision_ensemble.config import (CIFAR10_NAME, DEFAULT_ATTACK_SAMPLES, DEFAULT_SEED, DEFAULT_VAL_SIZE, PGD_STEPS,
+from vision_ensemble.config import (CIFAR10_NAME, DEFAULT_ATTACK_SAMPLES, DEFAULT_SEED, DEFAULT_VAL_SIZE, EVAL_BATCH_PIXELS,
+                                     PGD_STEPS,
                                      UNCERTAINTY_FLAGGED_ACCURACY, default_cache_size)
 from vision_ensemble.data import DataError, load_dataset
 from vision_ensemble.evaluation.diagnostics import diagnose
 from vision_ensemble.evaluation.ensemble import Ensemble
-from vision_ensemble.evaluation.predictions import PredictionsError, check_same_data, evaluation_batch, load_predictions
+from vision_ensemble.evaluation.predictions import (PredictionsError, check_same_data, evaluation_split, load_predictions,
+                                                    split_probabilities)
 from vision_ensemble.evaluation.report import (MemberPredictions, evaluate_ensemble, out_of_domain_flags,
                                                summary_lines, write_outputs)
 from vision_ensemble.hub import MODEL_CARD, fill_results, results_markdown
@@ -57,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, default=Path("results"), help="where report.json etc. go")
     p.add_argument("--tta", action="store_true", help="average predictions over the image and its mirror")
     p.add_argument("--equal-weights", action="store_true", help="do not fit soft-voting weights on val")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, help="images per inference batch (default: EVAL_BATCH_PIXELS worth of the "
+                   "largest member input: 500 at 64 px, 40 at 224 px)")
     p.add_argument("--max-eval-samples", type=int, help="evaluate on only this many val and test images")
     p.add_argument("--flagged-accuracy", type=float, default=UNCERTAINTY_FLAGGED_ACCURACY,
                    help="the uncertainty hint fires below the calibrated probability at which validation predictions "
@@ -101,12 +104,13 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    val_images, val_labels = evaluation_batch(data.val, args.max_eval_samples, args.seed)
-    test_images, test_labels = evaluation_batch(data.test, args.max_eval_samples, args.seed)
-    start = time.perf_counter()
-    predictions = [MemberPredictions(m.source, m.data_config, m.probabilities(val_images, args.tta, args.batch_size).numpy(),
-                                     m.probabilities(test_images, args.tta, args.batch_size).numpy())
-                   for m in members]
+    largest = max(m.data_config["input_size"][1] * m.data_config["input_size"][2] for m in members)
+    batch_size = args.batch_size or max(1, EVAL_BATCH_PIXELS // largest)
+    val, test = (evaluation_split(split, args.max_eval_samples, args.seed) for split in (data.val, data.test))
+    val_labels, test_labels = val.labels, test.labels
+    start = time.perf_counter()  # batches read from the memory-mapped cache: memory stays flat whatever the split size
+    val_probs, test_probs = (split_probabilities(members, split, args.tta, batch_size) for split in (val, test))
+    predictions = [MemberPredictions(m.source, m.data_config, v, t) for m, v, t in zip(members, val_probs, test_probs)]
     inference_s = time.perf_counter() - start
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     evaluation = evaluate_ensemble(predictions, val_labels, test_labels, data.class_names, args.tta, args.equal_weights,
@@ -116,6 +120,7 @@ def main(argv=None) -> int:
     evaluation.report["uncertainty"]["out_of_domain"] = out_of_domain_flags(ensemble, ood_images)
     written = write_outputs(evaluation, predictions, test_labels, args.output_dir)
     if args.diagnose:
+        test_images = torch.from_numpy(test.images).permute(0, 3, 1, 2)  # the memory map itself, or a copy in RAM
         written += diagnose(evaluation.report, ensemble, test_images, test_labels, evaluation.test_calibrated,
                             args.output_dir, args.attack_samples, args.pgd_steps, args.seed)
     return finish(args, evaluation, written)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ..config import TrainConfig
 from ..data import DecodedDataset, ImageArrays, subset_indices
@@ -29,11 +30,30 @@ class PredictionsError(ValueError):
     """A predictions file that cannot be read, or files that do not describe the same data."""
 
 
-def evaluation_batch(arrays: ImageArrays, max_samples: int | None, seed: int) -> tuple[torch.Tensor, np.ndarray]:
-    """uint8 NCHW images and labels of a split, or of its seeded `max_samples` subset (as training's val)."""
+def evaluation_split(arrays: ImageArrays, max_samples: int | None, seed: int) -> ImageArrays:
+    """A split, or its seeded `max_samples` subset (as training's val): a view, no pixels read."""
     keep = subset_indices(len(arrays), max_samples, seed)
-    arrays = arrays if keep is None else arrays.subset(keep)
+    return arrays if keep is None else arrays.subset(keep)
+
+
+def evaluation_batch(arrays: ImageArrays, max_samples: int | None, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """uint8 NCHW images (in RAM unless the memory map holds exactly them) and labels of `evaluation_split`."""
+    arrays = evaluation_split(arrays, max_samples, seed)
     return torch.from_numpy(arrays.images).permute(0, 3, 1, 2), arrays.labels
+
+
+def split_probabilities(members: list[Member], arrays: ImageArrays, tta_flip: bool = False,
+                        batch_size: int = 500) -> list[np.ndarray]:
+    """Each member's probabilities on `arrays`, read `batch_size` images at a time from the memory-mapped cache, so
+    memory does not grow with the split (a sharded evaluation passes each shard's `arrays.subset`)."""
+    out = [[] for _ in members]
+    starts = range(0, len(arrays), batch_size)
+    for start in tqdm(starts, desc="evaluating", unit="batch", disable=len(starts) < 4):
+        rows = np.arange(start, min(start + batch_size, len(arrays)))
+        images = torch.from_numpy(arrays.gather(rows)).permute(0, 3, 1, 2)
+        for member, probs in zip(members, out):
+            probs.append(member.probabilities(images, tta_flip, batch_size).numpy())
+    return [np.concatenate(p) if p else np.zeros((0, len(members[0].class_names)), np.float32) for p in out]
 
 
 @dataclass
