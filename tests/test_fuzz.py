@@ -24,7 +24,7 @@ from conftest import EXAMPLES
 from vision_ensemble.evaluation.thresholds import ObjectiveParams, ThresholdError, optimize, read_scores_csv
 from vision_ensemble.images import ImageError, load_rgb
 
-FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None,
+FUZZ = settings(max_examples=80, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
 
