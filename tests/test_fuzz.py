@@ -249,12 +249,14 @@ def api_requests(draw):
     expected_k = (top_k if sent_top_k else 3) if image == "good" else None
     if kind == "multipart":
         field = draw(st.sampled_from(["image", "image", "file"]))
-        files = {field: (draw(st.sampled_from(["a.png", "", "x"])), content, draw(st.sampled_from(["image/png", "text/plain"])))}
+        filename = draw(st.sampled_from(["a.png", "", "x"]))
+        files = {field: (filename, content, draw(st.sampled_from(["image/png", "text/plain"])))}
         data = {"top_k": str(top_k)} if sent_top_k and top_k is not None else {}
         if draw(st.booleans()):
             data["other"] = "field"
         valid_k = sent_top_k and isinstance(top_k, int) and not isinstance(top_k, bool) and 1 <= top_k <= 10
-        if field != "image" or "other" in data or (sent_top_k and (top_k is None or not valid_k)) or image != "good":
+        # A part with an empty file name is a plain form field (what a browser sends for an empty file input).
+        if field != "image" or not filename or "other" in data or (sent_top_k and (top_k is None or not valid_k)) or image != "good":
             expected_k = None
         return {"files": files, "data": data}, expected_k
     if kind == "json":
