@@ -27,7 +27,8 @@ import torch
 import uvicorn
 
 from vision_ensemble.config import (CLASSIFY_CONCURRENCY, DEFAULT_BOOTSTRAP_REPLICATES, DEFAULT_MANIFEST, DEFAULT_TOP_K,
-                                     MAX_CSV_ROWS, MAX_UPLOAD_BYTES)
+                                    MAX_CSV_ROWS, MAX_UPLOAD_BYTES, TEMP_FILE_MAX_AGE_S,
+                                    TEMP_SWEEP_EVERY_S)
 from vision_ensemble.evaluation.conformal import set_sentence
 from vision_ensemble.evaluation.ensemble import Ensemble
 from vision_ensemble.evaluation.explain import explain_members
@@ -39,6 +40,7 @@ from vision_ensemble.hub import (MODEL_CARD, HubError, answering_markdown, fill_
 from vision_ensemble.model import ModelError
 from vision_ensemble.serving.api import create_api
 from vision_ensemble.serving.predict import InputError, check_upload_size, decode_upload, model_version, predict_image
+from vision_ensemble.serving.tempfiles import sweep_temp_files
 
 log = logging.getLogger("vision_ensemble.app")
 HERE = Path(__file__).resolve().parent
@@ -209,7 +211,9 @@ def optimize_threshold(csv_file, label_column, score_column, positive, objective
                f"{s['roc_auc']:.4f}, average precision {s['average_precision']:.4f}.")
     summary += intervals_text
     figures = curve_figures(result, intervals.band if intervals else None)
-    out = Path(tempfile.mkdtemp(prefix="thresholds-")) / "threshold_results.csv"
+    cache = Path(gr.utils.get_upload_folder())  # in Gradio's cache, so it is deleted with the uploads
+    cache.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix="thresholds-", dir=cache)) / "threshold_results.csv"
     results_table(result).to_csv(out, index=False)
     plots = [figures["pr"], figures["roc"], figures["metrics"]]
     for fig in plots:
@@ -326,6 +330,8 @@ def main(argv=None) -> None:
     version = model_version(ensemble) if ensemble is not None else None
     demo = build_demo(ensemble, status, report, version or "")
     demo.queue(default_concurrency_limit=CLASSIFY_CONCURRENCY, max_size=64)
+    # Uploads and results are deleted after TEMP_FILE_MAX_AGE_S (not by delete_cache: see serving/tempfiles.py).
+    sweep_temp_files(demo, gr.utils.get_upload_folder(), TEMP_SWEEP_EVERY_S, TEMP_FILE_MAX_AGE_S)
     # One server: the JSON API's routes (and /docs) first, the Space mounted at / behind them.
     app = gr.mount_gradio_app(create_api(ensemble, status, args.runtime, version), demo, path="/",
                               max_file_size=MAX_UPLOAD_BYTES, show_error=True, allowed_paths=[str(EXAMPLES)])

@@ -38,14 +38,15 @@ import torch
 from accelerate import Accelerator
 
 from vision_ensemble.config import (CIFAR10_NAME, CONFORMAL_SCORES, DEFAULT_ATTACK_SAMPLES, DEFAULT_CONFORMAL_SCORE,
-                                     DEFAULT_COVERAGE, DEFAULT_SEED, DEFAULT_VAL_SIZE, PGD_STEPS,
-                                     UNCERTAINTY_FLAGGED_ACCURACY, default_cache_size)
+                                    DEFAULT_COVERAGE, DEFAULT_SEED, DEFAULT_VAL_SIZE, EVAL_BATCH_PIXELS, PGD_STEPS,
+                                    UNCERTAINTY_FLAGGED_ACCURACY, default_cache_size)
 from vision_ensemble.data import DataError, load_dataset
 from vision_ensemble.evaluation.conformal import calibration_problem
 from vision_ensemble.evaluation.diagnostics import diagnose
 from vision_ensemble.evaluation.ensemble import Ensemble
 from vision_ensemble.evaluation.label_issues import report_label_issues, split_files
-from vision_ensemble.evaluation.predictions import PredictionsError, check_same_data, evaluation_batch, load_predictions
+from vision_ensemble.evaluation.predictions import (PredictionsError, check_same_data, evaluation_split,
+                                                    load_predictions)
 from vision_ensemble.evaluation.report import (MemberPredictions, evaluate_ensemble, out_of_domain_flags,
                                                summary_lines, write_outputs)
 from vision_ensemble.evaluation.sharding import sharded_probabilities
@@ -74,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, default=Path("results"), help="where report.json etc. go")
     p.add_argument("--tta", action="store_true", help="average predictions over the image and its mirror")
     p.add_argument("--equal-weights", action="store_true", help="do not fit soft-voting weights on val")
-    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--batch-size", type=int, help="images per inference batch (default: EVAL_BATCH_PIXELS worth of the "
+                   "largest member input: 500 at 64 px, 40 at 224 px)")
     p.add_argument("--max-eval-samples", type=int, help="evaluate on only this many val and test images")
     p.add_argument("--flagged-accuracy", type=float, default=UNCERTAINTY_FLAGGED_ACCURACY,
                    help="the uncertainty hint fires below the calibrated probability at which validation predictions "
@@ -133,15 +135,16 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    val_images, val_labels = evaluation_batch(data.val, args.max_eval_samples, args.seed)
-    test_images, test_labels = evaluation_batch(data.test, args.max_eval_samples, args.seed)
+    largest = max(m.data_config["input_size"][1] * m.data_config["input_size"][2] for m in models)
+    batch_size = args.batch_size or max(1, EVAL_BATCH_PIXELS // largest)
+    val, test = (evaluation_split(split, args.max_eval_samples, args.seed) for split in (data.val, data.test))
+    val_labels, test_labels = val.labels, test.labels
     if problem := calibration_problem(len(val_labels), args.coverage, args.conformal):
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    start = time.perf_counter()
-    predictions = [MemberPredictions(m.source, m.data_config,
-                                     sharded_probabilities(m, val_images, args.tta, args.batch_size, accelerator),
-                                     sharded_probabilities(m, test_images, args.tta, args.batch_size, accelerator))
+    start = time.perf_counter()  # batches read from the memory-mapped cache: memory stays flat whatever the split size
+    predictions = [MemberPredictions(m.source, m.data_config, *(sharded_probabilities(m, split, args.tta, batch_size,
+                                                                                      accelerator) for split in (val, test)))
                    for m in members]
     inference_s = time.perf_counter() - start
     if not accelerator.is_main_process:
@@ -158,22 +161,27 @@ def main(argv=None) -> int:
     if args.label_issues:  # first: report.json and the card count the flagged labels
         written += report_label_issues(evaluation.report, {
             "val": (np.stack([p.val_probs for p in predictions]), val_labels,
-                    split_files(data.val, args.max_eval_samples, args.seed), val_images),
+                    split_files(data.val, args.max_eval_samples, args.seed), as_batch(val)),
             "test": (np.stack([p.test_probs for p in predictions]), test_labels,
-                     split_files(data.test, args.max_eval_samples, args.seed), test_images)},
+                     split_files(data.test, args.max_eval_samples, args.seed), as_batch(test))},
             evaluation.weights, evaluation.temperature, args.output_dir)
     written = write_outputs(evaluation, predictions, test_labels, args.output_dir) + written
     if args.diagnose:
-        written += diagnose(evaluation.report, ensemble, test_images, test_labels, evaluation.test_calibrated,
+        written += diagnose(evaluation.report, ensemble, as_batch(test), test_labels, evaluation.test_calibrated,
                             args.output_dir, args.attack_samples, args.pgd_steps, args.seed)
     if student is not None:  # last: the latency runs move the networks to the CPU
         prediction = MemberPredictions(student.source, student.data_config,
-                                       *(student.probabilities(x, args.tta, args.batch_size).numpy()
-                                         for x in (val_images, test_images)))
-        latency = {"ensemble": batch1_latency_ms(ensemble, test_images),
-                   "student": batch1_latency_ms(Ensemble([student], tta_flip=args.tta), test_images)}
+                                       *(sharded_probabilities(student, split, args.tta, batch_size, accelerator)
+                                         for split in (val, test)))
+        latency = {"ensemble": batch1_latency_ms(ensemble, as_batch(test)),
+                   "student": batch1_latency_ms(Ensemble([student], tta_flip=args.tta), as_batch(test))}
         written += add_student(args, evaluation, prediction, val_labels, test_labels, latency)
     return finish(args, evaluation, written)
+
+
+def as_batch(arrays) -> torch.Tensor:
+    """uint8 NCHW view of a split: the memory map itself, or its subset copied to RAM (the figures' few images)."""
+    return torch.from_numpy(arrays.images).permute(0, 3, 1, 2)
 
 
 def add_student(args, evaluation, student: MemberPredictions, val_labels, test_labels, latency=None) -> list[Path]:

@@ -138,9 +138,9 @@ def start_app(manifest: Path, log_file: Path, **extra_env: str):
     return process, wait_for_server(process, f"http://127.0.0.1:{port}/", log_file)
 
 
-def wait_for_server(process: subprocess.Popen, url: str, log_file: Path) -> str:
+def wait_for_server(process: subprocess.Popen, url: str, log_file: Path, timeout: float = 120) -> str:
     """`url` once the server `process` answers there; its log in the error if it exits or never answers."""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise AssertionError(f"app exited:\n{log_file.read_text()[-3000:]}")

@@ -91,6 +91,32 @@ def test_ensemble_orders_the_queue_least_confident_first(tmp_path):
     assert confidences == sorted(confidences) and len(set(np.round(confidences, 4))) > 1
 
 
+def test_every_class_up_to_32_gets_its_own_key():
+    from vision_ensemble.labeling.app import keyboard_head, shortcut_keys
+
+    classes = [f"c{i}" for i in range(34)]
+    keys = shortcut_keys(classes)
+    assert keys[:10] == [[str(i)] for i in (1, 2, 3, 4, 5, 6, 7, 8, 9, 0)] and keys[10] == ["q"]
+    flat = [k for ks in keys[:32] for k in ks]
+    assert len(flat) == len(set(flat)) == 32 and not {"s", "u", "a", "b"} & set(flat) and keys[32:] == [[], []]
+    head = keyboard_head(classes)
+    assert '"0": "label-9"' in head and '"m": "label-31"' in head
+    assert shortcut_keys(["cat", "dog"]) == [["1", "a"], ["2", "b"]]
+
+
+def test_classes_that_differ_from_the_manifests_are_refused(tmp_path):
+    folder = image_pool(tmp_path, per_class=1)
+    make_member(tmp_path / "member", 0, 32, classes=CLASSES)
+    manifest = tmp_path / "ensemble.json"
+    manifest.write_text(json.dumps({"members": [{"source": str(tmp_path / "member"), "weight": 1.0}]}))
+    result = subprocess.run([sys.executable, "-m", "vision_ensemble.labeler", str(folder), "--classes", "cat,dog",
+                             "--manifest", str(manifest)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == ("error: --classes cat, dog differ from the --manifest ensemble's classes circle, "
+                                     "square, stripes: its suggestions would name other classes (leave out --classes "
+                                     "to use the ensemble's)")
+
+
 @pytest.mark.slow
 def test_cli_export_is_stratified_hard_linked_and_trains_one_epoch(tmp_path):
     folder = image_pool(tmp_path, per_class=10)

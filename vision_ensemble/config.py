@@ -67,12 +67,22 @@ DEFAULT_BOOTSTRAP_SEED = 0
 BOOTSTRAP_CHUNK = 50  # replicates per parallel kernel call: the progress bar's step
 CLASSIFY_CONCURRENCY = 2  # predictions at once, in the Classify tab and in POST /api/predict alike
 DEFAULT_TOP_K = 3
+#: Evaluation batches hold this many input pixels (500 images at 64 px, 40 at 224 px): the members' activations,
+#: not the split's size, then set evaluate.py's memory (about 1.3 GB anonymous at 224 px, BENCHMARKS.md).
+EVAL_BATCH_PIXELS = 500 * 64 * 64
+#: The Space deletes uploads and result files older than this (serving/tempfiles.py), checking a third as often.
+TEMP_FILE_MAX_AGE_S = int(os.environ.get("VISION_ENSEMBLE_TEMP_MAX_AGE_S", 900))
+TEMP_SWEEP_EVERY_S = max(1, TEMP_FILE_MAX_AGE_S // 3)
 
 
 # --- ONNX export ----------------------------------------------------------------------------------------
 
 ONNX_OPSET = 18  # the first opset whose Resize antialiases, as the members' downscaling does
-ONNX_TOLERANCE = 1e-4  # largest allowed |ONNX Runtime - PyTorch| of a probability
+ONNX_TOLERANCE = 1e-4  # largest allowed |ONNX Runtime - PyTorch| of a probability, for logits within +-1
+#: Largest allowed |ONNX Runtime - PyTorch| of a logit relative to the largest |logit| (fp32 rounding grows with
+#: the logits: an efficientnet_b0 whose logits reach 160 differs by ~1e-4 of that, a wrong graph by far more).
+ONNX_RELATIVE_TOLERANCE = 1e-3
+ONNX_MIN_TOP1_AGREEMENT = 99.0  # % of check images whose top-1 class ONNX Runtime and PyTorch must share
 ONNX_CHECK_IMAGES = 256  # images the export is checked on (and int8 accuracy measured on)
 
 

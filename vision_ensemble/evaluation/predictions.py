@@ -31,10 +31,15 @@ class PredictionsError(ValueError):
     """A predictions file that cannot be read, or files that do not describe the same data."""
 
 
-def evaluation_batch(arrays: ImageArrays, max_samples: int | None, seed: int) -> tuple[torch.Tensor, np.ndarray]:
-    """uint8 NCHW images and labels of a split, or of its seeded `max_samples` subset (as training's val)."""
+def evaluation_split(arrays: ImageArrays, max_samples: int | None, seed: int) -> ImageArrays:
+    """A split, or its seeded `max_samples` subset (as training's val): a view, no pixels read."""
     keep = subset_indices(len(arrays), max_samples, seed)
-    arrays = arrays if keep is None else arrays.subset(keep)
+    return arrays if keep is None else arrays.subset(keep)
+
+
+def evaluation_batch(arrays: ImageArrays, max_samples: int | None, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+    """uint8 NCHW images (in RAM unless the memory map holds exactly them) and labels of `evaluation_split`."""
+    arrays = evaluation_split(arrays, max_samples, seed)
     return torch.from_numpy(arrays.images).permute(0, 3, 1, 2), arrays.labels
 
 

@@ -9,6 +9,7 @@ at once, O(n log n).  scikit-learn's metrics are the reference in the tests;
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from dataclasses import dataclass, field
@@ -24,6 +25,10 @@ SCORE_COLUMNS = ("score", "scores", "y_score", "y_prob", "y_proba", "y_pred_prob
                  "probability", "confidence", "pred_prob", "prediction", "pred", "logit", "y_pred", "output")
 TRUE_WORDS = {"1", "true", "t", "yes", "y", "pos", "positive"}
 FALSE_WORDS = {"0", "false", "f", "no", "n", "neg", "negative"}
+SAMPLE_BYTES = 65536  # the file's start, read to sniff the delimiter and the encoding
+#: Byte-order marks of the encodings read besides UTF-8 (UTF-32's first: it begins with UTF-16 LE's).
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
+        (codecs.BOM_UTF16_BE, "utf-16"))
 
 OBJECTIVES = {
     "f1": "F1 score",
@@ -139,30 +144,52 @@ def _sniff_delimiter(sample: bytes) -> str:
         return ","
 
 
+def _as_utf8(source: str | Path | bytes, sample: bytes) -> bytes | None:
+    """The whole file re-encoded as UTF-8 when it is not UTF-8 (None when it is, so it streams from disk):
+    UTF-16/32 with a byte-order mark (Excel's "Unicode text"), else Windows-1252, what Excel writes elsewhere."""
+    encoding = next((name for bom, name in BOMS if sample.startswith(bom)), None)
+    if encoding is None:
+        if b"\x00" in sample:  # binary; reported by the caller
+            return None
+        try:
+            sample.decode("utf-8")
+            return None
+        except UnicodeDecodeError as exc:
+            if len(sample) == SAMPLE_BYTES and exc.start >= len(sample) - 4:  # a character cut by the sample's end
+                return None
+        encoding = "cp1252"
+    data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    try:
+        return data.decode(encoding).encode("utf-8")
+    except UnicodeDecodeError:
+        if encoding != "cp1252":
+            raise ThresholdError(f"the file starts with a {encoding.upper()} byte-order mark but is not "
+                                 f"{encoding.upper()} text") from None
+        return data.decode("latin-1").encode("utf-8")  # cp1252 leaves five bytes undefined; Latin-1 none
+
+
 def read_table(source: str | Path | bytes, max_rows: int = MAX_CSV_ROWS):
     """The CSV as a pyarrow Table (multi-threaded parse), delimiter sniffed; ThresholdError on bad files."""
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
     if isinstance(source, bytes):
-        sample = source[:65536]
+        sample = source[:SAMPLE_BYTES]
     else:
         try:
             with open(source, "rb") as f:
-                sample = f.read(65536)
+                sample = f.read(SAMPLE_BYTES)
         except FileNotFoundError:
             raise ThresholdError(f"file not found: {source}") from None
         except IsADirectoryError:
             raise ThresholdError(f"{source} is a folder, not a CSV file") from None
     if not sample.strip():
         raise ThresholdError("the file is empty")
+    text = _as_utf8(source, sample)
+    if text is not None:
+        source, sample = text, text[:SAMPLE_BYTES]
     if b"\x00" in sample:
         raise ThresholdError("the file is binary, not a CSV text file")
-    try:
-        sample.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        if exc.start < len(sample) - 4:  # a multi-byte character cut by the sample's end is fine
-            raise ThresholdError("the file is not UTF-8 text (is it a spreadsheet or a binary file?)") from None
     delimiter = _sniff_delimiter(sample)
     try:
         table = pacsv.read_csv(io.BytesIO(source) if isinstance(source, bytes) else str(source),
@@ -170,6 +197,10 @@ def read_table(source: str | Path | bytes, max_rows: int = MAX_CSV_ROWS):
                                convert_options=pacsv.ConvertOptions(null_values=[""], strings_can_be_null=True))
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise ThresholdError(f"could not parse the file as CSV ({str(exc).splitlines()[0][:200]})") from None
+    try:  # Arrow checks the values' UTF-8 but not the header's (past the sample checked above)
+        table.column_names
+    except UnicodeDecodeError:
+        raise ThresholdError("the header is not UTF-8 text") from None
     if table.num_rows == 0:
         raise ThresholdError("the file has a header but no data rows")
     if table.num_rows > max_rows:

@@ -5,8 +5,8 @@
     python -m vision_ensemble.labeler photos/ --export photos-dataset --ratios 0.8,0.1,0.1 --seed 0
     python -m vision_ensemble.labeler photos/ --review results/label_issues.csv
 
-Keys: 1-9 pick a class (A and B too when there are two classes), S skips, U or Backspace undoes the last
-label.  Every label is written to labels.csv at once; a restart resumes at the first unlabelled image.
+Keys: 1-9 and 0 pick the first ten classes, then Q W E R T Y I O P, D F G H J K L and Z X C V N M the next 22
+(A and B too when there are two classes), S skips, U or Backspace undoes the last label.  Every label is written to labels.csv at once; a restart resumes at the first unlabelled image.
 A local tool: it listens on 127.0.0.1 unless --host says otherwise.
 """
 
@@ -49,9 +49,14 @@ document.addEventListener("keydown", (event) => {
 """
 
 
+#: Class keys by position: the number row, then the letter rows left to right without S (skip), U (undo) and A/B
+#: (two classes); classes past the 32nd are labelled with their buttons only.
+CLASS_KEYS = "1234567890" + "qwertyiop" + "dfghjkl" + "zxcvnm"
+
+
 def shortcut_keys(classes: list[str]) -> list[list[str]]:
-    """The keys of each class button: 1-9 by position, and A/B as well when there are exactly two classes."""
-    keys = [[str(i + 1)] if i < 9 else [] for i in range(len(classes))]
+    """The keys of each class button: CLASS_KEYS by position, and A/B as well when there are exactly two classes."""
+    keys = [[CLASS_KEYS[i]] if i < len(CLASS_KEYS) else [] for i in range(len(classes))]
     if len(classes) == 2:
         keys[0].append("a")
         keys[1].append("b")
@@ -256,6 +261,10 @@ def main(argv=None) -> None:
         review = review_queue(folder, args.review, store) if args.review else None
         if args.classes:
             classes = parse_classes(args.classes)
+            if ensemble is not None and set(classes) != set(ensemble.class_names):
+                raise LabelingError(f"--classes {', '.join(classes)} differ from the --manifest ensemble's classes "
+                                    f"{', '.join(ensemble.class_names)}: its suggestions would name other classes "
+                                    "(leave out --classes to use the ensemble's)")
         elif ensemble is not None:
             classes = list(ensemble.class_names)
         elif review is not None:

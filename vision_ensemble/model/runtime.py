@@ -4,6 +4,7 @@ a CPU inference session.  Below both the ensemble (members served through ORT) a
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 from pathlib import Path
@@ -26,14 +27,18 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: Path, outp
     return path
 
 
-def member_filename(source: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", source) + ".onnx"
+def member_filename(member) -> str:
+    """`<architecture>-<8 hex digits of the source's hash>.onnx`: readable, one per member, never hidden (a source
+    such as `../m1/best` would otherwise become `.._m1_best.onnx`)."""
+    architecture = getattr(member.model, "pretrained_cfg", {}).get("architecture") or type(member.model).__name__
+    digest = hashlib.sha256(member.source.encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', architecture)}-{digest}.onnx"
 
 
 def export_member(member, folder: str | Path) -> Path:
-    """`<folder>/<source>.onnx`: normalised float NCHW at the member's input size -> logits, dynamic batch."""
+    """`<folder>/<member_filename>`: normalised float NCHW at the member's input size -> logits, dynamic batch."""
     example = torch.zeros(1, *member.data_config["input_size"])
-    return export_onnx(member.model, example, Path(folder) / member_filename(member.source), LOGITS_NAME)
+    return export_onnx(member.model, example, Path(folder) / member_filename(member), LOGITS_NAME)
 
 
 def inference_session(path: str | Path, threads: int | None = None):

@@ -3,4 +3,5 @@
 predict      input checks, top-k, member answers, uncertainty hint, model version (the Classify tab and the API)
 api          the JSON API (POST /api/predict, GET /api/health) beside the Space on one FastAPI app
 onnx_export  ONNX export of members or the whole ensemble as one graph, checked against PyTorch; int8
+tempfiles    deletes the Space's old uploads and results, and what Gradio leaves behind
 """

@@ -1,0 +1,355 @@
+"""Soak test: the real server under a steady mixed load for an hour, watching memory, descriptors and temp files.
+
+    python benchmarks/soak.py --minutes 60 --clients 4 --pause 0.5 --out results/soak
+
+Builds two tiny members (test_resnet at 32 and 48 px, as tests/conftest.py `make_member` does) and starts
+`python app.py --manifest ... --runtime onnx` on a free localhost port, with its own GRADIO_TEMP_DIR and TMPDIR
+so every file it leaves behind is counted.  `--clients` threads then cycle through `POST /api/predict`
+(multipart, base64 JSON) and the Space's `/classify` and `/optimize_threshold` (gradio_client), with `--pause`
+seconds between requests and every request bounded by `--timeout`; one request in ten (`--bad-fraction`) is a
+bad input: corrupt, empty, oversized, not an image, a 42-megapixel image, a malformed CSV.  Good images and
+CSVs are generated per request, so uploads differ as real users' do.
+
+Every `--interval` seconds it records the server's RSS (and RssAnon), open file descriptors, threads, the
+count and size of files under its temp folders, p50/p99 latency per endpoint and outcomes by status. At the
+end: `soak.json` (samples, totals and the checks: no 5xx, every bad input refused with a 4xx and a message,
+RSS growth after the first 10 minutes, temp files bounded) and `soak.png` in `--out`.  Exit status 1 if a
+check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "tests")]
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from conftest import free_port, make_member, wait_for_server, write_manifest  # noqa: E402
+from vision_ensemble.plots import plt, save  # noqa: E402
+
+ENDPOINTS = ("api_multipart", "api_base64", "gradio_classify", "gradio_threshold")
+IMAGE_BAD = ("corrupt", "empty", "oversized", "wrong_type", "huge_pixels")
+CSV_BAD = ("malformed_csv", "empty", "one_class", "non_numeric", "wrong_type")
+
+
+# --- inputs ------------------------------------------------------------------------------------------------
+
+def good_image(rng: np.random.Generator) -> tuple[bytes, str]:
+    """A photo-like image of random size and format: noise under a few bright rectangles."""
+    h, w = int(rng.integers(48, 480)), int(rng.integers(48, 480))
+    pixels = rng.integers(0, 90, (h, w, 3), dtype=np.uint8)
+    for _ in range(3):
+        y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+        pixels[y:y + h // 3, x:x + w // 3] = rng.integers(120, 256, 3, dtype=np.uint8)
+    fmt = "JPEG" if rng.random() < 0.5 else "PNG"
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt)
+    return buffer.getvalue(), f"photo.{fmt.lower().replace('jpeg', 'jpg')}"
+
+
+def good_csv(rng: np.random.Generator) -> bytes:
+    n = int(rng.integers(50, 3000))
+    labels = rng.integers(0, 2, n)
+    labels[:2] = (0, 1)
+    scores = np.clip(labels * 0.3 + rng.random(n) * 0.7, 0, 1)
+    return ("label,score\n" + "".join(f"{y},{s:.5f}\n" for y, s in zip(labels, scores))).encode()
+
+
+class BadInputs:
+    """The bad inputs, made once: (bytes, file name) for each kind."""
+
+    def __init__(self, upload_limit: int):
+        rng = np.random.default_rng(1)
+        huge = io.BytesIO()  # 7000 x 6000 = 42 Mpx, one colour: a small PNG that is refused from its header
+        Image.new("L", (7000, 6000), 128).save(huge, "PNG")
+        self.image = {
+            "corrupt": (b"\x89PNG\r\n\x1a\n" + rng.bytes(4000), "corrupt.png"),
+            "empty": (b"", "empty.jpg"),
+            "oversized": (b"\xff\xd8\xff\xe0" + bytes(upload_limit + 1024), "oversized.jpg"),
+            "wrong_type": (b"%PDF-1.4\n" + b"not an image " * 200, "document.pdf"),
+            "huge_pixels": (huge.getvalue(), "huge.png"),
+        }
+        self.csv = {
+            "malformed_csv": (b'label,score\n1,"0.5\n0,0.2,extra,"\n\x00\x01\x02', "broken.csv"),
+            "empty": (b"", "empty.csv"),
+            "one_class": (b"label,score\n1,0.5\n1,0.7\n1,0.9\n", "one_class.csv"),
+            "non_numeric": (b"label,score\n1,high\n0,low\n1,medium\n", "words.csv"),
+            "wrong_type": (self.image["huge_pixels"][0], "image.csv"),
+        }
+
+
+# --- clients -------------------------------------------------------------------------------------------
+
+class Log:
+    """Every request's outcome: (time, endpoint, bad kind or '', status, message, latency ms)."""
+
+    def __init__(self):
+        self.rows, self.lock = [], threading.Lock()
+
+    def add(self, *row):
+        with self.lock:
+            self.rows.append(row)
+
+
+def gradio_outcome(exc: Exception) -> tuple[str, str]:
+    """(status, message) of a failed gradio_client call: a gr.Error is the Space's 4xx with a message."""
+    from gradio_client.exceptions import AppError
+
+    if isinstance(exc, AppError):
+        message = str(exc)
+        return ("500" if "failed on the server" in message else "app_error"), message
+    if isinstance(exc, httpx.HTTPStatusError):
+        return str(exc.response.status_code), exc.response.text[:200]
+    if isinstance(exc, TimeoutError):
+        return "timeout", ""
+    return f"exception:{type(exc).__name__}", str(exc)[:200]
+
+
+def client_loop(index: int, url: str, args, bad: BadInputs, log: Log, stop: threading.Event, tmp: Path):
+    from gradio_client import Client, handle_file
+
+    rng = np.random.default_rng(100 + index)
+    http = httpx.Client(base_url=url, timeout=args.timeout)
+    gradio = Client(url, verbose=False, download_files=False)
+    step = index
+    while not stop.is_set():
+        endpoint = ENDPOINTS[step % len(ENDPOINTS)]
+        step += 1
+        is_bad = rng.random() < args.bad_fraction
+        kinds = CSV_BAD if endpoint == "gradio_threshold" else IMAGE_BAD
+        kind = str(rng.choice(kinds)) if is_bad else ""
+        if endpoint == "gradio_threshold":
+            data, name = bad.csv[kind] if is_bad else (good_csv(rng), "scores.csv")
+        else:
+            data, name = bad.image[kind] if is_bad else good_image(rng)
+        start = time.perf_counter()
+        try:
+            if endpoint == "api_multipart":
+                response = http.post("/api/predict", files={"image": (name, data)}, data={"top_k": "3"})
+                status, message = str(response.status_code), response.json().get("error", "")
+            elif endpoint == "api_base64":
+                response = http.post("/api/predict", json={"image": base64.b64encode(data).decode(), "top_k": 2})
+                status, message = str(response.status_code), response.json().get("error", "")
+            elif kind == "oversized":  # gradio_client refuses it itself, as the browser does: ask the server
+                response = http.post("/gradio_api/upload", files={"files": (name, data)})
+                status, message = str(response.status_code), response.text[:200]
+            else:
+                path = tmp / f"client{index}-{name}"  # gradio_client uploads files by path
+                path.write_bytes(data)
+                if endpoint == "gradio_classify":
+                    job = gradio.submit(handle_file(str(path)), api_name="/classify")
+                else:
+                    label, score = ("label", "score") if not is_bad else (None, None)
+                    job = gradio.submit(handle_file(str(path)), label, score, "(auto)", "f1", 1, 1, 1, 0.9, 0.9,
+                                        api_name="/optimize_threshold")
+                job.result(timeout=args.timeout)
+                status, message = "200", ""
+        except Exception as exc:  # noqa: BLE001 - every failure is an outcome to record
+            status, message = gradio_outcome(exc)
+        log.add(time.time(), endpoint, kind, status, message, (time.perf_counter() - start) * 1000)
+        stop.wait(args.pause)
+
+
+# --- the server's vital signs ---------------------------------------------------------------------------
+
+def folder_usage(root: Path) -> tuple[int, int, int]:
+    """(files, directories, bytes) under `root`."""
+    files = dirs = size = 0
+    for folder, subdirs, names in os.walk(root):
+        dirs += len(subdirs)
+        for name in names:
+            try:
+                size += os.lstat(os.path.join(folder, name)).st_size
+                files += 1
+            except FileNotFoundError:
+                pass
+    return files, dirs, size
+
+
+def rss_anon(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def sample(process: psutil.Process, temp_root: Path, rows: list, since: float, started: float) -> dict:
+    files, dirs, size = folder_usage(temp_root)
+    window = [r for r in list(rows) if r[0] >= since]
+    latency = {}
+    for endpoint in ENDPOINTS:
+        ok = [r[5] for r in window if r[1] == endpoint and r[3] == "200"]
+        if ok:
+            latency[endpoint] = {"p50": float(np.percentile(ok, 50)), "p99": float(np.percentile(ok, 99)), "n": len(ok)}
+    with process.oneshot():
+        return {"minute": round((time.time() - started) / 60, 2), "rss": process.memory_info().rss,
+                "rss_anon": rss_anon(process.pid), "fds": process.num_fds(), "threads": process.num_threads(),
+                "temp_files": files, "temp_dirs": dirs, "temp_bytes": size, "latency_ms": latency,
+                "outcomes": dict(Counter(r[3] for r in window)), "requests": len(window)}
+
+
+# --- the verdict ---------------------------------------------------------------------------------------
+
+def checks(rows: list, samples: list[dict], warmup_min: float) -> dict:
+    good = [r for r in rows if not r[2]]
+    bad = [r for r in rows if r[2]]
+    server_errors = [r for r in rows if r[3].startswith("5") or r[3].startswith("exception") or r[3] == "timeout"]
+    bad_refused = [r for r in bad if (r[3].startswith("4") or r[3] == "app_error") and r[4].strip()]
+    after = [s for s in samples if s["minute"] >= warmup_min] or samples[-1:]
+    rss_growth = (after[-1]["rss"] / after[0]["rss"] - 1) * 100
+    half = samples[len(samples) // 2:]
+    return {
+        "requests": len(rows), "good_requests": len(good), "bad_requests": len(bad),
+        "good_ok": sum(r[3] == "200" for r in good),
+        "server_errors": len(server_errors), "server_error_examples": [list(r[1:5]) for r in server_errors[:5]],
+        "bad_refused_with_message": len(bad_refused),
+        "bad_not_refused_examples": [list(r[1:5]) for r in bad if r not in bad_refused][:5],
+        "rss_mb_at_warmup": after[0]["rss"] / 2**20, "rss_mb_at_end": after[-1]["rss"] / 2**20,
+        "rss_growth_after_warmup_pct": rss_growth,
+        "temp_files_max_second_half": max(s["temp_files"] for s in half),
+        "temp_files_max_first_half": max(s["temp_files"] for s in samples[:max(1, len(samples) // 2)]),
+        "pass": {
+            "no_5xx": not server_errors,
+            "every_good_request_ok": len(good) == sum(r[3] == "200" for r in good),
+            "every_bad_input_4xx_with_message": len(bad_refused) == len(bad),
+            "rss_growth_at_most_5pct": rss_growth <= 5,
+            # bounded: the second half of the run never holds more files than the first half's peak plus slack
+            "temp_files_bounded": max(s["temp_files"] for s in half)
+            <= max(s["temp_files"] for s in samples[:max(1, len(samples) // 2)]) * 1.2 + 20,
+        },
+    }
+
+
+def plot(samples: list[dict], path: Path) -> None:
+    minutes = [s["minute"] for s in samples]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    ax = axes[0, 0]
+    ax.plot(minutes, [s["rss"] / 2**20 for s in samples], label="RSS")
+    ax.plot(minutes, [s["rss_anon"] / 2**20 for s in samples], label="RssAnon")
+    ax.set(title="server memory", ylabel="MiB", ylim=(0, None))
+    ax.legend()
+    ax = axes[0, 1]
+    ax.plot(minutes, [s["fds"] for s in samples], label="open file descriptors")
+    ax.plot(minutes, [s["threads"] for s in samples], label="threads")
+    ax.set(title="descriptors and threads", ylim=(0, None))
+    ax.legend()
+    ax = axes[1, 0]
+    ax.plot(minutes, [s["temp_files"] for s in samples], label="files")
+    ax.plot(minutes, [s["temp_dirs"] for s in samples], label="folders")
+    ax.set(title="server temp folders (Gradio cache + TMPDIR)", xlabel="minute", ylim=(0, None))
+    ax.legend(loc="upper left")
+    twin = ax.twinx()
+    twin.plot(minutes, [s["temp_bytes"] / 2**20 for s in samples], color="gray", linestyle=":", label="MiB")
+    twin.set(ylabel="MiB", ylim=(0, None))
+    ax = axes[1, 1]
+    for endpoint in ENDPOINTS:
+        for q, style in (("p50", "-"), ("p99", "--")):
+            points = [(s["minute"], s["latency_ms"][endpoint][q]) for s in samples if endpoint in s["latency_ms"]]
+            if points:
+                ax.plot(*zip(*points), style, label=f"{endpoint} {q}")
+    ax.set(title="latency of good requests", xlabel="minute", ylabel="ms", yscale="log")
+    ax.legend(fontsize=7, ncol=2)
+    for a in axes.flat:
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    save(fig, path)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=60.0, help="how long the load runs")
+    p.add_argument("--clients", type=int, default=4, help="concurrent client threads")
+    p.add_argument("--pause", type=float, default=0.5, help="seconds each client waits between requests")
+    p.add_argument("--bad-fraction", type=float, default=0.1, help="share of requests that send a bad input")
+    p.add_argument("--interval", type=float, default=60.0, help="seconds between samples of the server")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds a request may take before it counts as failed")
+    p.add_argument("--warmup-minutes", type=float, default=10.0, help="RSS growth is measured after this")
+    p.add_argument("--upload-limit-mb", type=float, default=2.0,
+                   help="the server's upload limit (VISION_ENSEMBLE_MAX_UPLOAD_BYTES), so oversized inputs stay cheap")
+    p.add_argument("--temp-max-age", type=int, default=None,
+                   help="the server's VISION_ENSEMBLE_TEMP_MAX_AGE_S (default: the app's, 900 s), for shorter runs")
+    p.add_argument("--out", default=str(REPO / "results" / "soak"))
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="soak-"))
+    members = [make_member(work / "member_a", 0, 32, sharpen=5.0), make_member(work / "member_b", 1, 48, sharpen=5.0)]
+    manifest = write_manifest(work, members, weights=[0.4, 0.6], temperature=1.3)
+    temp_root = work / "server-tmp"
+    (temp_root / "gradio").mkdir(parents=True)
+    upload_limit = int(args.upload_limit_mb * 2**20)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",
+           "GRADIO_TEMP_DIR": str(temp_root / "gradio"), "TMPDIR": str(temp_root),
+           "VISION_ENSEMBLE_MAX_UPLOAD_BYTES": str(upload_limit)}
+    if args.temp_max_age is not None:
+        env["VISION_ENSEMBLE_TEMP_MAX_AGE_S"] = str(args.temp_max_age)
+    port = free_port()
+    log_file = out / "server.log"
+    server = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--manifest", str(manifest), "--runtime", "onnx",
+                               "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=env,
+                              stdout=log_file.open("w"), stderr=subprocess.STDOUT)
+    url = wait_for_server(server, f"http://127.0.0.1:{port}/", log_file, timeout=600)  # a loaded machine starts slowly
+    process, bad, log, stop = psutil.Process(server.pid), BadInputs(upload_limit), Log(), threading.Event()
+    client_tmp = work / "client-files"
+    client_tmp.mkdir()
+    threads = [threading.Thread(target=client_loop, args=(i, url, args, bad, log, stop, client_tmp), daemon=True)
+               for i in range(args.clients)]
+    started = time.time()
+    samples = [sample(process, temp_root, log.rows, started, started)]
+    print(f"soak: {args.clients} clients, {args.pause} s pauses, {args.minutes} min against {url}; server pid "
+          f"{server.pid}, temp files under {temp_root}", flush=True)
+    for t in threads:
+        t.start()
+    try:
+        while time.time() - started < args.minutes * 60:
+            since = time.time()
+            stop.wait(min(args.interval, max(1.0, started + args.minutes * 60 - since)))
+            if server.poll() is not None:
+                raise SystemExit(f"the server exited ({server.returncode}); see {log_file}")
+            samples.append(sample(process, temp_root, log.rows, since, started))
+            s = samples[-1]
+            print(f"[{s['minute']:6.1f} min] RSS {s['rss'] / 2**20:.0f} MiB (anon {s['rss_anon'] / 2**20:.0f}), "
+                  f"{s['fds']} fds, {s['threads']} threads, temp {s['temp_files']} files / {s['temp_dirs']} dirs / "
+                  f"{s['temp_bytes'] / 2**20:.1f} MiB, {s['requests']} requests {s['outcomes']}, p50 "
+                  + ", ".join(f"{k} {v['p50']:.0f}" for k, v in s["latency_ms"].items()), flush=True)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=args.timeout + 5)
+        server.terminate()
+        server.wait(timeout=30)
+    verdict = checks(log.rows, samples, args.warmup_minutes)
+    by_kind = defaultdict(Counter)
+    for r in log.rows:
+        by_kind[f"{r[1]}:{r[2] or 'good'}"][r[3]] += 1
+    verdict["outcomes_by_endpoint_and_input"] = {k: dict(v) for k, v in sorted(by_kind.items())}
+    # Gradio logs a traceback for every gr.Error too; only the others are the server failing.
+    tracebacks = log_file.read_text().split("Traceback (most recent call last):")[1:]
+    verdict["server_log_tracebacks_not_gr_error"] = sum("gradio.exceptions.Error:" not in t for t in tracebacks)
+    summary = {"args": vars(args), "checks": verdict, "samples": samples}
+    (out / "soak.json").write_text(json.dumps(summary, indent=1))
+    plot(samples, out / "soak.png")
+    shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(verdict, indent=1))
+    raise SystemExit(0 if all(verdict["pass"].values()) else 1)
+
+
+if __name__ == "__main__":
+    main()
