@@ -10,7 +10,8 @@ Weights (unless --equal-weights) and the temperature are fitted on the validatio
 is measured on the test split.  Writes report.json, ensemble.json (the manifest the app loads, with the
 uncertainty rule chosen on validation), confusion_matrix.png and reliability_diagram.png; with models,
 --diagnose adds error_gallery.png, the top confusions and accuracy under FGSM/PGD attacks
-(robustness.png); with --update-card, fills the results section of model_card.md from the report.
+(robustness.png); with --update-card, fills the results section and the Hub metadata (model-index) of
+model_card.md from the report, and lists the members published on the Hub as the Space's `models:` in README.md.
 
     python evaluation/evaluate.py --models ... --ood-images examples/china.jpg examples/flower.jpg \\
         --diagnose --attack-samples 256 --update-card
@@ -35,7 +36,7 @@ from vision_ensemble.evaluation.ensemble import Ensemble
 from vision_ensemble.evaluation.predictions import PredictionsError, check_same_data, evaluation_batch, load_predictions
 from vision_ensemble.evaluation.report import (MemberPredictions, evaluate_ensemble, out_of_domain_flags,
                                                summary_lines, write_outputs)
-from vision_ensemble.hub import MODEL_CARD, fill_results, results_markdown
+from vision_ensemble.hub import MODEL_CARD, SPACE_README, ensemble_card, space_models
 from vision_ensemble.images import ImageError, load_rgb
 from vision_ensemble.model import Member, ModelError
 from vision_ensemble.training.tracking import TrackingError, log_evaluation, require_trackers
@@ -71,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-samples", type=int, default=DEFAULT_ATTACK_SAMPLES,
                    help="test images attacked by --diagnose (a seeded subset)")
     p.add_argument("--pgd-steps", type=int, default=PGD_STEPS, help="PGD iterations per radius for --diagnose")
-    p.add_argument("--update-card", action="store_true", help="write the results into model_card.md")
+    p.add_argument("--update-card", action="store_true", help="write the results and their Hub metadata into "
+                   "model_card.md, and the members' Hub repos into README.md's models:")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--report-to", choices=("none", "mlflow"), default="none",
                    help="also log the report as an MLflow run ($MLFLOW_TRACKING_URI, default sqlite:///mlflow.db)")
@@ -146,7 +148,8 @@ def evaluate_predictions(args, command: str) -> int:
 def finish(args, evaluation, written: list[Path]) -> int:
     """Model card, tracker and the summary: the same for both kinds of members."""
     if args.update_card:
-        MODEL_CARD.write_text(fill_results(MODEL_CARD.read_text(), results_markdown(evaluation.report)))
+        MODEL_CARD.write_text(ensemble_card(MODEL_CARD.read_text(), evaluation.report))
+        space_models(SPACE_README, args.output_dir / "ensemble.json")  # the members on the Hub, linked to the Space
     if args.report_to == "mlflow":
         print(f"logged to MLflow run {log_evaluation(evaluation.report, args.output_dir)}")
     print("\n".join(summary_lines(evaluation.report)))

@@ -83,6 +83,15 @@ def tiny_run_args(archive, cache_root, output_dir, *extra):
             "--max-train-samples", "256", "--max-eval-samples", "101", *extra]
 
 
+@pytest.fixture(scope="session")
+def trained_run(cifar10, cifar10_archive, cache_root, tmp_path_factory) -> Path:
+    """One tiny single-process training run (2 epochs of test_resnet, published as someone/tiny-a), shared by
+    every test that only reads its folder: best/, checkpoints/, metrics.jsonl, predictions.npz."""
+    out = tmp_path_factory.mktemp("trained_run")
+    run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, out, "--hub-repo-id", "someone/tiny-a")])
+    return out
+
+
 def run(cmd, check=True):
     result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600, cwd=REPO)
     if check and result.returncode != 0:

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ENV, FINETUNE, REPO, make_member, run, tiny_run_args
+from conftest import ENV, REPO, make_member
 from vision_ensemble.config import recipe_config
 from vision_ensemble.evaluation.predictions import evaluation_batch, load_predictions, save_predictions
 from vision_ensemble.model import Member
@@ -22,13 +22,6 @@ EVAL_SAMPLES = 101  # tiny_run_args' --max-eval-samples: the run validates on th
 def evaluate(*args):
     return subprocess.run([sys.executable, EVALUATE, *map(str, args)], env=ENV, capture_output=True, text=True,
                           timeout=600, cwd=REPO)
-
-
-@pytest.fixture(scope="module")
-def trained_run(cifar10, cifar10_archive, cache_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, out, "--hub-repo-id", "someone/tiny-a")])
-    return out
 
 
 @pytest.fixture(scope="module")
