@@ -34,6 +34,7 @@ def expected_model_index(name: str, dataset: tuple[str, str], split: str, metric
     return [{"name": name, "results": results}]
 
 
+@pytest.mark.slow
 def test_trained_members_card_reports_its_best_epoch_to_the_hub(trained_run):
     best = trained_run / "best"
     card = ModelCard.load(best / "README.md")
@@ -77,6 +78,7 @@ def test_student_cards_use_the_same_builder(tmp_path):
     assert card.data.datasets == ["uoft-cs/cifar10"] and "distillation" in card.data.tags
 
 
+@pytest.mark.slow
 def test_ensemble_card_carries_the_evaluations_model_index(trained_run, tmp_path):
     out = tmp_path / "results"
     result = subprocess.run([sys.executable, EVALUATE, "--predictions", str(trained_run / "predictions.npz"),

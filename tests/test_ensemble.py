@@ -98,6 +98,7 @@ def test_mismatched_classes_and_corrupt_weights_name_the_member(members, tmp_pat
         Member.load("no/such-repo")
 
 
+@pytest.mark.slow
 def test_hub_layout_loads_offline_through_huggingface_hub_and_timm(members, tmp_path, monkeypatch):
     """A local Hub cache in the exact layout snapshot_download serves, read with HF_HUB_OFFLINE=1."""
     cache = tmp_path / "hub"
@@ -120,6 +121,7 @@ def test_hub_layout_loads_offline_through_huggingface_hub_and_timm(members, tmp_
     assert out.stdout.strip() == "ok airplane"
 
 
+@pytest.mark.slow
 def test_evaluate_cli_writes_report_manifest_and_plots(members, cifar10, cifar10_archive, cache_root, tmp_path):
     out_dir = tmp_path / "results"
     result = subprocess.run([sys.executable, str(REPO / "evaluation" / "evaluate.py"), "--models", *map(str, members),

@@ -139,6 +139,7 @@ def test_row_limit_and_unreachable_constraint(tmp_path):
         optimize(data, "recall_at_precision", ObjectiveParams(min_precision=0.99))
 
 
+@pytest.mark.slow
 def test_cli_json_matches_the_library(tmp_path):
     rng = np.random.default_rng(1)
     y = rng.random(500) < 0.3
