@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 from huggingface_hub import ModelCard, SpaceCard, metadata_eval_result
 
-from conftest import ENV, REPO, make_member, write_manifest
+from conftest import REPO, make_member, run_in_process, write_manifest
 from vision_ensemble.hub import MODEL_CARD, card_data, ensemble_card, member_card, space_models, with_card_data
 
 EVALUATE = str(REPO / "evaluation" / "evaluate.py")
@@ -81,8 +79,7 @@ def test_student_cards_use_the_same_builder(tmp_path):
 @pytest.mark.slow
 def test_ensemble_card_carries_the_evaluations_model_index(trained_run, tmp_path):
     out = tmp_path / "results"
-    result = subprocess.run([sys.executable, EVALUATE, "--predictions", str(trained_run / "predictions.npz"),
-                             "--output-dir", str(out)], env=ENV, capture_output=True, text=True, timeout=600, cwd=REPO)
+    result = run_in_process(EVALUATE, "--predictions", trained_run / "predictions.npz", "--output-dir", out)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     card = ModelCard(ensemble_card(MODEL_CARD.read_text(), report))
