@@ -86,9 +86,11 @@ def test_ensemble_card_carries_the_evaluations_model_index(trained_run, tmp_path
     e = report["ensemble"]
     assert model_index(card) == expected_model_index(
         "vision-ensemble", ("uoft-cs/cifar10", "CIFAR-10"), "test",
-        [("accuracy", "Top-1 accuracy (%)", round(e["top1"], 4)), ("top_3_accuracy", "Top-3 accuracy (%)", round(e["top3"], 4)),
+        [("accuracy", "Top-1 accuracy (%)", round(e["top1"], 4)),
+         ("top_3_accuracy", "Top-3 accuracy (%)", round(e["top3"], 4)),
          ("ece", "Expected calibration error (%)", round(e["ece_calibrated"] * 100, 4))])
-    assert card.data.datasets == ["uoft-cs/cifar10"] and card.data.library_name == "timm" and "ensemble" in card.data.tags
+    assert card.data.datasets == ["uoft-cs/cifar10"] and card.data.library_name == "timm"
+    assert "ensemble" in card.data.tags
     assert f"**{e['top1']:.2f}**" in card.text and "Not measured yet" not in card.text
     again = ModelCard(ensemble_card(str(card), report))  # updating an updated card replaces, never appends
     assert str(again) == str(card)

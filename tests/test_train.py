@@ -70,7 +70,8 @@ def test_exported_folder_reloads_with_timm_alone_and_same_logits(two_process_run
 
 
 @pytest.mark.slow
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(trained_run, cifar10_archive, cache_root, tmp_path):
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(trained_run, cifar10_archive, cache_root,
+                                                                  tmp_path):
     full, resumed = trained_run, tmp_path / "resumed"  # the shared run: the same arguments, never interrupted
     first = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, resumed, "--stop-after-epoch", "1")])
     assert "stopping after epoch 1" in first.stdout

@@ -98,7 +98,8 @@ def hub_repo_id(source: str, base_dir: str | Path | None = None) -> str | None:
 
 def hub_dataset(data_dir: str) -> tuple[str, str, bool]:
     """(id, display name, whether the id is a Hub dataset) of `--data-dir` for card metadata: CIFAR-10 (torchvision's
-    download or a copy such as cifar10.tar.gz) is the Hub's uoft-cs/cifar10, a Hub id is itself, a local folder its name."""
+    download or a copy such as cifar10.tar.gz) is the Hub's uoft-cs/cifar10, a Hub id is itself, a local folder its
+    name."""
     repo_id = hub_repo_id(data_dir)
     if repo_id:
         return repo_id, repo_id, True
@@ -164,7 +165,8 @@ def ensemble_card(card_text: str, report: dict) -> str:
     """The ensemble's card (model_card.md) with `report`'s results: the marked section and its `model-index`."""
     e = report["ensemble"]
     data = card_data("vision-ensemble", report["data_dir"], "test",
-                     {"accuracy": ("Top-1 accuracy (%)", e["top1"]), "top_3_accuracy": ("Top-3 accuracy (%)", e["top3"]),
+                     {"accuracy": ("Top-1 accuracy (%)", e["top1"]),
+                      "top_3_accuracy": ("Top-3 accuracy (%)", e["top3"]),
                       "ece": ("Expected calibration error (%)", e["ece_calibrated"] * 100)}, tags=("ensemble",))
     return with_card_data(fill_results(card_text, results_markdown(report)), data)
 
