@@ -7,6 +7,7 @@ README.md of its Hub repo) is that page with the member's card metadata and numb
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -173,14 +174,13 @@ def ensemble_card(card_text: str, report: dict) -> str:
 
 def space_models(readme: str | Path, manifest: str | Path) -> list[str]:
     """List the Hub repos of `manifest`'s members as `models:` in the Space README's front matter (the Hub links the
-    Space to them); members that are local folders are not listed, and with none on the Hub the file is left alone."""
-    import json
-
+    Space to them); members that are local folders are not listed, and with none on the Hub (or no README) the file
+    is left alone."""
     from huggingface_hub import SpaceCard
 
     members = json.loads(Path(manifest).read_text())["members"]
     models = [repo for repo in (hub_repo_id(m["source"], Path(manifest).parent) for m in members) if repo]
-    if models:
+    if models and Path(readme).is_file():  # (SpaceCard.load would take a missing path for a repo id)
         card = SpaceCard.load(readme)
         card.data.models = models
         card.save(readme)
