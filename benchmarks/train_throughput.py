@@ -11,6 +11,7 @@ batch size and model arguments default to the model's training recipe (vision_en
     python benchmarks/train_throughput.py --model seresnet50            # its recipe: 64 px, batch 512
     python benchmarks/train_throughput.py --model vit_small_patch16_224 --compile
     python benchmarks/train_throughput.py --model seresnet50 --img-size 224 --batch-size 256
+    python benchmarks/train_throughput.py --model efficientnet_b0 --paths ceiling,ours --json out.jsonl  # 1. and 2.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 
-from vision_ensemble.config import recipe_config
+from vision_ensemble.config import default_cache_size, recipe_config
 from vision_ensemble.data import BatchTransform, DeviceImageDataset, device_loader, load_dataset
 
 from loader_throughput import torchvision_pipeline  # the same baseline pipeline in both benchmarks
@@ -81,6 +82,9 @@ def main():
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--data-dir", default="../shared/data/cifar10.tar.gz")
     p.add_argument("--cache-dir")
+    p.add_argument("--cache-size", type=int, help="decoded-cache size (default: as finetune.py picks for --img-size)")
+    p.add_argument("--paths", default="ceiling,ours,torchvision", help="which of the three input paths to time")
+    p.add_argument("--json", help="append the results as one JSON line to this file")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     recipe = recipe_config({"model": args.model, "img_size": args.img_size, "batch_size": args.batch_size,
@@ -88,7 +92,7 @@ def main():
     args.img_size, args.batch_size, args.model_kwargs = recipe.img_size or 224, recipe.batch_size, recipe.model_kwargs
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    data = load_dataset(args.data_dir, args.cache_dir)
+    data = load_dataset(args.data_dir, args.cache_dir, cache_size=args.cache_size or default_cache_size(args.img_size))
     model = timm.create_model(args.model, num_classes=10, **args.model_kwargs).to(device)
     model = model.to(memory_format=torch.channels_last).train()
     cfg = timm.data.resolve_data_config({}, model=model)
@@ -101,18 +105,29 @@ def main():
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"{args.model} {args.model_kwargs or ''} at {args.img_size} px, batch {args.batch_size}, {dtype}, {name}"
           f"{', torch.compile' if args.compile else ''}")
-    ceiling = run(model, optimizer, batches_synthetic(args.batch_size, args.img_size, device), eval_like,
-                  args.steps, args.warmup, device, dtype)
-    ours = run(model, optimizer, batches_device_resident(data, args.batch_size, device), train_tf,
-               args.steps, args.warmup, device, dtype)
-    standard = run(model, optimizer, torchvision_pipeline(data, args.img_size, args.batch_size, device, args.workers,
-                                                          cfg["mean"], cfg["std"]),
-                   lambda x: x.contiguous(memory_format=torch.channels_last), args.steps, args.warmup, device, dtype)
-    print(f"ceiling (synthetic, on device): {ceiling:,.0f} img/s")
-    print(f"device-resident pipeline:       {ours:,.0f} img/s ({100 * ours / ceiling:.0f}% of ceiling)")
-    print(f"torchvision DataLoader ({args.workers} workers): {standard:,.0f} img/s ({100 * standard / ceiling:.0f}% of ceiling)")
+    paths = {  # name: (batches, preparation on the device, label)
+        "ceiling": (lambda: batches_synthetic(args.batch_size, args.img_size, device), eval_like,
+                    "ceiling (synthetic, on device)"),
+        "ours": (lambda: batches_device_resident(data, args.batch_size, device), train_tf, "device-resident pipeline"),
+        "torchvision": (lambda: torchvision_pipeline(data, args.img_size, args.batch_size, device, args.workers,
+                                                     cfg["mean"], cfg["std"]),
+                        lambda x: x.contiguous(memory_format=torch.channels_last),
+                        f"torchvision DataLoader ({args.workers} workers)"),
+    }
+    result = {"model": args.model, "img_size": args.img_size, "batch_size": args.batch_size, "device": name,
+              "compile": args.compile, "steps": args.steps}
+    for path in args.paths.split(","):
+        batches, prepare, label = paths[path]
+        result[path] = run(model, optimizer, batches(), prepare, args.steps, args.warmup, device, dtype)
+        share = "" if path == "ceiling" or "ceiling" not in result else \
+            f" ({100 * result[path] / result['ceiling']:.0f}% of ceiling)"
+        print(f"{label + ':':32s} {result[path]:,.0f} img/s{share}")
     if device.type == "cuda":
-        print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
+        result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        print(f"peak GPU memory: {result['peak_gpu_memory_gib']:.1f} GiB")
+    if args.json:
+        with open(args.json, "a") as f:
+            f.write(json.dumps(result) + "\n")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@ from mlflow import MlflowClient
 from conftest import ENV, FINETUNE, REPO, tiny_run_args
 
 EVALUATE = str(REPO / "evaluation" / "evaluate.py")
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--cpu",
-          "--mixed_precision", "no", "--dynamo_backend", "no", FINETUNE]
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+          "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", FINETUNE]
 # Hides the packages named in VISION_ENSEMBLE_TEST_BLOCK from the subprocess, as if they were not installed: with
 # None in sys.modules, `import` raises ModuleNotFoundError and importlib.util.find_spec (Accelerate's check) says None.
 BLOCKER = """
@@ -143,3 +143,16 @@ def test_evaluation_with_a_missing_tracker_stops_before_loading(cifar10_archive,
     assert result.returncode == 2
     assert "pip install 'vision-ensemble[tracking]'" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_run_stopped_by_a_nan_loss_ends_failed_not_running(cifar10, cifar10_archive, cache_root, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path / "run",
+                                                           "--report-to", "mlflow", "--fail-at-epoch", "2")],
+                 {**ENV, "MLFLOW_TRACKING_URI": uri}, tmp_path, check=False)
+    assert result.returncode == 2 and "loss became nan in epoch 2" in result.stderr
+    client = MlflowClient(tracking_uri=uri)
+    run_id = json.loads((tmp_path / "run" / "tracking.json").read_text())["mlflow"]
+    logged = client.get_run(run_id)
+    assert logged.info.status == "FAILED"
+    assert [m.step for m in client.get_metric_history(run_id, "val_top1")] == [1]  # epoch 1 was logged

@@ -18,8 +18,10 @@ from vision_ensemble.model import create_model, load_model_folder
 @pytest.fixture(scope="module")
 def two_process_run(cifar10, cifar10_archive, cache_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    result = run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-         "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no", FINETUNE,
+    # --multi_gpu, not --cpu: Accelerate's --cpu path starts one process without mpirun (finetune refuses it);
+    # on a machine without GPUs --multi_gpu starts two gloo processes.
+    result = run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", FINETUNE,
          *tiny_run_args(cifar10_archive, cache_root, out, "--ema", "--report-to", "tensorboard",
                         "--push-to-hub", "--hub-repo-id", "someone/tiny-cifar10")])
     (out / "stdout.txt").write_text(result.stdout)
@@ -29,6 +31,7 @@ def two_process_run(cifar10, cifar10_archive, cache_root, tmp_path_factory):
 @pytest.mark.slow
 def test_two_process_run_writes_metrics_and_exports_best(two_process_run):
     rows = [json.loads(line) for line in (two_process_run / "metrics.jsonl").read_text().splitlines()]
+    assert "2 process(es)" in (two_process_run / "stdout.txt").read_text()
     assert [r["epoch"] for r in rows] == [1, 2]
     # 101 val images over 2 processes: Accelerate pads one shard; gather_for_metrics must count each once.
     assert all(r["val_count"] == 101 for r in rows)
@@ -118,8 +121,8 @@ def test_pretrained_path_loads_the_backbone_and_a_new_classifier(tmp_path):
 def test_offline_pretrained_says_what_to_do_in_one_line(cifar10, cifar10_archive, cache_root, tmp_path):
     # --img-size 32: the session's decoded cache (the model's default 160 px would decode CIFAR-10 once more).
     result = run([sys.executable, FINETUNE, "--model", "test_resnet", "--pretrained", "--img-size", "32",
-                  "--data-dir", str(cifar10_archive), "--cache-dir", str(cache_root), "--output-dir", str(tmp_path)],
-                 check=False)
+                  "--data-dir", str(cifar10_archive), "--cache-dir", str(cache_root), "--output-dir", str(tmp_path),
+                  "--no-data-check"], check=False)
     assert result.returncode == 2
     assert "could not download ImageNet weights" in result.stderr and "--no-pretrained" in result.stderr
     assert "Traceback" not in result.stderr
@@ -158,9 +161,52 @@ def test_compiled_run_saves_plain_timm_keys(cifar10, cifar10_archive, cache_root
     # generation) takes seconds where Inductor takes minutes on a CPU.
     run([sys.executable, FINETUNE, "--model", "test_resnet", "--img-size", "32", "--batch-size", "64", "--epochs", "1",
          "--data-dir", str(cifar10_archive), "--cache-dir", str(cache_root), "--output-dir", str(tmp_path),
-         "--max-train-samples", "256", "--max-eval-samples", "64", "--compile"],
+         "--max-train-samples", "256", "--max-eval-samples", "64", "--compile", "--no-data-check"],
         TORCH_COMPILE_OVERRIDE_BACKENDS=">=0:aot_eager")
     for weights in (tmp_path / "best" / "model.safetensors", tmp_path / "checkpoints" / "epoch_001" / "model.safetensors"):
         keys = load_file(weights).keys()
         assert keys and not any("_orig_mod" in k for k in keys)
     timm.create_model(f"local-dir:{tmp_path / 'best'}", pretrained=True)
+
+
+def test_batch_size_auto_halves_until_a_step_fits_and_records_it(cifar10, cifar10_archive, cache_root, tmp_path):
+    # test_resnet has no recipe: auto starts from the fallback 128; a step of more than 40 images "runs out of memory"
+    result = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path, "--epochs", "1"),
+                  "--batch-size", "auto", "--oom-above-batch", "40"])
+    args = json.loads((tmp_path / "training_args.json").read_text())
+    assert args["batch_size_auto"] == [128, 64, 32] and args["batch_size"] == 32 == args["global_batch_size"]
+    assert "global batch 32" in result.stdout
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_a_fixed_batch_that_does_not_fit_stops_with_one_line_saying_what_to_try(cifar10_archive, cache_root, tmp_path):
+    result = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path),
+                  "--oom-above-batch", "16"], check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: out of memory at batch size 32 per process (test_resnet on cpu): try --batch-size auto (halves it "
+        "until a step fits), a smaller --batch-size, --data-mode stream (the data leaves the GPU) or a smaller "
+        "--img-size"]
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_the_batch_probe_leaves_the_model_as_it_was():
+    from accelerate import Accelerator
+
+    from vision_ensemble.data import BatchTransform
+    from vision_ensemble.training.batch_size import OutOfMemory, fit_batch_size
+
+    cfg = recipe_config({"model": "test_resnet", "batch_size": "auto", "oom_above_batch": 1})
+    model, data_config = create_model(cfg, 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    transform = BatchTransform.from_data_config(data_config)
+    accelerator = Accelerator(cpu=True)
+    with pytest.raises(OutOfMemory, match="every batch size from 8 down to 2"):
+        fit_batch_size(8, cfg, model, transform, transform, (32, 32, 3), 10, accelerator)
+    cfg.oom_above_batch = None
+    assert fit_batch_size(8, cfg, model, transform, transform, (32, 32, 3), 10, accelerator) == 8
+    after = model.state_dict()
+    assert any("running_mean" in k for k in after)  # BatchNorm statistics the probe's forward pass updated
+    for key, value in before.items():
+        torch.testing.assert_close(after[key], value, rtol=0, atol=0, msg=key)
+    assert all(p.grad is None for p in model.parameters())

@@ -1,6 +1,9 @@
 """Fine-tune (or train from scratch) a timm backbone and export it in timm's Hugging Face Hub format.
 
     accelerate launch train/finetune.py --model seresnet50 --data-dir ../shared/data/cifar10.tar.gz
+    accelerate launch train/finetune.py --teacher results/ensemble.json --data-dir ../shared/data/cifar10.tar.gz
+
+With `--teacher` the run distils a student from an ensemble (`vision_ensemble/training/distill.py`).
 
 Reads top to bottom: config -> data -> model -> optimisation -> loop (train, evaluate, checkpoint, export)
 -> publish.  Every option is documented in `--help`; per-backbone defaults are the recipes in
@@ -12,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -20,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -27,19 +30,28 @@ from accelerate.utils import DataLoaderConfiguration, set_seed
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.models import get_pretrained_cfg
-from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from vision_ensemble.config import DEFAULT_CROP_PCT, TrainConfig, build_parser, default_cache_size, recipe_config
-from vision_ensemble.data import (BatchTransform, DataError, DeviceImageDataset, choose_augment, device_loader,
-                                  fits_on_device, load_dataset, stream_loader, subset_indices, train_transform)
-from vision_ensemble.evaluation.predictions import save_predictions
+from vision_ensemble.data import (BalancedSampler, BatchTransform, DataError, DeviceImageDataset, choose_augment,
+                                  device_loader, fits_on_device, load_dataset, stream_loader, subset_indices,
+                                  train_transform)
+from vision_ensemble.data.check import check_cache, leakage, summary_lines
+from vision_ensemble.evaluation.predictions import PredictionsError, save_predictions
+from vision_ensemble.evaluation.teacher import teacher_probabilities
 from vision_ensemble.hub import HubError, default_repo_id, member_card, push_folder
 from vision_ensemble.model import ModelError, create_model, export_model
 from vision_ensemble.plots import plot_training_curves
+from vision_ensemble.training.batch_size import OutOfMemory, fit_batch_size
+from vision_ensemble.training.distill import Distillation
+from vision_ensemble.training.distributed import (DistributedError, check_launch, checkpoint_dirs, choose_layout,
+                                                  is_writer, resume_dir, save_checkpoint)
 from vision_ensemble.training.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
-from vision_ensemble.training.tracking import TrackingError, log_run_files, require_trackers, start_trackers
+from vision_ensemble.training.imbalance import WeightedSoftTargetCrossEntropy, balanced_class_weights
+from vision_ensemble.training.time_budget import TimeBudget, cosine_schedule, predictions_eval_ratio
+from vision_ensemble.training.tracking import (TrackingError, end_failed_runs, log_run_files, require_trackers,
+                                               start_trackers)
 
 CHECK_EVERY = 50  # steps between loss finiteness checks (each one synchronises the device)
 
@@ -53,12 +65,14 @@ class RunState:
 
     def __init__(self):
         self.epoch, self.num_updates, self.best_top1 = 0, 0, -1.0
+        self.epochs = None  # the run's length when --time-limit chose it
 
     def state_dict(self):
-        return dict(epoch=self.epoch, num_updates=self.num_updates, best_top1=self.best_top1)
+        return dict(epoch=self.epoch, num_updates=self.num_updates, best_top1=self.best_top1, epochs=self.epochs)
 
     def load_state_dict(self, state):
         self.epoch, self.num_updates, self.best_top1 = state["epoch"], state["num_updates"], state["best_top1"]
+        self.epochs = state.get("epochs")
 
 
 @torch.no_grad()
@@ -78,34 +92,13 @@ def evaluate(model, loader, transform, accelerator) -> dict:
             "val_count": count}
 
 
-def checkpoint_dirs(output_dir: Path) -> list[Path]:
-    return sorted((output_dir / "checkpoints").glob("epoch_[0-9][0-9][0-9]"))
-
-
-def save_checkpoint(accelerator, output_dir: Path, epoch: int, keep: int = 2) -> Path:
-    """save_state into a '.partial' folder, then rename: an interrupted write never replaces a good checkpoint."""
-    final = output_dir / "checkpoints" / f"epoch_{epoch:03d}"
-    partial = final.with_name(final.name + ".partial")
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(partial)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
-        for old in checkpoint_dirs(output_dir)[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return final
-
-
 def main(argv=None) -> int:
     cfg: TrainConfig = recipe_config(build_parser(__doc__.split("\n\n")[0]).parse_args(argv))
     trackers = require_trackers(cfg.report_to)  # a missing tracker stops here, before any data is decoded
     output_dir = Path(cfg.output_dir)
     on_gpu = torch.cuda.is_available()
     accelerator = Accelerator(
+        cpu=not on_gpu,  # several CPU processes (torchrun, mpirun) train as one gloo run, not as separate runs
         mixed_precision=cfg.mixed_precision or ("bf16" if on_gpu else "no"),
         log_with=trackers or None,
         project_dir=str(output_dir),
@@ -113,20 +106,41 @@ def main(argv=None) -> int:
     )
     set_seed(cfg.seed)
     print_main = accelerator.print
+    check_launch(accelerator)
+    shared_output = choose_layout(accelerator, output_dir)
 
-    # --- data: decoded once (main process first) into a memory-mapped cache, then kept on the device or
-    # gathered from the memory map batch by batch -------------------------------------------------------------
+    # --- data: decoded once per cache folder (under a file lock) into a memory-mapped cache, then kept on the
+    # device or gathered from the memory map batch by batch ------------------------------------------------------
     pretrained_cfg = get_pretrained_cfg(cfg.model, allow_unregistered=True)  # the model's own input size
     cache_size = cfg.cache_size or default_cache_size(
         cfg.img_size or (pretrained_cfg.input_size[-1] if pretrained_cfg else 224),
         pretrained_cfg.crop_pct if pretrained_cfg else DEFAULT_CROP_PCT)
-    with accelerator.main_process_first():
-        data = load_dataset(cfg.data_dir, cfg.cache_dir, cfg.val_size, cfg.seed, cache_size)
+    # No barrier around it: the processes that do not build wait on the cache's lock, not in a collective whose
+    # timeout (NCCL: 10 minutes) a long first decode would exceed.
+    data = load_dataset(cfg.data_dir, cfg.cache_dir, cfg.val_size, cfg.seed, cache_size)
+    checked = cfg.data_check or cfg.strict_data  # under a file lock: one process checks, the rest read its report
+    data_report, report_dir = check_cache(cfg.data_dir, data.cache_dir, cache_size) if checked else (None, None)
+    if data_report is not None:
+        print_main("\n".join(summary_lines(data_report, short=True)))
+        print_main(f"(full data check: {report_dir / 'datacheck.html'})")
+        leaked = leakage(data_report)
+        if cfg.strict_data and leaked:
+            raise DataError(f"the same images are in two splits ({sum(leaked.values())} duplicate pairs across "
+                            f"{', '.join(leaked)}; see {report_dir / 'datacheck.html'}): remove them, or train "
+                            "without --strict-data")
     train_subset = subset_indices(len(data.train), cfg.max_train_samples, cfg.seed)
     val_subset = subset_indices(len(data.val), cfg.max_eval_samples, cfg.seed)
     train_arrays = data.train if train_subset is None else data.train.subset(train_subset)
     val_arrays = data.val if val_subset is None else data.val.subset(val_subset)
     num_classes = len(data.class_names)
+    counts = np.bincount(train_arrays.labels, minlength=num_classes)
+    cfg.train_class_counts = dict(zip(data.class_names, counts.tolist()))  # the card says when they are imbalanced
+    teacher_probs = None
+    if cfg.teacher:  # the ensemble's soft targets for these training images, computed (and cached) by the main process
+        with accelerator.main_process_first():
+            teacher_probs = teacher_probabilities(
+                cfg.teacher, data, np.arange(len(data.train)) if train_subset is None else train_subset,
+                output_dir / "teacher_targets.npz", accelerator.device, cfg.batch_size * 2)
 
     # --- model, what of it trains, and its preprocessing -------------------------------------------------------
     # Resolved here so training_args.json records the augmentation that ran; it also sets the eval geometry
@@ -144,17 +158,24 @@ def main(argv=None) -> int:
 
     # MixUp/CutMix pair samples within a batch, so train batches have a fixed, even size.
     batch_size = min(cfg.batch_size, len(train_arrays) // accelerator.num_processes) // 2 * 2
+    # One training and one evaluation step before the data takes device memory: --batch-size auto halves the batch
+    # until they fit; a fixed batch that does not fit stops here, saying what to try.
+    batch_size = fit_batch_size(batch_size, cfg, model, train_augment, eval_transform, train_arrays.image_shape,
+                                num_classes, accelerator)
+    if cfg.batch_size_auto:
+        cfg.batch_size = batch_size
     nbytes = train_arrays.nbytes + val_arrays.nbytes
     data_mode = cfg.data_mode if cfg.data_mode != "auto" else (
         "device" if fits_on_device(nbytes, accelerator.device) else "stream")
+    sampler = BalancedSampler(train_arrays.labels, cfg.seed) if cfg.sampler == "balanced" else None
     if data_mode == "device":
-        train_loader = device_loader(DeviceImageDataset(train_arrays, accelerator.device), batch_size,
-                                     shuffle=True, drop_last=True, seed=cfg.seed)
+        train_loader = device_loader(DeviceImageDataset(train_arrays, accelerator.device, with_indices=bool(cfg.teacher)),
+                                     batch_size, shuffle=True, drop_last=True, seed=cfg.seed, sampler=sampler)
         val_loader = device_loader(DeviceImageDataset(val_arrays, accelerator.device), cfg.batch_size * 2,
                                    shuffle=False)
     else:  # no decoding here: workers read whole batches from the memory-mapped cache
         train_loader = stream_loader(train_arrays, batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
-                                     num_workers=cfg.num_workers)
+                                     num_workers=cfg.num_workers, with_indices=bool(cfg.teacher), sampler=sampler)
         val_loader = stream_loader(val_arrays, cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers)
 
     # --- optimisation: timm's AdamW at a rate scaled to the global batch, warmup + cosine per step, ------------
@@ -164,17 +185,19 @@ def main(argv=None) -> int:
     optimizer = create_optimizer(model, cfg, cfg.effective_lr)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     steps_per_epoch = len(train_loader)
-    # A warmup as long as the run (a 1-epoch quick run under a 2-epoch recipe warmup) would end the run before
-    # the rate peaks and skip the cosine decay: cap it at a tenth of the run (the recipes' warmups fit in it).
-    warmup_epochs = min(cfg.warmup_epochs, cfg.epochs / 10)
-    scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=cfg.epochs, warmup_epochs=warmup_epochs,
-                                       min_lr=cfg.min_lr, warmup_lr=cfg.effective_lr * 1e-3, step_on_epochs=False,
-                                       updates_per_epoch=steps_per_epoch)
+    scheduler, warmup_epochs = cosine_schedule(optimizer, cfg, steps_per_epoch)
     mixup = None
     if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
         mixup = Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mixup_prob,
                       label_smoothing=cfg.label_smoothing, num_classes=num_classes)
     train_loss_fn = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(cfg.label_smoothing)
+    if cfg.class_weights == "balanced":  # MixUp targets arrive smoothed; hard labels are smoothed by the loss
+        train_loss_fn = WeightedSoftTargetCrossEntropy(balanced_class_weights(train_arrays.labels, num_classes),
+                                                       0.0 if mixup else cfg.label_smoothing).to(accelerator.device)
+    distillation = None
+    if teacher_probs is not None:  # its own MixUp/CutMix mixes the teacher's targets as it mixes the images
+        distillation = Distillation(torch.from_numpy(teacher_probs).to(accelerator.device), cfg, num_classes)
+        mixup, train_loss_fn = distillation.mix, distillation.loss
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay) if cfg.ema else None
     if cfg.compile:
         torch._logging.set_logs(dynamo=logging.ERROR, inductor=logging.ERROR)  # recompile chatter drowns the log
@@ -185,23 +208,22 @@ def main(argv=None) -> int:
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     if cfg.resume:
-        found = checkpoint_dirs(output_dir)
-        resume_dir = (found[-1] if found else None) if cfg.resume == "latest" else Path(cfg.resume)
-        if resume_dir is None or not resume_dir.is_dir():
-            raise SystemExit(f"--resume {cfg.resume}: no checkpoint found under {output_dir / 'checkpoints'}")
-        accelerator.load_state(str(resume_dir))
-        print_main(f"resumed from {resume_dir} (epoch {state.epoch}, best val top-1 {state.best_top1:.2f})")
+        checkpoint = resume_dir(accelerator, output_dir, cfg.resume)
+        accelerator.load_state(str(checkpoint))
+        cfg.epochs = state.epochs or cfg.epochs  # the count --time-limit chose (the schedule's horizon is restored)
+        print_main(f"resumed from {checkpoint} (epoch {state.epoch}, best val top-1 {state.best_top1:.2f})")
 
     metrics_file = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "training_args.json").write_text(json.dumps(asdict(cfg), indent=2))
         history = [json.loads(line) for line in metrics_file.read_text().splitlines()] if metrics_file.exists() else []
         metrics_file.write_text("".join(json.dumps(m) + "\n" for m in history if m["epoch"] <= state.epoch))
     start_trackers(accelerator, cfg, output_dir)
     print_main(f"{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, input "
                f"{data_config['input_size']}, {len(train_arrays)} train / {len(val_arrays)} val images, "
-               f"data on {data_mode}, {accelerator.num_processes} process(es), {accelerator.mixed_precision} precision")
+               f"data on {data_mode}, {accelerator.num_processes} process(es), {accelerator.mixed_precision} precision"
+               + ("" if accelerator.num_processes == 1 else ", run folder " + (
+                   "shared by the nodes" if shared_output else "on each node (checkpoints saved on each)")))
     print_main(f"augment {cfg.augment}, eval crop_pct {data_config['crop_pct']}; freeze {cfg.freeze} "
                f"({len(frozen)} frozen tensors); lr {cfg.effective_lr:.3g} = {cfg.lr:g} at batch {cfg.lr_base_size} "
                f"scaled ({cfg.lr_scale}) to the global batch {cfg.global_batch_size}"
@@ -209,18 +231,34 @@ def main(argv=None) -> int:
                + (f"; warmup capped at {warmup_epochs:g} epoch(s)" if warmup_epochs < cfg.warmup_epochs else ""))
 
     # --- the loop ---------------------------------------------------------------------------------------------
-    for epoch in range(state.epoch + 1, cfg.epochs + 1):
+    # --time-limit: the first epoch measures the speed, then the run's length and the schedule's horizon are fixed.
+    budget = None
+    if cfg.time_limit is not None and state.epochs is None:  # a resumed run keeps the count it chose
+        budget = TimeBudget(cfg.time_limit, accelerator, steps_per_epoch, len(val_loader),
+                            predictions_eval_ratio(data, cfg, len(val_arrays)))
+
+    def fix_epochs(epochs: int) -> None:
+        cfg.epochs = state.epochs = epochs
+        scheduler.load_state_dict(cosine_schedule(optimizer, cfg, steps_per_epoch)[0].state_dict())
+        scheduler.step_update(num_updates=state.num_updates)
+        if accelerator.is_main_process:
+            (output_dir / "training_args.json").write_text(json.dumps(asdict(cfg), indent=2))
+        print_main(budget.describe())
+
+    epoch = state.epoch
+    while epoch < cfg.epochs:
+        epoch += 1
         keep_frozen_norms_in_eval(model.train())
         train_loader.set_epoch(epoch)
         running_loss = torch.zeros((), device=accelerator.device)
         last_checked, start = 0, time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not accelerator.is_local_main_process,
                    leave=False)
-        for step, (images, labels) in enumerate(bar, 1):
+        for step, (images, labels, *indices) in enumerate(bar, 1):  # indices: with --teacher
             inputs = train_augment(images)
             targets = labels
             if mixup is not None:
-                inputs, targets = mixup(inputs, labels)
+                inputs, targets = mixup(inputs, labels, *indices)
             loss = train_loss_fn(model(inputs), targets)
             if cfg.fail_at_epoch == epoch:
                 loss = loss * float("nan")
@@ -233,6 +271,8 @@ def main(argv=None) -> int:
             scheduler.step_update(num_updates=state.num_updates)
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model), step=state.num_updates)
+            if budget is not None and (epochs := budget.after_step(step)):  # a first epoch longer than the probe
+                fix_epochs(epochs)
             running_loss += loss.detach()
             if step % CHECK_EVERY == 0 or step == steps_per_epoch:
                 total = accelerator.reduce(running_loss, reduction="mean").item()
@@ -248,10 +288,11 @@ def main(argv=None) -> int:
         epoch_time = time.perf_counter() - start
         train_loss = total / steps_per_epoch  # the check at the epoch's last step already reduced the sum
 
-        eval_model = ema.module if ema is not None else model
+        eval_model, eval_start = ema.module if ema is not None else model, time.perf_counter()
         metrics = {"epoch": epoch, "train_loss": train_loss, **evaluate(eval_model, val_loader, eval_transform, accelerator),
                    "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": epoch_time,
-                   "train_images_per_s": steps_per_epoch * batch_size * accelerator.num_processes / epoch_time}
+                   "train_images_per_s": steps_per_epoch * batch_size * accelerator.num_processes / epoch_time,
+                   "eval_time_s": time.perf_counter() - eval_start}
         if torch.cuda.is_available():
             metrics["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
         accelerator.log(metrics, step=epoch)
@@ -264,12 +305,20 @@ def main(argv=None) -> int:
         if accelerator.is_main_process:
             with metrics_file.open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
-            if is_best:  # the folder that gets pushed: weights, timm config, metrics, args, model card
-                export_model(accelerator.unwrap_model(eval_model, keep_torch_compile=False),
-                             output_dir / "best", data_config, data.class_names,
-                             {"metrics.json": metrics, "training_args.json": asdict(cfg),
-                              "README.md": member_card(cfg.model, metrics, asdict(cfg), data.class_names)})
+        if is_best and is_writer(accelerator):  # the folder that gets pushed: weights, config, metrics, args, card
+            export_model(accelerator.unwrap_model(eval_model, keep_torch_compile=False),
+                         output_dir / "best", data_config, data.class_names,
+                         {"metrics.json": metrics, "training_args.json": asdict(cfg),
+                          "README.md": member_card(cfg.model, metrics, asdict(cfg), data.class_names)},
+                         dtype=torch.float16 if cfg.teacher else torch.float32)  # a student ships in fp16
         save_checkpoint(accelerator, output_dir, epoch)
+        if budget is not None and (epochs := budget.after_epoch(epoch, metrics["eval_time_s"])):
+            fix_epochs(epochs)
+            save_checkpoint(accelerator, output_dir, epoch)  # again, so that it holds the count and the horizon
+        elif budget is not None and budget.out_of_time(epoch):
+            print_main(f"--time-limit: stopping after epoch {epoch} of {cfg.epochs}, the schedule cut short: the "
+                       "epochs ran slower than the first one measured")
+            break
         if cfg.stop_after_epoch == epoch:
             print_main(f"stopping after epoch {epoch} (--stop-after-epoch)")
             break
@@ -279,7 +328,7 @@ def main(argv=None) -> int:
         plot_training_curves(metrics_file, output_dir / "training_curves.png")
         log_run_files(accelerator, output_dir)
         print_main(f"best val top-1 {state.best_top1:.2f}%; model folder: {output_dir / 'best'}")
-        repo_id = cfg.hub_repo_id or default_repo_id(cfg.model, cfg.data_dir)
+        repo_id = cfg.hub_repo_id or default_repo_id(cfg.model, cfg.data_dir) + ("-student" if cfg.teacher else "")
         # The best epoch's val/test probabilities, small enough to bring back instead of the weights.
         predictions = save_predictions(output_dir / "predictions.npz", output_dir / "best", data, cfg, repo_id,
                                        accelerator.device, cfg.batch_size * 2)
@@ -298,6 +347,9 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (DataError, ModelError, NonFiniteLoss, TrackingError) as exc:
+    except (DataError, DistributedError, ModelError, NonFiniteLoss, OutOfMemory, PredictionsError,
+            TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        end_failed_runs()  # a tracked run that stopped on an exception ends as FAILED, not RUNNING

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -108,6 +109,22 @@ def start_trackers(accelerator, cfg: TrainConfig, output_dir: Path) -> None:
                for t in accelerator.trackers if t.name in ("mlflow", "wandb")}
     if run_ids:
         (output_dir / RUN_IDS_FILE).write_text(json.dumps(run_ids, indent=2))
+
+
+def end_failed_runs() -> None:
+    """End the MLflow and W&B runs a failed training left open as FAILED.  Call when training stops on an exception:
+    a run that finished has already been ended by Accelerate's `end_training`, so this does nothing then.  Without
+    it MLflow's exit hook would mark the failed run FINISHED (or leave it RUNNING if the process is killed)."""
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        if mlflow.active_run() is not None:
+            mlflow.end_run(status="FAILED")
+    if "wandb" in sys.modules:
+        import wandb
+
+        if wandb.run is not None:
+            wandb.finish(exit_code=1)
 
 
 def log_run_files(accelerator, output_dir: Path) -> None:

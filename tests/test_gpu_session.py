@@ -1,0 +1,65 @@
+"""benchmarks/gpu_session.sh: the CPU dry run of `all` (the same steps as on the GPU, tiny settings) returns every
+file the GPU session must bring back, within the device tool's limits, and `ensemble` builds the report from them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from conftest import ENV, REPO
+
+SCRIPT = REPO / "benchmarks" / "gpu_session.sh"
+MODELS = ("seresnet50", "efficientnet_b0", "vit_small_patch16_224")
+MEMBER_FILES = {"metrics.jsonl", "training_curves.png", "predictions.npz", "summary.json", "training_args.json",
+                "train.log", "best/config.json", "best/metrics.json"}
+
+
+@pytest.mark.slow
+def test_cpu_dry_run_of_all_returns_every_file_and_the_ensemble_builds(cifar10_archive, cache_root, tmp_path):
+    from vision_ensemble.data import prepare_cache
+
+    prepare_cache(cifar10_archive, cache_root, 64)  # shared with the other tests' 32 px runs
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python3").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')  # the venv's Python as python3
+    (shim / "python3").chmod(0o755)
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    env = {**ENV, "PATH": f"{shim}:{os.environ['PATH']}", "OUT": str(out), "RUNS": str(runs), "GPU_SESSION_CPU": "1",
+           "DATA": str(cifar10_archive), "VISION_ENSEMBLE_CACHE": str(cache_root), "SITE": str(tmp_path / "site"),
+           "MEMBERS_END_S": "240"}
+    result = subprocess.run(["bash", str(SCRIPT), "all"], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+    # The device tool's limits: at most 8 files, 16 MiB each, 64 MiB in all, no deeper than OUT/a/b/file.
+    returned = [p for p in out.rglob("*") if p.is_file()]
+    assert {p.name for p in returned} == {"session.log", "throughput.jsonl", *(f"{m}.tar.gz" for m in MODELS)}
+    assert len(returned) <= 8 and sum(p.stat().st_size for p in returned) <= 64 * 2**20
+    assert all(p.stat().st_size <= 16 * 2**20 and len(p.relative_to(out).parts) <= 3 for p in returned)
+
+    log = (out / "session.log").read_text()
+    assert "timm 1.0.31" in log and "step members" in log and "done:" in log
+    assert [json.loads(line)["model"] for line in (out / "throughput.jsonl").read_text().splitlines()] == list(MODELS)
+    for model in MODELS:
+        with tarfile.open(out / f"{model}.tar.gz") as archive:
+            assert {name.removeprefix(f"{model}/") for name in archive.getnames()} == MEMBER_FILES
+            summary = json.load(archive.extractfile(f"{model}/summary.json"))
+        # On the loaded CPU the limit may hold one epoch only; test_time_limit.py checks the schedule's end.
+        assert summary["model"] == model and summary["epochs"] == summary["planned_epochs"] >= 1
+        assert summary["time_limit_min"] >= 1 and summary["mean_images_per_s"] > 0
+        assert f"{model}: exit 0" in log
+
+    # Back on CPU: the report from the returned files alone.
+    results, unpacked = tmp_path / "results", tmp_path / "unpacked"
+    unpacked.mkdir()
+    env = {**env, "RUNS": str(unpacked), "RESULTS": str(results)}
+    result = subprocess.run(["bash", str(SCRIPT), "ensemble", str(out)], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    report = json.loads((results / "report.json").read_text())
+    assert len(report["members"]) == 3 and (results / "throughput.jsonl").exists()
+    assert all((results / model / "summary.json").exists() for model in MODELS)

@@ -1,0 +1,146 @@
+"""--time-limit: the epoch arithmetic, the decision points of TimeBudget (on a fake clock), and real CPU runs that
+end on time with the cosine schedule completed, also across an interruption and two processes."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FINETUNE, run
+from vision_ensemble.config import default_cache_size
+from vision_ensemble.training import time_budget
+from vision_ensemble.training.time_budget import TAIL_FIXED_S, TimeBudget, fit_epochs
+
+MIN_LR = 1e-6  # TrainConfig.min_lr: where the cosine schedule ends
+
+
+def planned_time(epochs, elapsed, step_s, steps, end_s, tail_s, steps_done, ended):
+    return elapsed + (epochs * steps - steps_done) * step_s + (epochs - ended) * end_s + tail_s
+
+
+def test_fit_epochs_takes_the_most_epochs_that_fit():
+    # 100 s budget, 10 s spent on one whole 2 s epoch and the start-up, 5 s for the predictions: 43 epochs of 2 s.
+    assert fit_epochs(100, 10, 0.1, 10, 1.0, 5, steps_done=10, epochs_ended=1) == 43
+    assert fit_epochs(100, 99, 0.1, 10, 1.0, 5, steps_done=10, epochs_ended=1) == 1  # over budget: finish the epoch
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        budget, step_s = rng.uniform(30, 3600), rng.uniform(1e-3, 1)
+        end_s, tail_s = rng.uniform(0, 20), rng.uniform(0, 30)
+        steps = int(rng.integers(1, 2000))
+        steps_done, ended = (steps, 1) if rng.random() < 0.5 else (int(rng.integers(1, steps + 1)), 0)
+        elapsed = rng.uniform(0, 20) + steps_done * step_s + ended * end_s
+        args = (elapsed, step_s, steps, end_s, tail_s, steps_done, ended)
+        epochs = fit_epochs(budget, *args)
+        assert epochs >= 1
+        if epochs > 1:
+            assert planned_time(epochs, *args) <= budget + 1e-6
+        assert planned_time(epochs + 1, *args) > budget - 1e-6
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+class CpuAccelerator:
+    device = torch.device("cpu")
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(time_budget.time, "time", fake)
+    return fake
+
+
+def test_a_long_first_epoch_is_decided_on_its_first_probe_steps(clock):
+    # Started 20 s ago; 1000 steps of 0.5 s per epoch, 10 evaluation batches; predictions cost 6 evaluations.
+    budget = TimeBudget(60, CpuAccelerator(), steps_per_epoch=1000, eval_batches=10, tail_eval_ratio=6,
+                        probe_steps=100, started_at=clock.now - 20)
+    decided = []
+    for step in range(1, 1001):
+        clock.now += 3.0 if step == 1 else 0.5  # step 1 carries the one-off costs and is not counted
+        decided.append(budget.after_step(step))
+    assert decided[:99] == [None] * 99 and decided[100:] == [None] * 900
+    assert budget.step_s == pytest.approx(0.5)
+    eval_s = 10 * 0.5  # estimated: one training step per evaluation batch
+    expected = fit_epochs(3600 * (1 - time_budget.MARGIN), 20 + 3 + 99 * 0.5, 0.5, 1000, eval_s,
+                          6 * eval_s + TAIL_FIXED_S, 100, 0)
+    assert decided[99] == expected == budget.epochs == 6
+    assert budget.after_epoch(1, eval_s=4.0) is None  # decided once
+
+
+def test_a_short_first_epoch_is_decided_after_its_evaluation_and_checkpoint(clock):
+    budget = TimeBudget(10, CpuAccelerator(), steps_per_epoch=50, eval_batches=4, tail_eval_ratio=6,
+                        started_at=clock.now - 30)
+    for step in range(1, 51):
+        clock.now += 2.0 if step == 1 else 0.2
+        assert budget.after_step(step) is None
+    clock.now += 3.0  # evaluation 1 s, export and checkpoint 2 s
+    epochs = budget.after_epoch(1, eval_s=1.0)
+    elapsed = 30 + 2 + 49 * 0.2 + 3
+    assert epochs == fit_epochs(600 * (1 - time_budget.MARGIN), elapsed, 0.2, 50, 3.0, 6 + TAIL_FIXED_S, 50, 1)
+    assert budget.epoch_end_s == pytest.approx(3.0)
+    # Later epochs as planned (13 s): no early stop; one much slower than planned near the end: stop.
+    clock.now += 13
+    assert budget.after_epoch(2, eval_s=1.0) is None and not budget.out_of_time(2)
+    clock.now = budget.started_at + 600 - 20
+    assert budget.after_epoch(3, eval_s=1.0) is None and budget.out_of_time(3)
+
+
+@pytest.fixture(scope="module")
+def decoded(cifar10_archive, cache_root):
+    """The cache the runs read (64 px for a 32 px model), built before any clock starts."""
+    from vision_ensemble.data import prepare_cache
+
+    prepare_cache(cifar10_archive, cache_root, default_cache_size(32))
+
+
+def read_rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def time_limited_args(archive, cache_root, out, minutes, *extra):
+    return ["--model", "test_resnet", "--img-size", "32", "--batch-size", "32", "--data-dir", str(archive),
+            "--cache-dir", str(cache_root), "--output-dir", str(out), "--max-train-samples", "512",
+            "--max-eval-samples", "128", "--time-limit", str(minutes), *extra]
+
+
+def test_a_time_limited_run_ends_on_time_with_its_schedule_completed(decoded, cifar10_archive, cache_root, tmp_path):
+    minutes = 1.0  # the start-up alone (imports, the cache, the model) takes 10-30 s on the loaded 2-core CPU
+    start = time.time()
+    result = run([sys.executable, FINETUNE, *time_limited_args(cifar10_archive, cache_root, tmp_path, minutes)])
+    wall_s = time.time() - start
+    assert abs(wall_s - 60 * minutes) <= 0.1 * 60 * minutes, (wall_s, result.stdout[-2000:])
+    chosen = json.loads((tmp_path / "training_args.json").read_text())["epochs"]
+    assert f"--time-limit {minutes:g} min: {chosen} epoch(s) fit" in result.stdout
+    rows = read_rows(tmp_path)
+    assert [r["epoch"] for r in rows] == list(range(1, chosen + 1)) and chosen >= 2
+    assert rows[-1]["lr"] == pytest.approx(MIN_LR)  # the cosine schedule ended, not cut off
+    lrs = [r["lr"] for r in rows]
+    assert max(lrs) > 100 * MIN_LR and lrs[1:] == sorted(lrs[1:], reverse=True)  # warmup <= 1 epoch, then cosine
+    assert (tmp_path / "predictions.npz").exists()
+
+
+@pytest.mark.slow
+def test_two_processes_agree_on_the_count_and_a_resume_keeps_it(decoded, cifar10_archive, cache_root, tmp_path):
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+              "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no", FINETUNE]
+    args = time_limited_args(cifar10_archive, cache_root, tmp_path, 1.5)
+    first = run([*launch, *args, "--stop-after-epoch", "2"])
+    chosen = json.loads((tmp_path / "training_args.json").read_text())["epochs"]
+    assert first.stdout.count("epoch(s) fit") == 1 and chosen > 2  # one decision, printed by the main process
+    second = run([*launch, *args, "--resume", "latest"])
+    assert "resumed from" in second.stdout and "epoch(s) fit" not in second.stdout  # no new measurement
+    assert json.loads((tmp_path / "training_args.json").read_text())["epochs"] == chosen
+    rows = read_rows(tmp_path)
+    assert [r["epoch"] for r in rows] == list(range(1, chosen + 1))
+    assert rows[-1]["lr"] == pytest.approx(MIN_LR)

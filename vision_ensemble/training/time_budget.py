@@ -1,0 +1,134 @@
+"""Training for a wall-clock budget (`--time-limit`): the first epoch measures the speed, then the number of
+epochs that fits is fixed and the warmup + cosine schedule rebuilt to end with it (until then the run follows the
+schedule of `--epochs`; where the new count caps the warmup shorter, the rate steps up to the shorter ramp).  The
+main process decides and broadcasts, so every rank runs the same count.  An estimate, not a guarantee: epochs that
+later turn slower (another process starts sharing the GPU) make `out_of_time` end the run early with the schedule
+cut short, saying so; faster ones end it early with the schedule complete.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import psutil
+import torch
+from accelerate.utils import broadcast
+from timm.scheduler import create_scheduler_v2
+
+from ..config import TIME_LIMIT_PROBE_STEPS, TrainConfig
+
+MARGIN = 0.02  # of the limit, kept free for what the estimate misses (process exit, a slower epoch)
+# After the loop, beside the predictions: loading best/, the curves plot, process exit (5-9 s on a loaded 2-core CPU).
+TAIL_FIXED_S = 6.0
+
+
+def cosine_schedule(optimizer, cfg: TrainConfig, updates_per_epoch: int):
+    """timm's per-step warmup + cosine over `cfg.epochs`.  A warmup as long as the run (a 1-epoch quick run under
+    a 2-epoch recipe warmup) would end the run before the rate peaks and skip the decay: it is capped at a tenth
+    of the run (the recipes' warmups fit in it).  Returns the scheduler and the warmup in epochs."""
+    warmup_epochs = min(cfg.warmup_epochs, cfg.epochs / 10)
+    scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=cfg.epochs, warmup_epochs=warmup_epochs,
+                                       min_lr=cfg.min_lr, warmup_lr=cfg.effective_lr * 1e-3, step_on_epochs=False,
+                                       updates_per_epoch=updates_per_epoch)
+    return scheduler, warmup_epochs
+
+
+def fit_epochs(budget_s: float, elapsed_s: float, step_s: float, steps_per_epoch: int, epoch_end_s: float,
+               tail_s: float, steps_done: int, epochs_ended: int) -> int:
+    """The most epochs whose remaining steps and epoch ends, plus the tail, fit in what is left of the budget
+    (at least 1: the epoch under way finishes).  `steps_done`/`epochs_ended` are already in `elapsed_s`."""
+    left = budget_s - elapsed_s - tail_s + steps_done * step_s + epochs_ended * epoch_end_s
+    return max(1, math.floor(left / (steps_per_epoch * step_s + epoch_end_s)))
+
+
+def predictions_eval_ratio(data, cfg: TrainConfig, val_images: int) -> float:
+    """The final predictions' cost in per-epoch evaluations: val and the same-sized test subset, with and without
+    flip (none without a test split)."""
+    if data.test is None:
+        return 0.0
+    return 2 * (val_images + min(len(data.test), cfg.max_eval_samples or len(data.test))) / val_images
+
+
+class TimeBudget:
+    """The run's clock for `--time-limit`; finetune.py calls `after_step` after each training step and
+    `after_epoch` after each checkpoint.  Both return the number of epochs when they decide it, else None.
+
+    The budget runs from this process's start (under `accelerate launch`, the worker's, not the launcher's) to its
+    end.  Steps 2 to N of the first epoch give the time of a step (N = the epoch's steps, or TIME_LIMIT_PROBE_STEPS
+    when it is longer; step 1 carries one-off costs such as cuDNN autotuning).  A first epoch within the probe is
+    decided on at its end, after its evaluation, export and checkpoint, so those costs are measured (finetune.py
+    then writes that checkpoint again, holding the count); a longer one mid-epoch, its evaluation estimated as one
+    training step per evaluation batch (twice the images, no backward pass) and its checkpoint not counted.  The
+    work after the loop (the best model's predictions on val and test, with and without flip) is estimated from the
+    evaluation time scaled by the images it covers, plus TAIL_FIXED_S."""
+
+    def __init__(self, minutes: float, accelerator, steps_per_epoch: int, eval_batches: int, tail_eval_ratio: float,
+                 probe_steps: int = TIME_LIMIT_PROBE_STEPS, started_at: float | None = None):
+        self.limit_s = minutes * 60
+        self.budget_s = self.limit_s * (1 - MARGIN)
+        self.started_at = psutil.Process().create_time() if started_at is None else started_at
+        self.accelerator = accelerator
+        self.steps_per_epoch, self.eval_batches, self.tail_eval_ratio = steps_per_epoch, eval_batches, tail_eval_ratio
+        self.probe_steps = min(probe_steps, steps_per_epoch)
+        self.loop_started = self.first_step_end = self.train_end = time.time()
+        self.epoch_end = self.last_epoch_s = None
+        self.step_s = self.epoch_end_s = self.tail_s = None
+        self.epochs = None
+
+    def elapsed(self) -> float:
+        return time.time() - self.started_at
+
+    def _now(self) -> float:  # after the device has caught up with the queued steps
+        if self.accelerator.device.type == "cuda":
+            torch.cuda.synchronize(self.accelerator.device)
+        return time.time()
+
+    def after_step(self, step: int) -> int | None:
+        """Call after each training step; decides at the end of a probe shorter than the first epoch."""
+        if self.step_s is not None:
+            return None
+        if step == 1:
+            self.first_step_end = self._now()
+        if step == self.probe_steps:
+            now = self._now()
+            self.step_s = (now - self.first_step_end) / (step - 1) if step > 1 else now - self.loop_started
+            self.train_end = now
+            if step < self.steps_per_epoch:  # a long epoch: decide now, its end estimated
+                eval_s = self.eval_batches * self.step_s
+                return self._decide(eval_s, eval_s, steps_done=step, epochs_ended=0)
+        return None
+
+    def after_epoch(self, epoch: int, eval_s: float) -> int | None:
+        """Call after each epoch's checkpoint with its evaluation time; decides after the first epoch (when its
+        steps were all probed)."""
+        previous, self.epoch_end = self.epoch_end, time.time()
+        self.last_epoch_s = self.epoch_end - (previous or self.loop_started)
+        if self.epochs is not None:
+            return None
+        return self._decide(eval_s, self.epoch_end - self.train_end, steps_done=self.steps_per_epoch, epochs_ended=1)
+
+    def _decide(self, eval_s: float, epoch_end_s: float, steps_done: int, epochs_ended: int) -> int:
+        self.epoch_end_s = epoch_end_s
+        self.tail_s = self.tail_eval_ratio * eval_s + TAIL_FIXED_S
+        epochs = fit_epochs(self.budget_s, self.elapsed(), self.step_s, self.steps_per_epoch, epoch_end_s,
+                            self.tail_s, steps_done, epochs_ended)
+        # Each rank timed itself; the main process's count is the one everybody runs.
+        self.epochs = int(broadcast(torch.tensor([epochs], device=self.accelerator.device), from_process=0).item())
+        return self.epochs
+
+    def describe(self) -> str:
+        only_measured = self.epochs == 1 and self.epoch_end is not None  # decided after its only epoch
+        return (f"--time-limit {self.limit_s / 60:g} min: {self.epochs} epoch(s) fit (a step {self.step_s:.3g} s "
+                f"x {self.steps_per_epoch}, evaluation and checkpoint {self.epoch_end_s:.3g} s per epoch, "
+                f"{self.tail_s:.3g} s kept for the predictions after training, {self.elapsed():.0f} s spent so far)"
+                + ("; the limit holds only the epoch that measured it, which ran on the schedule of --epochs: give "
+                   "more time for a completed schedule" if only_measured else ""))
+
+    def out_of_time(self, epoch: int) -> bool:
+        """After an epoch past the decision: True when the next epoch, as long as this one was, would end past the
+        limit (the estimate was wrong).  Agreed across ranks (the main process's clock)."""
+        if self.epochs is None or epoch >= self.epochs or epoch <= 1:
+            return False
+        late = int(self.elapsed() + self.last_epoch_s + self.tail_s > self.limit_s)
+        return bool(broadcast(torch.tensor([late], device=self.accelerator.device), from_process=0).item())
