@@ -145,6 +145,7 @@ def test_evaluation_with_a_missing_tracker_stops_before_loading(cifar10_archive,
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_a_run_stopped_by_a_nan_loss_ends_failed_not_running(cifar10, cifar10_archive, cache_root, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path / "run",

@@ -169,6 +169,7 @@ def test_compiled_run_saves_plain_timm_keys(cifar10, cifar10_archive, cache_root
     timm.create_model(f"local-dir:{tmp_path / 'best'}", pretrained=True)
 
 
+@pytest.mark.slow
 def test_batch_size_auto_halves_until_a_step_fits_and_records_it(cifar10, cifar10_archive, cache_root, tmp_path):
     # test_resnet has no recipe: auto starts from the fallback 128; a step of more than 40 images "runs out of memory"
     result = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path, "--epochs", "1"),
@@ -179,6 +180,7 @@ def test_batch_size_auto_halves_until_a_step_fits_and_records_it(cifar10, cifar1
     assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
 
 
+@pytest.mark.slow
 def test_a_fixed_batch_that_does_not_fit_stops_with_one_line_saying_what_to_try(cifar10_archive, cache_root, tmp_path):
     result = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path),
                   "--oom-above-batch", "16"], check=False)
