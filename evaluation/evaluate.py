@@ -11,7 +11,8 @@ is measured on the test split.  Writes report.json, ensemble.json (the manifest 
 uncertainty rule and the conformal prediction-set rule chosen on validation), confusion_matrix.png,
 reliability_diagram.png and conformal_coverage.png; with models,
 --diagnose adds error_gallery.png, the top confusions and accuracy under FGSM/PGD attacks
-(robustness.png); with --update-card, fills the results section of model_card.md from the report.
+(robustness.png); with --update-card, fills the results section and the Hub metadata (model-index) of
+model_card.md from the report, and lists the members published on the Hub as the Space's `models:` in README.md.
 With --student (a distilled student's folder, or its predictions.npz beside --predictions), the report puts the
 student beside the ensemble (top-1, ECE before and after its temperature, agreement with the ensemble, batch-1
 latency of both on 2 CPU threads) and <output-dir>/student/ is the folder the Space serves by default: the
@@ -51,7 +52,7 @@ from vision_ensemble.evaluation.report import (MemberPredictions, evaluate_ensem
                                                summary_lines, write_outputs)
 from vision_ensemble.evaluation.sharding import sharded_probabilities
 from vision_ensemble.evaluation.student import batch1_latency_ms, compare_student, write_student_folder
-from vision_ensemble.hub import MODEL_CARD, fill_results, results_markdown
+from vision_ensemble.hub import MODEL_CARD, SPACE_README, ensemble_card, space_models
 from vision_ensemble.images import ImageError, load_rgb
 from vision_ensemble.model import Member, ModelError
 from vision_ensemble.training.tracking import TrackingError, log_evaluation, require_trackers
@@ -100,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank the val and test images by how likely their label is wrong (cleanlab's confident "
                         "learning on the ensemble's probabilities): label_issues.csv and label_issues.png; review them "
                         "with python -m vision_ensemble.labeler FOLDER --review label_issues.csv")
-    p.add_argument("--update-card", action="store_true", help="write the results into model_card.md")
+    p.add_argument("--update-card", action="store_true", help="write the results and their Hub metadata into "
+                   "model_card.md, and the members' Hub repos into README.md's models:")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--report-to", choices=("none", "mlflow"), default="none",
                    help="also log the report as an MLflow run ($MLFLOW_TRACKING_URI, default sqlite:///mlflow.db)")
@@ -225,7 +227,8 @@ def evaluate_predictions(args, command: str) -> int:
 def finish(args, evaluation, written: list[Path]) -> int:
     """Model card, tracker and the summary: the same for both kinds of members."""
     if args.update_card:
-        MODEL_CARD.write_text(fill_results(MODEL_CARD.read_text(), results_markdown(evaluation.report)))
+        MODEL_CARD.write_text(ensemble_card(MODEL_CARD.read_text(), evaluation.report))
+        space_models(SPACE_README, args.output_dir / "ensemble.json")  # the members on the Hub, linked to the Space
     if args.report_to == "mlflow":
         print(f"logged to MLflow run {log_evaluation(evaluation.report, args.output_dir)}")
     print("\n".join(summary_lines(evaluation.report)))

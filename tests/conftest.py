@@ -3,6 +3,8 @@ tiny members, tiny training runs, the live app on a free port, and headless Chro
 
 from __future__ import annotations
 
+import importlib.util
+import io
 import json
 import os
 import shutil
@@ -11,7 +13,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +23,7 @@ import timm
 import torch
 from PIL import Image
 
-from vision_ensemble.config import CIFAR10_CLASSES
+from vision_ensemble.config import CIFAR10_CLASSES, default_cache_size
 from vision_ensemble.model import export_model, training_data_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,9 +45,11 @@ def cache_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cifar10(cifar10_archive, cache_root):
+    """CIFAR-10 decoded once, into the cache the 32 px test runs of train/ and evaluation/ use (a cache is keyed by
+    its size: another size would decode all 60,000 images again)."""
     from vision_ensemble.data import load_dataset
 
-    return load_dataset(cifar10_archive, cache_root=cache_root)
+    return load_dataset(cifar10_archive, cache_root=cache_root, cache_size=default_cache_size(32))
 
 
 def make_image_folder(root: Path, classes=("circle", "square", "stripes"), per_class=12, size=(80, 100),
@@ -83,11 +88,41 @@ def tiny_run_args(archive, cache_root, output_dir, *extra):
             "--max-train-samples", "256", "--max-eval-samples", "101", "--no-data-check", *extra]
 
 
-def run(cmd, check=True):
-    result = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=600, cwd=REPO)
+@pytest.fixture(scope="session")
+def trained_run(cifar10, cifar10_archive, cache_root, tmp_path_factory) -> Path:
+    """One tiny single-process training run (2 epochs of test_resnet, published as someone/tiny-a), shared by
+    every test that only reads its folder: best/, checkpoints/, metrics.jsonl, predictions.npz."""
+    out = tmp_path_factory.mktemp("trained_run")
+    run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, out, "--hub-repo-id", "someone/tiny-a")])
+    return out
+
+
+def run(cmd, check=True, **extra_env: str):
+    result = subprocess.run(cmd, env={**ENV, **extra_env}, capture_output=True, text=True, timeout=600, cwd=REPO)
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result
+
+
+@cache
+def _script(path: str):
+    spec = importlib.util.spec_from_file_location(f"script_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_in_process(script: str | Path, *args) -> subprocess.CompletedProcess:
+    """`python script *args` as this process's call of the script's main(argv): the same code path as `run`
+    without starting an interpreter and importing torch again (seconds per call). For tests of its output and
+    exit code; what only a real process shows (the __main__ error handler, imports, sys.modules) needs `run`."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = _script(str(script)).main([str(a) for a in args])
+        except SystemExit as exc:  # argparse: --help, usage errors
+            code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    return subprocess.CompletedProcess([str(script), *map(str, args)], code, out.getvalue(), err.getvalue())
 
 
 def make_member(folder: Path, seed: int, img_size: int, classes=CIFAR10_CLASSES, sharpen: float = 1.0) -> Path:
@@ -166,6 +201,16 @@ def running_app(manifest: Path, log_file: Path, **extra_env: str):
         process.wait(timeout=30)
 
 
+@pytest.fixture(scope="session")
+def app_without_weights(tmp_path_factory):
+    """(url, log file) of one app.py started without an ensemble, shared by the tests of that state."""
+    root = tmp_path_factory.mktemp("no_weights")
+    process, url = start_app(root / "missing.json", root / "app.log")
+    yield url, root / "app.log"
+    process.terminate()
+    process.wait(timeout=30)
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # No sandbox (containers), and no background traffic that would keep "networkidle" from ever arriving.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
@@ -189,7 +234,7 @@ def browser_page(url: str, width: int = 1280, height: int = 1000):
             browser.close()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def ensemble_dir(tmp_path_factory):
     """Two tiny members (32 and 48 px) and their ensemble.json, as the Space loads them."""
     root = tmp_path_factory.mktemp("space")

@@ -18,6 +18,8 @@ from conftest import EXAMPLES, start_app
 from vision_ensemble.evaluation.ensemble import Ensemble
 from vision_ensemble.images import load_rgb
 
+pytestmark = pytest.mark.slow  # a live app.py on a local port
+
 UPLOAD_LIMIT = 150_000  # bytes: examples/china.jpg (197 kB) is over it, the CIFAR-10 examples far under
 CAT, SHIP = EXAMPLES / "cifar10_cat.png", EXAMPLES / "cifar10_ship.png"
 
@@ -185,16 +187,12 @@ def test_openapi_docs_describe_the_contract(server):
     assert "/api/health" in spec["paths"]
 
 
-def test_without_an_ensemble_the_api_answers_503(tmp_path):
-    process, url = start_app(tmp_path / "missing.json", tmp_path / "app.log")
-    try:
-        with httpx.Client(base_url=url, timeout=60) as http:
-            response = post_file(http, CAT)
-            assert response.status_code == 503 and "No model weights are loaded" in response.json()["error"]
-            health = http.get("/api/health")
-            assert health.status_code == 503 and health.json()["status"] == "unavailable"
-            assert "no ensemble loaded" in health.json()["detail"] and health.json()["members"] == []
-            assert http.get("/").status_code == 200  # the Space itself still serves
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+def test_without_an_ensemble_the_api_answers_503(app_without_weights):
+    url, _ = app_without_weights
+    with httpx.Client(base_url=url, timeout=60) as http:
+        response = post_file(http, CAT)
+        assert response.status_code == 503 and "No model weights are loaded" in response.json()["error"]
+        health = http.get("/api/health")
+        assert health.status_code == 503 and health.json()["status"] == "unavailable"
+        assert "no ensemble loaded" in health.json()["detail"] and health.json()["members"] == []
+        assert http.get("/").status_code == 200  # the Space itself still serves

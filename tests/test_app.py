@@ -16,6 +16,8 @@ from vision_ensemble.evaluation.ensemble import Ensemble
 from vision_ensemble.evaluation.thresholds import optimize, read_scores_csv
 from vision_ensemble.images import load_rgb
 
+pytestmark = pytest.mark.slow  # a live app.py on a local port
+
 
 @pytest.fixture(scope="module")
 def app(ensemble_dir, tmp_path_factory):
@@ -110,17 +112,18 @@ def test_bad_inputs_get_plain_errors_and_the_server_keeps_serving(app, tmp_path)
     assert len(label["confidences"]) == 3
 
 
-def test_without_weights_the_app_starts_and_the_threshold_tab_works(tmp_path):
-    from gradio_client import handle_file
+def test_without_weights_the_app_starts_and_the_threshold_tab_works(app_without_weights):
+    from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    with running_app(tmp_path / "missing.json", tmp_path / "app.log") as (client, _):
-        with pytest.raises(AppError, match="No model weights are loaded"):
-            client.predict(handle_file(str(EXAMPLES / "cifar10_cat.png")), api_name="/classify")
-        out = client.predict(handle_file(str(EXAMPLES / "classifier_scores.csv")), "label", "score", "(auto)", "f1",
-                             1, 1, 1, 0.9, 0.9, api_name="/optimize_threshold")
-        assert "Best threshold" in out[0]
-    assert "no ensemble loaded" in (tmp_path / "app.log").read_text()
+    url, log_file = app_without_weights
+    client = Client(url, verbose=False)
+    with pytest.raises(AppError, match="No model weights are loaded"):
+        client.predict(handle_file(str(EXAMPLES / "cifar10_cat.png")), api_name="/classify")
+    out = client.predict(handle_file(str(EXAMPLES / "classifier_scores.csv")), "label", "score", "(auto)", "f1",
+                         1, 1, 1, 0.9, 0.9, api_name="/optimize_threshold")
+    assert "Best threshold" in out[0]
+    assert "no ensemble loaded" in log_file.read_text()
 
 
 @needs_chromium

@@ -4,14 +4,11 @@ accuracy under Captum's FGSM and PGD, all in report.json and the model card's re
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO, make_member, make_vit_member
+from conftest import REPO, make_member, make_vit_member, run_in_process
 from vision_ensemble.evaluation.diagnostics import top_confusions
 from vision_ensemble.evaluation.ensemble import UncertaintyRule
 from vision_ensemble.hub import results_markdown
@@ -56,17 +53,16 @@ def test_top_confusions_are_the_largest_off_diagonal_cells():
         {"true": "a", "predicted": "b", "count": 3}]
 
 
+@pytest.mark.slow
 def test_evaluate_diagnose_writes_gallery_robustness_and_card(cifar10_archive, cache_root, tmp_path):
     # A CNN at 48 px and a ViT at 32 px: the 32 px test images are resized inside the attacked wrapper.
     members = [make_member(tmp_path / "cnn", 0, 48, sharpen=5.0), make_vit_member(tmp_path / "vit", 1)]
     out_dir = tmp_path / "results"
     samples = 32  # the whole (sub-sampled) test split is attacked, so epsilon 0 must equal the clean top-1
-    result = subprocess.run(
-        [sys.executable, str(REPO / "evaluation" / "evaluate.py"), "--models", *map(str, members),
-         "--data-dir", str(cifar10_archive), "--cache-dir", str(cache_root), "--output-dir", str(out_dir), "--tta",
-         "--max-eval-samples", str(samples), "--diagnose", "--attack-samples", str(samples), "--pgd-steps", "3",
-         "--ood-images", str(REPO / "examples" / "china.jpg"), str(REPO / "examples" / "flower.jpg")],
-        capture_output=True, text=True, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    result = run_in_process(
+        REPO / "evaluation" / "evaluate.py", "--models", *members, "--data-dir", cifar10_archive, "--cache-dir",
+        cache_root, "--output-dir", out_dir, "--tta", "--max-eval-samples", samples, "--diagnose", "--attack-samples",
+        samples, "--pgd-steps", "3", "--ood-images", REPO / "examples" / "china.jpg", REPO / "examples" / "flower.jpg")
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out_dir / "report.json").read_text())
     diagnostics = report["diagnostics"]

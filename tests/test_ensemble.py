@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 
-from conftest import REPO, make_member
+from conftest import REPO, make_member, run_in_process
 from vision_ensemble.config import CIFAR10_CLASSES
 from vision_ensemble.evaluation.calibration import apply_temperature, expected_calibration_error, fit_temperature, nll
 from vision_ensemble.evaluation.ensemble import Ensemble, fit_weights
@@ -98,6 +98,7 @@ def test_mismatched_classes_and_corrupt_weights_name_the_member(members, tmp_pat
         Member.load("no/such-repo")
 
 
+@pytest.mark.slow
 def test_hub_layout_loads_offline_through_huggingface_hub_and_timm(members, tmp_path, monkeypatch):
     """A local Hub cache in the exact layout snapshot_download serves, read with HF_HUB_OFFLINE=1."""
     cache = tmp_path / "hub"
@@ -120,6 +121,7 @@ def test_hub_layout_loads_offline_through_huggingface_hub_and_timm(members, tmp_
     assert out.stdout.strip() == "ok airplane"
 
 
+@pytest.mark.slow
 def test_evaluate_cli_writes_report_manifest_and_plots(members, cifar10, cifar10_archive, cache_root, tmp_path):
     out_dir = tmp_path / "results"
     result = subprocess.run([sys.executable, str(REPO / "evaluation" / "evaluate.py"), "--models", *map(str, members),
@@ -137,7 +139,6 @@ def test_evaluate_cli_writes_report_manifest_and_plots(members, cifar10, cifar10
     assert (out_dir / "reliability_diagram.png").stat().st_size > 10_000
     again = Ensemble.from_manifest(out_dir / "ensemble.json")  # relative member paths resolve from the manifest
     assert again.temperature == pytest.approx(report["ensemble"]["temperature"])
-    missing = subprocess.run([sys.executable, str(REPO / "evaluation" / "evaluate.py"), "--models", str(tmp_path / "nope"),
-                              "--data-dir", str(cifar10_archive), "--cache-dir", str(cache_root)],
-                             capture_output=True, text=True, cwd=REPO)
+    missing = run_in_process(REPO / "evaluation" / "evaluate.py", "--models", tmp_path / "nope", "--data-dir",
+                             cifar10_archive, "--cache-dir", cache_root)
     assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr

@@ -75,6 +75,7 @@ def explain_app(tmp_path_factory):
         yield client_and_url
 
 
+@pytest.mark.slow
 def test_explain_endpoint_returns_one_overlay_per_member(explain_app, tmp_path):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
@@ -95,6 +96,7 @@ def test_explain_endpoint_returns_one_overlay_per_member(explain_app, tmp_path):
         client.predict(handle_file(str(tmp_path / "not_an_image.png")), api_name="/explain")
 
 
+@pytest.mark.slow
 @needs_chromium
 def test_explain_button_shows_the_overlays_in_the_browser(explain_app, tmp_path):
     _, url = explain_app

@@ -124,6 +124,7 @@ def test_bad_freeze_spec_is_refused_in_one_line(spec):
         recipe_config({"model": "test_resnet", "freeze": spec})
 
 
+@pytest.mark.slow
 def test_photo_linear_probe_run_records_its_options_and_exports_the_models_crop_pct(tmp_path):
     root = make_image_folder(tmp_path / "photos", per_class=8, size=(120, 160), fmt="jpg")
     out = tmp_path / "run"

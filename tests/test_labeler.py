@@ -71,6 +71,10 @@ def test_bad_input_gets_one_line_errors(tmp_path):
     with pytest.raises(LabelingError, match="not an earlier export"):
         export_dataset(folder, labels, tmp_path / "notes", "0.5,0.5,0")
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_labeler_command_names_a_missing_folder_in_one_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "vision_ensemble.labeler", str(tmp_path / "missing"), "--classes", "a,b"],
                             cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stderr.strip() == f"error: image folder not found: {tmp_path / 'missing'}"

@@ -54,6 +54,7 @@ def ort_run(path, x: np.ndarray) -> np.ndarray:
     return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
+@pytest.mark.slow
 def test_cli_exports_each_member_equal_to_pytorch_and_reports_int8(manifest, cifar10_archive, cache_root, cifar10,
                                                                    test_images, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VISION_ENSEMBLE_CACHE": str(tmp_path / "not-this-cache")}

@@ -98,6 +98,7 @@ def one_cpu():
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one decode worker: the build takes long enough to kill
 
 
+@pytest.mark.slow
 def test_killed_cache_build_is_finished_by_resuming_and_equals_a_clean_build(photo_folder, tmp_path):
     clean = subprocess.run([sys.executable, "-c", BUILD, str(photo_folder), str(tmp_path / "clean")], env=ENV,
                            cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
@@ -226,6 +227,7 @@ def test_hf_dataset_without_an_image_column_lists_the_columns(tmp_path):
         prepare_cache(tmp_path / "odd", tmp_path / "cache")
 
 
+@pytest.mark.slow
 def test_hub_dataset_id_offline_is_one_clear_line(tmp_path):
     result = subprocess.run([sys.executable, "train/finetune.py", "--data-dir", "uoft-cs/cifar10", "--cache-dir",
                              str(tmp_path), "--output-dir", str(tmp_path / "run")],

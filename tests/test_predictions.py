@@ -4,14 +4,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ENV, FINETUNE, REPO, make_member, run, tiny_run_args
+from conftest import REPO, make_member, run_in_process
 from vision_ensemble.config import recipe_config
 from vision_ensemble.data import subset_indices
 from vision_ensemble.evaluation.predictions import evaluation_batch, load_predictions, save_predictions
@@ -22,15 +20,7 @@ EVAL_SAMPLES = 101  # tiny_run_args' --max-eval-samples: the run validates on th
 
 
 def evaluate(*args):
-    return subprocess.run([sys.executable, EVALUATE, *map(str, args)], env=ENV, capture_output=True, text=True,
-                          timeout=600, cwd=REPO)
-
-
-@pytest.fixture(scope="module")
-def trained_run(cifar10, cifar10_archive, cache_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, out, "--hub-repo-id", "someone/tiny-a")])
-    return out
+    return run_in_process(EVALUATE, *args)
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +34,7 @@ def second_member(cifar10, cifar10_archive, tmp_path_factory):
     return folder, path
 
 
+@pytest.mark.slow
 def test_run_folder_holds_the_best_epochs_probabilities(trained_run, cifar10):
     path = trained_run / "predictions.npz"
     saved = load_predictions(path)
@@ -75,6 +66,7 @@ def test_run_folder_holds_the_best_epochs_probabilities(trained_run, cifar10):
                                atol=1e-3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tta", [False, True])
 def test_report_from_predictions_equals_report_from_model_folders(trained_run, second_member, cifar10_archive,
                                                                   cache_root, tmp_path, tta):
@@ -110,6 +102,7 @@ def test_report_from_predictions_equals_report_from_model_folders(trained_run, s
     assert (tmp_path / "files" / "confusion_matrix.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_files_of_different_data_are_refused_in_one_line(trained_run, second_member, cifar10, cifar10_archive,
                                                          tmp_path):
     folder_b, predictions_b = second_member

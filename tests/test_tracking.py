@@ -60,6 +60,7 @@ def training_runs():
     return client.search_runs([experiment.experiment_id], "tags.model = 'test_resnet'")
 
 
+@pytest.mark.slow
 def test_two_process_run_logs_one_mlflow_run_with_options_metrics_and_artifacts(interrupted_then_resumed):
     out, first_run_id, first_history = interrupted_then_resumed
     assert first_history == [1]
@@ -93,6 +94,7 @@ def test_two_process_run_logs_one_mlflow_run_with_options_metrics_and_artifacts(
     assert open(curves, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_evaluation_logs_its_own_run_linked_to_the_member(interrupted_then_resumed, cifar10_archive, cache_root, store):
     root, env = store
     out, training_run_id, _ = interrupted_then_resumed
@@ -114,6 +116,7 @@ def test_evaluation_logs_its_own_run_linked_to_the_member(interrupted_then_resum
     assert len(training_runs()) == 1  # the evaluation did not add to the training run
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("report_to, missing", [("mlflow", "mlflow"), ("all", "wandb")])
 def test_missing_tracker_stops_before_any_data_is_decoded(cifar10_archive, tmp_path, report_to, missing):
     (tmp_path / "shim").mkdir()
@@ -129,6 +132,7 @@ def test_missing_tracker_stops_before_any_data_is_decoded(cifar10_archive, tmp_p
     assert not cache.exists() and not out.exists()  # nothing decoded, nothing trained
 
 
+@pytest.mark.slow
 def test_evaluation_with_a_missing_tracker_stops_before_loading(cifar10_archive, tmp_path):
     (tmp_path / "shim").mkdir()
     (tmp_path / "shim" / "sitecustomize.py").write_text(BLOCKER)
@@ -141,6 +145,7 @@ def test_evaluation_with_a_missing_tracker_stops_before_loading(cifar10_archive,
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_a_run_stopped_by_a_nan_loss_ends_failed_not_running(cifar10, cifar10_archive, cache_root, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path / "run",

@@ -10,9 +10,10 @@ import timm
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import FINETUNE, run, tiny_run_args
+from conftest import FINETUNE, run, run_in_process, tiny_run_args
 from vision_ensemble.config import recipe_config
 from vision_ensemble.model import create_model, load_model_folder
+
 
 @pytest.fixture(scope="module")
 def two_process_run(cifar10, cifar10_archive, cache_root, tmp_path_factory):
@@ -27,6 +28,7 @@ def two_process_run(cifar10, cifar10_archive, cache_root, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_two_process_run_writes_metrics_and_exports_best(two_process_run):
     rows = [json.loads(line) for line in (two_process_run / "metrics.jsonl").read_text().splitlines()]
     assert "2 process(es)" in (two_process_run / "stdout.txt").read_text()
@@ -47,6 +49,7 @@ def test_two_process_run_writes_metrics_and_exports_best(two_process_run):
     assert list((two_process_run / "vision_ensemble").glob("events.out.tfevents.*"))  # the tensorboard tracker
 
 
+@pytest.mark.slow
 def test_push_without_network_says_so_and_keeps_the_folder(two_process_run):
     stdout = (two_process_run / "stdout.txt").read_text()
     assert "not pushed: HF_HUB_OFFLINE=1 is set" in stdout
@@ -54,6 +57,7 @@ def test_push_without_network_says_so_and_keeps_the_folder(two_process_run):
     assert (two_process_run / "best" / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_exported_folder_reloads_with_timm_alone_and_same_logits(two_process_run):
     best = two_process_run / "best"
     model = timm.create_model(f"local-dir:{best}", pretrained=True).eval()
@@ -68,9 +72,10 @@ def test_exported_folder_reloads_with_timm_alone_and_same_logits(two_process_run
     assert len(class_names) == 10
 
 
-def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(cifar10, cifar10_archive, cache_root, tmp_path):
-    full, resumed = tmp_path / "full", tmp_path / "resumed"
-    run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, full)])
+@pytest.mark.slow
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(trained_run, cifar10_archive, cache_root,
+                                                                  tmp_path):
+    full, resumed = trained_run, tmp_path / "resumed"  # the shared run: the same arguments, never interrupted
     first = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, resumed, "--stop-after-epoch", "1")])
     assert "stopping after epoch 1" in first.stdout
     assert not (resumed / "checkpoints" / "epoch_002").exists()
@@ -85,6 +90,7 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(cifar10, cifar1
     assert epochs == [1, 2]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(cifar10, cifar10_archive, cache_root, tmp_path):
     result = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path, "--fail-at-epoch", "2")],
                  check=False)
@@ -111,22 +117,27 @@ def test_pretrained_path_loads_the_backbone_and_a_new_classifier(tmp_path):
         assert model.fc.weight.shape == (7, source.fc.in_features)
 
 
-def test_offline_pretrained_says_what_to_do_in_one_line(cifar10_archive, cache_root, tmp_path):
-    result = run([sys.executable, FINETUNE, "--model", "test_resnet", "--pretrained", "--data-dir", str(cifar10_archive),
-                  "--cache-dir", str(cache_root), "--output-dir", str(tmp_path), "--no-data-check"], check=False)
+@pytest.mark.slow
+def test_offline_pretrained_says_what_to_do_in_one_line(cifar10, cifar10_archive, cache_root, tmp_path):
+    # --img-size 32: the session's decoded cache (the model's default 160 px would decode CIFAR-10 once more).
+    result = run([sys.executable, FINETUNE, "--model", "test_resnet", "--pretrained", "--img-size", "32",
+                  "--data-dir", str(cifar10_archive), "--cache-dir", str(cache_root), "--output-dir", str(tmp_path),
+                  "--no-data-check"], check=False)
     assert result.returncode == 2
     assert "could not download ImageNet weights" in result.stderr and "--no-pretrained" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_help_lists_the_documented_flags():
-    result = run([sys.executable, FINETUNE, "--help"])
+    result = run_in_process(FINETUNE, "--help")
+    assert result.returncode == 0
     for flag in ("--model", "--pretrained", "--no-pretrained", "--pretrained-path", "--img-size", "--epochs",
                  "--batch-size", "--lr", "--seed", "--data-dir", "--output-dir", "--resume", "--report-to",
                  "--push-to-hub", "--hub-repo-id", "--max-train-samples", "--max-eval-samples"):
         assert flag in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data_mode", ["device", "stream"])
 def test_three_class_100x80_folder_trains_through_both_loaders(tmp_path, data_mode):
     from conftest import make_image_folder
@@ -143,17 +154,22 @@ def test_three_class_100x80_folder_trains_through_both_loaders(tmp_path, data_mo
     assert config["pretrained_cfg"]["input_size"] == [3, 48, 48]
 
 
+@pytest.mark.slow
 def test_compiled_run_saves_plain_timm_keys(cifar10, cifar10_archive, cache_root, tmp_path):
     """--compile wraps the model (keys gain '_orig_mod.'); checkpoints and the export must not."""
+    # The wrapper is the same whatever the backend: aot_eager (Dynamo and AOTAutograd, no Inductor C++ code
+    # generation) takes seconds where Inductor takes minutes on a CPU.
     run([sys.executable, FINETUNE, "--model", "test_resnet", "--img-size", "32", "--batch-size", "64", "--epochs", "1",
          "--data-dir", str(cifar10_archive), "--cache-dir", str(cache_root), "--output-dir", str(tmp_path),
-         "--max-train-samples", "256", "--max-eval-samples", "64", "--compile", "--no-data-check"])
+         "--max-train-samples", "256", "--max-eval-samples", "64", "--compile", "--no-data-check"],
+        TORCH_COMPILE_OVERRIDE_BACKENDS=">=0:aot_eager")
     for weights in (tmp_path / "best" / "model.safetensors", tmp_path / "checkpoints" / "epoch_001" / "model.safetensors"):
         keys = load_file(weights).keys()
         assert keys and not any("_orig_mod" in k for k in keys)
     timm.create_model(f"local-dir:{tmp_path / 'best'}", pretrained=True)
 
 
+@pytest.mark.slow
 def test_batch_size_auto_halves_until_a_step_fits_and_records_it(cifar10, cifar10_archive, cache_root, tmp_path):
     # test_resnet has no recipe: auto starts from the fallback 128; a step of more than 40 images "runs out of memory"
     result = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path, "--epochs", "1"),
@@ -164,6 +180,7 @@ def test_batch_size_auto_halves_until_a_step_fits_and_records_it(cifar10, cifar1
     assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
 
 
+@pytest.mark.slow
 def test_a_fixed_batch_that_does_not_fit_stops_with_one_line_saying_what_to_try(cifar10_archive, cache_root, tmp_path):
     result = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path),
                   "--oom-above-batch", "16"], check=False)

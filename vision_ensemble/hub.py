@@ -7,13 +7,19 @@ README.md of its Hub repo) is that page with the member's card metadata and numb
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
 
+from .config import CIFAR10_NAME
+
 MODEL_CARD = Path(__file__).resolve().parents[1] / "model_card.md"
+SPACE_README = MODEL_CARD.parent / "README.md"  # the Space's card: its front matter configures the Space
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "README.md"]  # what a member needs; never pickles
+CARD_TASK, CARD_LICENSE = "image-classification", "apache-2.0"
+CIFAR10_HUB_DATASET = "uoft-cs/cifar10"  # what the cards' metadata names CIFAR-10 as (a dataset id on the Hub)
 
 
 class HubError(RuntimeError):
@@ -81,13 +87,67 @@ def split_front_matter(text: str) -> tuple[str, str]:
     return (match.group(1), text[match.end():]) if match else ("", text)
 
 
+def hub_repo_id(source: str, base_dir: str | Path | None = None) -> str | None:
+    """The owner/name of a source given as a Hub repo id ('hf-hub:' prefix and '@revision' allowed); None when
+    it is a local path (absolute, or relative to `base_dir`) or no repo id at all."""
+    source = str(source)
+    if Path(source).expanduser().exists() or (Path(base_dir or ".") / source).exists():
+        return None
+    repo_id = source.removeprefix("hf-hub:").partition("@")[0]
+    return repo_id if repo_id.count("/") == 1 and not repo_id.startswith((".", "/")) and "*" not in repo_id else None
+
+
+def hub_dataset(data_dir: str) -> tuple[str, str, bool]:
+    """(id, display name, whether the id is a Hub dataset) of `--data-dir` for card metadata: CIFAR-10 (torchvision's
+    download or a copy such as cifar10.tar.gz) is the Hub's uoft-cs/cifar10, a Hub id is itself, a local folder its
+    name."""
+    repo_id = hub_repo_id(data_dir)
+    if repo_id:
+        return repo_id, repo_id, True
+    name = dataset_name(data_dir)
+    return (CIFAR10_HUB_DATASET, "CIFAR-10", True) if name == CIFAR10_NAME else (name, name, False)
+
+
+def pretrained_base_model(training_args: dict) -> str | None:
+    """The Hub repo timm downloads for `--pretrained` (e.g. timm/seresnet50.a1_in1k); None from scratch or from
+    `--pretrained-path` (a local file)."""
+    from timm.models import get_pretrained_cfg
+
+    model = str(training_args.get("model", ""))
+    if not training_args.get("pretrained") or training_args.get("pretrained_path"):
+        return None
+    if model.startswith("hf-hub:"):
+        return hub_repo_id(model)
+    pretrained_cfg = get_pretrained_cfg(model, allow_unregistered=True)
+    return getattr(pretrained_cfg, "hf_hub_id", None) or None
+
+
+def card_data(model_name: str, data_dir: str, split: str, results: dict[str, tuple[str, float]],
+              base_model: str | None = None, tags: tuple[str, ...] = ()):
+    """The metadata the Hub reads from a card's front matter (a `ModelCardData`): `model-index` with `results`
+    ({metric type: (display name, value)}, measured on `split` of `data_dir`: the evaluation widget), the dataset,
+    `base_model` when fine-tuned from a Hub checkpoint, timm as the library, the pipeline tag, license and tags."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset_id, dataset_title, on_hub = hub_dataset(data_dir)
+    evals = [EvalResult(task_type=CARD_TASK, task_name="Image Classification", dataset_type=dataset_id,
+                        dataset_name=dataset_title, dataset_split=split, metric_type=metric, metric_name=title,
+                        metric_value=round(float(value), 4)) for metric, (title, value) in results.items()]
+    return ModelCardData(model_name=model_name, eval_results=evals or None, datasets=[dataset_id] if on_hub else None,
+                         base_model=base_model, library_name="timm", license=CARD_LICENSE, pipeline_tag=CARD_TASK,
+                         tags=[CARD_TASK, "timm", "vision_ensemble", *tags])
+
+
+def with_card_data(text: str, data) -> str:
+    """`text` (a card; any front matter it has is replaced) under the front matter of `data` (a `ModelCardData`)."""
+    from huggingface_hub import ModelCard
+
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n" + split_front_matter(text)[1]))
+
+
 def member_card(model_name: str, metrics: dict, training_args: dict, class_names: list[str]) -> str:
     """README.md for one exported member: model_card.md's text with this member's metadata and numbers."""
-    from huggingface_hub import ModelCard, ModelCardData
-
     _, body = split_front_matter(MODEL_CARD.read_text() if MODEL_CARD.exists() else "")
-    data = ModelCardData(library_name="timm", license="apache-2.0", pipeline_tag="image-classification",
-                         tags=["image-classification", "timm", "vision_ensemble"], base_model=None)
     rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
     args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in training_args.items()
                     if v not in (None, False, {}) and k in ("model", "img_size", "epochs", "batch_size", "lr", "data_dir"))
@@ -98,7 +158,36 @@ def member_card(model_name: str, metrics: dict, training_args: dict, class_names
                   f"alpha {training_args['distill_alpha']}, T {training_args['distill_temperature']}; fp16 weights)"
                   if training_args.get("teacher") else "") + f".{imbalance_note(training_args)}\n\n"
                f"```python\nimport timm\nmodel = timm.create_model(\"hf-hub:<this repo>\", pretrained=True).eval()\n```")
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n" + fill_results(body, results)))
+    measured = {"accuracy": ("Top-1 accuracy (%)", metrics["val_top1"]),
+                "top_5_accuracy": ("Top-5 accuracy (%)", metrics["val_top5"])}
+    data = card_data(model_name, training_args.get("data_dir", CIFAR10_NAME), "validation",
+                     {k: v for k, v in measured.items() if v[1] is not None}, pretrained_base_model(training_args))
+    return with_card_data(fill_results(body, results), data)
+
+
+def ensemble_card(card_text: str, report: dict) -> str:
+    """The ensemble's card (model_card.md) with `report`'s results: the marked section and its `model-index`."""
+    e = report["ensemble"]
+    data = card_data("vision-ensemble", report["data_dir"], "test",
+                     {"accuracy": ("Top-1 accuracy (%)", e["top1"]),
+                      "top_3_accuracy": ("Top-3 accuracy (%)", e["top3"]),
+                      "ece": ("Expected calibration error (%)", e["ece_calibrated"] * 100)}, tags=("ensemble",))
+    return with_card_data(fill_results(card_text, results_markdown(report)), data)
+
+
+def space_models(readme: str | Path, manifest: str | Path) -> list[str]:
+    """List the Hub repos of `manifest`'s members as `models:` in the Space README's front matter (the Hub links the
+    Space to them); members that are local folders are not listed, and with none on the Hub (or no README) the file
+    is left alone."""
+    from huggingface_hub import SpaceCard
+
+    members = json.loads(Path(manifest).read_text())["members"]
+    models = [repo for repo in (hub_repo_id(m["source"], Path(manifest).parent) for m in members) if repo]
+    if models and Path(readme).is_file():  # (SpaceCard.load would take a missing path for a repo id)
+        card = SpaceCard.load(readme)
+        card.data.models = models
+        card.save(readme)
+    return models
 
 
 def imbalance_note(training_args: dict) -> str:

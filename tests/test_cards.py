@@ -1,0 +1,118 @@
+"""Model cards carry the Hub's metadata: model-index (the evaluation widget), datasets, base_model, library and
+pipeline tag; the Space README lists its published members. Read back with huggingface_hub's own parsers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from huggingface_hub import ModelCard, SpaceCard, metadata_eval_result
+
+from conftest import REPO, make_member, run_in_process, write_manifest
+from vision_ensemble.hub import MODEL_CARD, card_data, ensemble_card, member_card, space_models, with_card_data
+
+EVALUATE = str(REPO / "evaluation" / "evaluate.py")
+
+
+def model_index(card: ModelCard) -> list[dict]:
+    return card.data.to_dict()["model-index"]
+
+
+def expected_model_index(name: str, dataset: tuple[str, str], split: str, metrics: list[tuple[str, str, float]]):
+    """The model-index huggingface_hub's metadata_eval_result writes for the same numbers, one metric at a time."""
+    entries = [metadata_eval_result(model_pretty_name=name, task_pretty_name="Image Classification",
+                                    task_id="image-classification", metrics_pretty_name=title, metrics_id=metric,
+                                    metrics_value=value, dataset_pretty_name=dataset[1], dataset_id=dataset[0],
+                                    dataset_split=split)["model-index"][0] for metric, title, value in metrics]
+    results = entries[0]["results"]
+    results[0]["metrics"] = [m for e in entries for m in e["results"][0]["metrics"]]
+    for m in results[0]["metrics"]:
+        m.pop("verified")  # ours are self-reported, without the field
+    return [{"name": name, "results": results}]
+
+
+@pytest.mark.slow
+def test_trained_members_card_reports_its_best_epoch_to_the_hub(trained_run):
+    best = trained_run / "best"
+    card = ModelCard.load(best / "README.md")
+    metrics = json.loads((best / "metrics.json").read_text())
+    assert card.data.library_name == "timm" and card.data.pipeline_tag == "image-classification"
+    assert card.data.license == "apache-2.0" and {"image-classification", "timm"} <= set(card.data.tags)
+    assert card.data.datasets == ["uoft-cs/cifar10"]  # the JPEG copy of CIFAR-10 is named as the Hub's dataset
+    assert card.data.base_model is None  # trained from scratch
+    assert model_index(card) == expected_model_index(
+        "test_resnet", ("uoft-cs/cifar10", "CIFAR-10"), "validation",
+        [("accuracy", "Top-1 accuracy (%)", round(metrics["val_top1"], 4)),
+         ("top_5_accuracy", "Top-5 accuracy (%)", round(metrics["val_top5"], 4))])
+    (top1, top5) = card.data.eval_results
+    assert top1.metric_value == pytest.approx(metrics["val_top1"], abs=1e-4) and top1.dataset_split == "validation"
+    assert top5.metric_value == pytest.approx(metrics["val_top5"], abs=1e-4)
+    assert "### This member: `test_resnet`" in card.text and "Intended use and limitations" in card.text
+
+
+@pytest.mark.parametrize("args, base_model", [
+    ({"model": "test_resnet", "pretrained": True}, "timm/test_resnet.r160_in1k"),  # what timm downloads
+    ({"model": "seresnet50.a1_in1k", "pretrained": True}, "timm/seresnet50.a1_in1k"),
+    ({"model": "hf-hub:someone/my-backbone@v2", "pretrained": True}, "someone/my-backbone"),
+    ({"model": "test_resnet", "pretrained": True, "pretrained_path": "backbone.safetensors"}, None),  # a local file
+    ({"model": "test_resnet", "pretrained": False}, None)])
+def test_base_model_is_the_pretrained_checkpoints_hub_repo(args, base_model, tmp_path):
+    text = member_card(args["model"], {"epoch": 1, "val_top1": 50.0, "val_top5": 90.0},
+                       {**args, "data_dir": str(tmp_path / "shapes")}, ["circle", "square"])
+    card = ModelCard(text)
+    assert card.data.base_model == base_model
+    # A local folder is no Hub dataset: named in the model-index, not listed under datasets.
+    assert card.data.datasets is None and card.data.eval_results[0].dataset_type == "shapes"
+
+
+def test_student_cards_use_the_same_builder(tmp_path):
+    """What another card (a distilled student) calls with its own numbers."""
+    data = card_data("student-test_resnet", "uoft-cs/cifar10", "test", {"accuracy": ("Top-1 accuracy (%)", 81.23456)},
+                     base_model="someone/teacher", tags=("distillation",))
+    card = ModelCard(with_card_data("---\nlicense: mit\n---\n# A student\n", data))
+    assert card.text == "# A student\n" and card.data.license == "apache-2.0"
+    assert card.data.eval_results[0].metric_value == 81.2346 and card.data.eval_results[0].dataset_split == "test"
+    assert card.data.datasets == ["uoft-cs/cifar10"] and "distillation" in card.data.tags
+
+
+@pytest.mark.slow
+def test_ensemble_card_carries_the_evaluations_model_index(trained_run, tmp_path):
+    out = tmp_path / "results"
+    result = run_in_process(EVALUATE, "--predictions", trained_run / "predictions.npz", "--output-dir", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    card = ModelCard(ensemble_card(MODEL_CARD.read_text(), report))
+    e = report["ensemble"]
+    assert model_index(card) == expected_model_index(
+        "vision-ensemble", ("uoft-cs/cifar10", "CIFAR-10"), "test",
+        [("accuracy", "Top-1 accuracy (%)", round(e["top1"], 4)),
+         ("top_3_accuracy", "Top-3 accuracy (%)", round(e["top3"], 4)),
+         ("ece", "Expected calibration error (%)", round(e["ece_calibrated"] * 100, 4))])
+    assert card.data.datasets == ["uoft-cs/cifar10"] and card.data.library_name == "timm"
+    assert "ensemble" in card.data.tags
+    assert f"**{e['top1']:.2f}**" in card.text and "Not measured yet" not in card.text
+    again = ModelCard(ensemble_card(str(card), report))  # updating an updated card replaces, never appends
+    assert str(again) == str(card)
+
+
+def test_space_readme_lists_the_published_members_once(tmp_path):
+    readme = tmp_path / "README.md"
+    shutil.copy(REPO / "README.md", readme)
+    original = readme.read_text()
+    local = write_manifest(tmp_path, [make_member(tmp_path / "member_a", 0, 32)])
+    assert space_models(readme, local) == [] and readme.read_text() == original  # local folders: untouched
+
+    manifest = json.loads(local.read_text())
+    manifest["members"] = [{**manifest["members"][0], "source": source}
+                           for source in ("someone/seresnet50-cifar10", "hf-hub:someone/vit-cifar10@main", "member_a")]
+    published = tmp_path / "published.json"
+    published.write_text(json.dumps(manifest))
+    assert space_models(readme, published) == ["someone/seresnet50-cifar10", "someone/vit-cifar10"]
+    card = SpaceCard.load(readme)
+    assert card.data.models == ["someone/seresnet50-cifar10", "someone/vit-cifar10"]
+    before = SpaceCard(original).data.to_dict()
+    assert {k: v for k, v in card.data.to_dict().items() if k != "models"} == before  # title, sdk, app_file... kept
+    assert card.text == SpaceCard(original).text
+    space_models(readme, published)
+    assert SpaceCard.load(readme).data.models == card.data.models  # listed once, not appended again
