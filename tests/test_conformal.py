@@ -165,6 +165,7 @@ def evaluated(ensemble_dir, cifar10, cifar10_archive, cache_root):
     return out
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_a_level_its_validation_split_cannot_calibrate(ensemble_dir, cifar10, cifar10_archive,
                                                                       cache_root):
     result = subprocess.run([sys.executable, str(REPO / "evaluation" / "evaluate.py"), "--models",
@@ -175,6 +176,7 @@ def test_evaluate_refuses_a_level_its_validation_split_cannot_calibrate(ensemble
     assert "error: 20 validation images cannot calibrate 99% coverage: it needs at least 99" in result.stderr
 
 
+@pytest.mark.slow
 def test_evaluate_stores_the_rule_and_reports_the_sets(evaluated, ensemble_dir):
     from vision_ensemble.evaluation.ensemble import Ensemble
     from vision_ensemble.hub import results_markdown

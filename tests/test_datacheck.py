@@ -112,6 +112,7 @@ def test_report_files_and_the_cache_agree_with_the_check(checked, dirty_folder, 
     assert sorted(Path(f).name for f in data.test.files())[:2] == ["000.png", "000.png"]
 
 
+@pytest.mark.slow
 def test_command_line_prints_the_table_and_strict_training_refuses_leakage(dirty_folder, tmp_path):
     result = subprocess.run([sys.executable, "-m", "vision_ensemble.datacheck", str(dirty_folder), "--output-dir",
                              str(tmp_path / "check")], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)

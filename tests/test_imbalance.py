@@ -99,6 +99,7 @@ def runs(tmp_path_factory):
     return results
 
 
+@pytest.mark.slow
 def test_either_option_raises_the_rare_class_recall(runs):
     base = runs["baseline"]["recall"][1]
     for option in ("weights", "sampler"):
@@ -114,6 +115,7 @@ def test_training_warns_about_the_imbalance_and_the_card_says_so(runs):
     assert "`--class-weights balanced`" in runs["weights"]["card"] and "`--sampler balanced`" in runs["sampler"]["card"]
 
 
+@pytest.mark.slow
 def test_both_options_at_once_are_refused():
     result = subprocess.run([sys.executable, FINETUNE, "--class-weights", "balanced", "--sampler", "balanced"],
                             cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)

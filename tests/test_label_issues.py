@@ -65,6 +65,7 @@ def workflow(tmp_path_factory):
                 dataset=dataset, tmp=tmp)
 
 
+@pytest.mark.slow
 def test_evaluate_flags_most_planted_wrong_labels_in_val_and_test(workflow):
     issues, held_out = workflow["issues"], workflow["held_out"]
     assert len(held_out) >= 5
@@ -85,6 +86,7 @@ def test_evaluate_flags_most_planted_wrong_labels_in_val_and_test(workflow):
     assert (workflow["results"] / "label_issues.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_review_queues_exactly_the_flagged_images_and_the_export_is_corrected(workflow):
     pool, issues = workflow["pool"], workflow["issues"]
     store = LabelStore(pool / "labels.csv")

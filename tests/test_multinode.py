@@ -91,6 +91,7 @@ def test_two_nodes_interrupted_in_epoch_2_resume_to_the_uninterrupted_result(sha
             assert got[key] == pytest.approx(want[key], rel=1e-5), key
 
 
+@pytest.mark.slow
 def test_a_launch_that_would_run_separate_trainings_is_refused(shapes, tmp_path):
     """`accelerate launch --cpu --num_processes 2` starts one plain process: training it would look like success."""
     result = run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",

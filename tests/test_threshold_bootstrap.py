@@ -86,6 +86,7 @@ def test_intervals_cover_the_population_answer_and_shrink_with_more_rows():
     assert 0.35 < np.median(large) / np.median(widths) < 0.7
 
 
+@pytest.mark.slow
 def test_cli_prints_the_interval_in_words_and_writes_it_to_json_and_the_plot(tmp_path):
     command = [sys.executable, str(REPO / "evaluation" / "thresholds.py"), str(EXAMPLES / "classifier_scores.csv"),
                "--bootstrap", "300"]

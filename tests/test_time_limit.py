@@ -114,6 +114,7 @@ def time_limited_args(archive, cache_root, out, minutes, *extra):
             "--max-eval-samples", "128", "--time-limit", str(minutes), *extra]
 
 
+@pytest.mark.slow
 def test_a_time_limited_run_ends_on_time_with_its_schedule_completed(decoded, cifar10_archive, cache_root, tmp_path):
     minutes = 1.0  # the start-up alone (imports, the cache, the model) takes 10-30 s on the loaded 2-core CPU
     start = time.time()
