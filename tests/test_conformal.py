@@ -198,6 +198,7 @@ def test_evaluate_stores_the_rule_and_reports_the_sets(evaluated, ensemble_dir):
     assert Ensemble.from_manifest(ensemble_dir / "ensemble.json").conformal is None  # an older manifest still loads
 
 
+@pytest.mark.slow
 def test_the_prediction_path_gives_the_calibrated_set(evaluated, ensemble_dir):
     from vision_ensemble.evaluation.ensemble import Ensemble
     from vision_ensemble.images import load_rgb

@@ -108,6 +108,7 @@ def test_either_option_raises_the_rare_class_recall(runs):
         assert common >= 0.8
 
 
+@pytest.mark.slow
 def test_training_warns_about_the_imbalance_and_the_card_says_so(runs):
     assert "warning: imbalanced classes in train: common has 20.0x the images of rare" in runs["baseline"]["stdout"]
     assert "**The training data was imbalanced**: common had 20.0x the images of rare" in runs["baseline"]["card"]

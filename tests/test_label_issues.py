@@ -111,6 +111,7 @@ def test_review_queues_exactly_the_flagged_images_and_the_export_is_corrected(wo
     assert sum(row[-1] for row in corrected.table()) == 180
 
 
+@pytest.mark.slow
 def test_review_of_files_outside_the_folder_is_a_one_line_error(workflow, tmp_path):
     issues = tmp_path / "label_issues.csv"
     issues.write_text("file,split,given_label,suggested_label,score\n/elsewhere/a.png,test,cat,dog,0.9\n")

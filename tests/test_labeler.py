@@ -108,6 +108,7 @@ def test_every_class_up_to_32_gets_its_own_key():
     assert shortcut_keys(["cat", "dog"]) == [["1", "a"], ["2", "b"]]
 
 
+@pytest.mark.slow
 def test_classes_that_differ_from_the_manifests_are_refused(tmp_path):
     folder = image_pool(tmp_path, per_class=1)
     make_member(tmp_path / "member", 0, 32, classes=CLASSES)
