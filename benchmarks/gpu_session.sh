@@ -14,18 +14,18 @@
 #   members     100-420 the three recipes trained at the same time, three processes on the one GPU, each under
 #                       `--time-limit` so that all end by MEMBERS_END_S; each packed into $OUT/MODEL.tar.gz the
 #                       moment it finishes
-#   student     420-510 the slot for knowledge distillation (not implemented here): a `student` function below
-#                       the members, named in STEPS, trains `finetune.py --teacher ...` until STUDENT_END_S and
-#                       packs $OUT/student.tar.gz (fp16 safetensors + config, at most 16 MiB)
+#   student     420-510 the student (`finetune.py --teacher`, the default student model) distilled from the
+#                       members' training-split probabilities in their predictions.npz, under `--time-limit` until
+#                       STUDENT_END_S; packed into $OUT/student.tar.gz with its fp16 weights (about 13 MiB)
 # What comes back (at most 8 files, 16 MiB each, none deeper than $OUT/a/b/file): session.log (everything, with
 # versions and a timeline), throughput.jsonl, one MODEL.tar.gz per member (runs/MODEL/: metrics.jsonl,
 # training_curves.png, predictions.npz, summary.json, training_args.json, train.log, best/config.json,
-# best/metrics.json); student.tar.gz once the student exists.
+# best/metrics.json); student.tar.gz (the same, plus best/model.safetensors and best/README.md).
 #
 # Environment: OUT (required: what comes back), DATA (.data/cifar10.tar.gz), HUB_OWNER (the Hub namespace the
 # members would be pushed to, default vision-ensemble), MODELS (the members), CACHE_SIZE (64: CIFAR-10 stays
-# 32x32 in any cache, so one size serves every member), MEMBERS_END_S (420), MEMBER_ARGS (more finetune.py options
-# for every member), RUNS (runs: the run folders), SITE (/tmp/site: carried wheels), VISION_ENSEMBLE_CACHE
+# 32x32 in any cache, so one size serves every member), MEMBERS_END_S (420), STUDENT_END_S (510), MEMBER_ARGS
+# (more finetune.py options for every member and the student), RUNS (runs: the run folders), SITE (/tmp/site: carried wheels), VISION_ENSEMBLE_CACHE
 # (/tmp/vision_ensemble_cache), GPU_SESSION_CPU=1 (dry run on a CPU with tiny settings: the same steps, every
 # file that must come back), STEPS (which steps `all` runs).
 set -euo pipefail
@@ -45,11 +45,13 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TQDM_MININTERVAL=30  # live logs, no 
 export TORCH_LOGS="-dynamo,-inductor" PYTHONWARNINGS=ignore
 if [[ $CPU == 1 ]]; then  # tiny: a typo or a missing file costs minutes here, not on the GPU
     MEMBERS_END_S=${MEMBERS_END_S:-300}
+    STUDENT_END_S=${STUDENT_END_S:-$((MEMBERS_END_S + 60))}
     MEMBER_ARGS=${MEMBER_ARGS:-"--max-train-samples 64 --max-eval-samples 64 --batch-size 16"}
     THROUGHPUT_ARGS=(--batch-size 4 --steps 1 --warmup 1)
     export OMP_NUM_THREADS=1
 else
     MEMBERS_END_S=${MEMBERS_END_S:-420}
+    STUDENT_END_S=${STUDENT_END_S:-510}
     MEMBER_ARGS=${MEMBER_ARGS:-}
     THROUGHPUT_ARGS=(--steps 10 --warmup 3)
     export OMP_NUM_THREADS=4  # three trainings and their data work share 16 cores
@@ -120,10 +122,11 @@ print("summary", json.dumps(summary))
 EOF
 }
 
-pack() {  # pack NAME: $RUNS/NAME's small files (no weights) into $OUT/NAME.tar.gz; what is missing is skipped
+pack() {  # pack NAME [FILE...]: $RUNS/NAME's small files (no weights) and FILEs into $OUT/NAME.tar.gz
     local name=$1 files=() file
+    shift
     for file in metrics.jsonl training_curves.png predictions.npz summary.json training_args.json train.log \
-        best/config.json best/metrics.json; do
+        best/config.json best/metrics.json "$@"; do
         if [[ -f $RUNS/$name/$file ]]; then files+=("$name/$file"); fi
     done
     ((${#files[@]})) || { say "$name: nothing to pack"; return; }
@@ -159,6 +162,24 @@ members() {  # the members at the same time, each under the time limit that ends
     wait
 }
 
+student() {  # the student, distilled from the members' predictions.npz (their training-split probabilities)
+    local run=$RUNS/student start=$SECONDS status=0 model teachers=()
+    for model in $MODELS; do
+        if [[ -f $RUNS/$model/predictions.npz ]]; then teachers+=("$RUNS/$model/predictions.npz"); fi
+    done
+    ((${#teachers[@]})) || { say "student: no member left a predictions.npz to learn from"; return; }
+    rm -rf "$run" && mkdir -p "$run"
+    # shellcheck disable=SC2086  # MEMBER_ARGS is a list of options
+    python3 train/finetune.py --teacher "${teachers[@]}" --data-dir "$DATA" --cache-size "$CACHE_SIZE" \
+        --output-dir "$run" --hub-repo-id "$HUB_OWNER/student-cifar10" \
+        --time-limit "$(minutes_until "$STUDENT_END_S")" $MEMBER_ARGS >"$run/train.log" 2>&1 || status=$?
+    say "student: exit $status after $((SECONDS - start)) s from ${#teachers[@]} teacher(s);" \
+        "$(grep -m1 'epoch(s) fit' "$run/train.log" || true)"
+    [[ $status == 0 ]] || tail -n 5 "$run/train.log" | tee -a "$LOG"
+    if [[ -f $run/metrics.jsonl ]]; then summarise "$run" $((SECONDS - start)) | tee -a "$LOG" || true; fi
+    pack student best/model.safetensors best/README.md
+}
+
 extras() {  # for minutes left after `all`: the torchvision baseline, then each member compiled
     local model
     throughput --paths ceiling,ours,torchvision --workers 16
@@ -170,7 +191,7 @@ extras() {  # for minutes left after `all`: the torchvision baseline, then each 
 }
 
 ensemble() {  # ensemble [FOLDER]: unpack the returned MODEL.tar.gz into $RUNS, then the report into $RESULTS (CPU)
-    local from=${1:-.} results=${RESULTS:-results/cifar10} archive run files=()
+    local from=${1:-.} results=${RESULTS:-results/cifar10} archive run files=() student=()
     for archive in "$from"/*.tar.gz; do
         [[ $(basename "$archive") == student.tar.gz ]] && continue
         tar xzf "$archive" -C "$RUNS"
@@ -178,7 +199,16 @@ ensemble() {  # ensemble [FOLDER]: unpack the returned MODEL.tar.gz into $RUNS, 
         if [[ -f $run/predictions.npz ]]; then files+=("$run/predictions.npz"); fi
     done
     ((${#files[@]})) || { echo "no MODEL.tar.gz with a predictions.npz in $from" >&2; exit 2; }
-    python3 evaluation/evaluate.py --predictions "${files[@]}" --output-dir "$results" --tta
+    if [[ -f $from/student.tar.gz ]]; then
+        tar xzf "$from/student.tar.gz" -C "$RUNS"
+        student=(--student "$RUNS/student/predictions.npz")
+    fi
+    python3 evaluation/evaluate.py --predictions "${files[@]}" "${student[@]}" --output-dir "$results" --tta
+    if ((${#student[@]})); then  # the folder the Space serves: the student's manifest names its weights beside it
+        cp -r "$RUNS/student/best" "$results/student/model"
+        python3 -c "import json, sys; p = sys.argv[1]; m = json.load(open(p)); m['members'][0]['source'] = 'model'; \
+json.dump(m, open(p, 'w'), indent=2)" "$results/student/ensemble.json"
+    fi
     for run in "${files[@]%/predictions.npz}"; do
         mkdir -p "$results/$(basename "$run")"
         cp "$run/metrics.jsonl" "$run/training_curves.png" "$run/summary.json" "$results/$(basename "$run")/"
@@ -192,7 +222,7 @@ step=${1:-}
 shift
 case $step in
     all)
-        STEPS=${STEPS:-"check decode throughput members"}  # the distillation work appends: student
+        STEPS=${STEPS:-"check decode throughput members student"}
         for name in $STEPS; do
             say "step $name"
             "$name"

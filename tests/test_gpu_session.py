@@ -37,7 +37,8 @@ def test_cpu_dry_run_of_all_returns_every_file_and_the_ensemble_builds(cifar10_a
 
     # The device tool's limits: at most 8 files, 16 MiB each, 64 MiB in all, no deeper than OUT/a/b/file.
     returned = [p for p in out.rglob("*") if p.is_file()]
-    assert {p.name for p in returned} == {"session.log", "throughput.jsonl", *(f"{m}.tar.gz" for m in MODELS)}
+    assert {p.name for p in returned} == {"session.log", "throughput.jsonl", "student.tar.gz",
+                                          *(f"{m}.tar.gz" for m in MODELS)}
     assert len(returned) <= 8 and sum(p.stat().st_size for p in returned) <= 64 * 2**20
     assert all(p.stat().st_size <= 16 * 2**20 and len(p.relative_to(out).parts) <= 3 for p in returned)
 
@@ -52,6 +53,10 @@ def test_cpu_dry_run_of_all_returns_every_file_and_the_ensemble_builds(cifar10_a
         assert summary["model"] == model and summary["epochs"] == summary["planned_epochs"] >= 1
         assert summary["time_limit_min"] >= 1 and summary["mean_images_per_s"] > 0
         assert f"{model}: exit 0" in log
+    assert "student: exit 0" in log and "from 3 teacher(s)" in log
+    with tarfile.open(out / "student.tar.gz") as archive:
+        assert {name.removeprefix("student/") for name in archive.getnames()} == {
+            *MEMBER_FILES, "best/model.safetensors", "best/README.md"}
 
     # Back on CPU: the report from the returned files alone.
     results, unpacked = tmp_path / "results", tmp_path / "unpacked"
@@ -63,3 +68,7 @@ def test_cpu_dry_run_of_all_returns_every_file_and_the_ensemble_builds(cifar10_a
     report = json.loads((results / "report.json").read_text())
     assert len(report["members"]) == 3 and (results / "throughput.jsonl").exists()
     assert all((results / model / "summary.json").exists() for model in MODELS)
+    assert "student" in report  # beside the ensemble, and its folder is the one the Space serves
+    from vision_ensemble.evaluation.ensemble import Ensemble
+    served = Ensemble.from_manifest(results / "student" / "ensemble.json")
+    assert [m.source for m in served.members] == ["model"] and served.class_names == report["class_names"]
