@@ -3,5 +3,5 @@
 finetuning  --freeze (timm's stage groups), frozen BatchNorm, lr scaled to the global batch, --layer-decay
 batch_size  a probe step before the loop: --batch-size auto halves until it fits; out-of-memory advice
 time_budget --time-limit: the first epoch measured, the epoch count and the cosine schedule's horizon fixed
-tracking    experiment trackers (TensorBoard, MLflow, W&B): checked before training, evaluation runs, failed runs ended FAILED
+tracking    experiment trackers (TensorBoard, MLflow, W&B): checked first, evaluation runs, failed runs ended FAILED
 """
