@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import torch
+from accelerate import Accelerator
 
 from vision_ensemble.config import (CIFAR10_NAME, DEFAULT_ATTACK_SAMPLES, DEFAULT_SEED, DEFAULT_VAL_SIZE, PGD_STEPS,
                                      UNCERTAINTY_FLAGGED_ACCURACY, default_cache_size)
@@ -35,6 +36,7 @@ from vision_ensemble.evaluation.ensemble import Ensemble
 from vision_ensemble.evaluation.predictions import PredictionsError, check_same_data, evaluation_batch, load_predictions
 from vision_ensemble.evaluation.report import (MemberPredictions, evaluate_ensemble, out_of_domain_flags,
                                                summary_lines, write_outputs)
+from vision_ensemble.evaluation.sharding import sharded_probabilities
 from vision_ensemble.hub import MODEL_CARD, fill_results, results_markdown
 from vision_ensemble.images import ImageError, load_rgb
 from vision_ensemble.model import Member, ModelError
@@ -83,9 +85,12 @@ def main(argv=None) -> int:
     command = "python evaluation/evaluate.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.predictions:
         return evaluate_predictions(args, command)
+    # Under `accelerate launch` (or torchrun) the processes share member inference; the main one reports.
+    accelerator = Accelerator(cpu=args.device == "cpu")
+    inference_device = accelerator.device if accelerator.num_processes > 1 else args.device
     try:
         require_trackers(args.report_to)  # before decoding data or loading members
-        members = [Member.load(source, device=args.device) for source in args.models]
+        members = [Member.load(source, device=inference_device) for source in args.models]
         class_names = Ensemble(members).class_names  # checks that the members agree
         cache_size = args.cache_size or max(  # as training's default, so its cache is reused
             default_cache_size(max(m.data_config["input_size"][1:]), m.data_config.get("crop_pct", 1.0))
@@ -104,10 +109,13 @@ def main(argv=None) -> int:
     val_images, val_labels = evaluation_batch(data.val, args.max_eval_samples, args.seed)
     test_images, test_labels = evaluation_batch(data.test, args.max_eval_samples, args.seed)
     start = time.perf_counter()
-    predictions = [MemberPredictions(m.source, m.data_config, m.probabilities(val_images, args.tta, args.batch_size).numpy(),
-                                     m.probabilities(test_images, args.tta, args.batch_size).numpy())
+    predictions = [MemberPredictions(m.source, m.data_config,
+                                     sharded_probabilities(m, val_images, args.tta, args.batch_size, accelerator),
+                                     sharded_probabilities(m, test_images, args.tta, args.batch_size, accelerator))
                    for m in members]
     inference_s = time.perf_counter() - start
+    if not accelerator.is_main_process:
+        return 0
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     evaluation = evaluate_ensemble(predictions, val_labels, test_labels, data.class_names, args.tta, args.equal_weights,
                                    context={"command": command, "device": device, "data_dir": str(args.data_dir),

@@ -13,8 +13,8 @@ from mlflow import MlflowClient
 from conftest import ENV, FINETUNE, REPO, tiny_run_args
 
 EVALUATE = str(REPO / "evaluation" / "evaluate.py")
-LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--cpu",
-          "--mixed_precision", "no", "--dynamo_backend", "no", FINETUNE]
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+          "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", FINETUNE]
 # Hides the packages named in VISION_ENSEMBLE_TEST_BLOCK from the subprocess, as if they were not installed: with
 # None in sys.modules, `import` raises ModuleNotFoundError and importlib.util.find_spec (Accelerate's check) says None.
 BLOCKER = """

@@ -17,8 +17,10 @@ from vision_ensemble.model import create_model, load_model_folder
 @pytest.fixture(scope="module")
 def two_process_run(cifar10, cifar10_archive, cache_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    result = run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-         "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no", FINETUNE,
+    # --multi_gpu, not --cpu: Accelerate's --cpu path starts one process without mpirun (finetune refuses it);
+    # on a machine without GPUs --multi_gpu starts two gloo processes.
+    result = run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", FINETUNE,
          *tiny_run_args(cifar10_archive, cache_root, out, "--ema", "--report-to", "tensorboard",
                         "--push-to-hub", "--hub-repo-id", "someone/tiny-cifar10")])
     (out / "stdout.txt").write_text(result.stdout)
@@ -27,6 +29,7 @@ def two_process_run(cifar10, cifar10_archive, cache_root, tmp_path_factory):
 
 def test_two_process_run_writes_metrics_and_exports_best(two_process_run):
     rows = [json.loads(line) for line in (two_process_run / "metrics.jsonl").read_text().splitlines()]
+    assert "2 process(es)" in (two_process_run / "stdout.txt").read_text()
     assert [r["epoch"] for r in rows] == [1, 2]
     # 101 val images over 2 processes: Accelerate pads one shard; gather_for_metrics must count each once.
     assert all(r["val_count"] == 101 for r in rows)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -38,6 +37,8 @@ from vision_ensemble.hub import HubError, default_repo_id, member_card, push_fol
 from vision_ensemble.model import ModelError, create_model, export_model
 from vision_ensemble.plots import plot_training_curves
 from vision_ensemble.training.batch_size import OutOfMemory, fit_batch_size
+from vision_ensemble.training.distributed import (DistributedError, check_launch, checkpoint_dirs, choose_layout,
+                                                  is_writer, resume_dir, save_checkpoint)
 from vision_ensemble.training.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
 from vision_ensemble.training.time_budget import TimeBudget, cosine_schedule, predictions_eval_ratio
 from vision_ensemble.training.tracking import (TrackingError, end_failed_runs, log_run_files, require_trackers,
@@ -82,34 +83,13 @@ def evaluate(model, loader, transform, accelerator) -> dict:
             "val_count": count}
 
 
-def checkpoint_dirs(output_dir: Path) -> list[Path]:
-    return sorted((output_dir / "checkpoints").glob("epoch_[0-9][0-9][0-9]"))
-
-
-def save_checkpoint(accelerator, output_dir: Path, epoch: int, keep: int = 2) -> Path:
-    """save_state into a '.partial' folder, then rename: an interrupted write never replaces a good checkpoint."""
-    final = output_dir / "checkpoints" / f"epoch_{epoch:03d}"
-    partial = final.with_name(final.name + ".partial")
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(partial)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
-        for old in checkpoint_dirs(output_dir)[:-keep]:
-            shutil.rmtree(old)
-    accelerator.wait_for_everyone()
-    return final
-
-
 def main(argv=None) -> int:
     cfg: TrainConfig = recipe_config(build_parser(__doc__.split("\n\n")[0]).parse_args(argv))
     trackers = require_trackers(cfg.report_to)  # a missing tracker stops here, before any data is decoded
     output_dir = Path(cfg.output_dir)
     on_gpu = torch.cuda.is_available()
     accelerator = Accelerator(
+        cpu=not on_gpu,  # several CPU processes (torchrun, mpirun) train as one gloo run, not as separate runs
         mixed_precision=cfg.mixed_precision or ("bf16" if on_gpu else "no"),
         log_with=trackers or None,
         project_dir=str(output_dir),
@@ -117,15 +97,18 @@ def main(argv=None) -> int:
     )
     set_seed(cfg.seed)
     print_main = accelerator.print
+    check_launch(accelerator)
+    shared_output = choose_layout(accelerator, output_dir)
 
-    # --- data: decoded once (main process first) into a memory-mapped cache, then kept on the device or
-    # gathered from the memory map batch by batch -------------------------------------------------------------
+    # --- data: decoded once per cache folder (under a file lock) into a memory-mapped cache, then kept on the
+    # device or gathered from the memory map batch by batch ------------------------------------------------------
     pretrained_cfg = get_pretrained_cfg(cfg.model, allow_unregistered=True)  # the model's own input size
     cache_size = cfg.cache_size or default_cache_size(
         cfg.img_size or (pretrained_cfg.input_size[-1] if pretrained_cfg else 224),
         pretrained_cfg.crop_pct if pretrained_cfg else DEFAULT_CROP_PCT)
-    with accelerator.main_process_first():
-        data = load_dataset(cfg.data_dir, cfg.cache_dir, cfg.val_size, cfg.seed, cache_size)
+    # No barrier around it: the processes that do not build wait on the cache's lock, not in a collective whose
+    # timeout (NCCL: 10 minutes) a long first decode would exceed.
+    data = load_dataset(cfg.data_dir, cfg.cache_dir, cfg.val_size, cfg.seed, cache_size)
     train_subset = subset_indices(len(data.train), cfg.max_train_samples, cfg.seed)
     val_subset = subset_indices(len(data.val), cfg.max_eval_samples, cfg.seed)
     train_arrays = data.train if train_subset is None else data.train.subset(train_subset)
@@ -190,24 +173,22 @@ def main(argv=None) -> int:
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     if cfg.resume:
-        found = checkpoint_dirs(output_dir)
-        resume_dir = (found[-1] if found else None) if cfg.resume == "latest" else Path(cfg.resume)
-        if resume_dir is None or not resume_dir.is_dir():
-            raise SystemExit(f"--resume {cfg.resume}: no checkpoint found under {output_dir / 'checkpoints'}")
-        accelerator.load_state(str(resume_dir))
+        checkpoint = resume_dir(accelerator, output_dir, cfg.resume)
+        accelerator.load_state(str(checkpoint))
         cfg.epochs = state.epochs or cfg.epochs  # the count --time-limit chose (the schedule's horizon is restored)
-        print_main(f"resumed from {resume_dir} (epoch {state.epoch}, best val top-1 {state.best_top1:.2f})")
+        print_main(f"resumed from {checkpoint} (epoch {state.epoch}, best val top-1 {state.best_top1:.2f})")
 
     metrics_file = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "training_args.json").write_text(json.dumps(asdict(cfg), indent=2))
         history = [json.loads(line) for line in metrics_file.read_text().splitlines()] if metrics_file.exists() else []
         metrics_file.write_text("".join(json.dumps(m) + "\n" for m in history if m["epoch"] <= state.epoch))
     start_trackers(accelerator, cfg, output_dir)
     print_main(f"{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, input "
                f"{data_config['input_size']}, {len(train_arrays)} train / {len(val_arrays)} val images, "
-               f"data on {data_mode}, {accelerator.num_processes} process(es), {accelerator.mixed_precision} precision")
+               f"data on {data_mode}, {accelerator.num_processes} process(es), {accelerator.mixed_precision} precision"
+               + ("" if accelerator.num_processes == 1 else ", run folder " + (
+                   "shared by the nodes" if shared_output else "on each node (checkpoints saved on each)")))
     print_main(f"augment {cfg.augment}, eval crop_pct {data_config['crop_pct']}; freeze {cfg.freeze} "
                f"({len(frozen)} frozen tensors); lr {cfg.effective_lr:.3g} = {cfg.lr:g} at batch {cfg.lr_base_size} "
                f"scaled ({cfg.lr_scale}) to the global batch {cfg.global_batch_size}"
@@ -289,11 +270,11 @@ def main(argv=None) -> int:
         if accelerator.is_main_process:
             with metrics_file.open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
-            if is_best:  # the folder that gets pushed: weights, timm config, metrics, args, model card
-                export_model(accelerator.unwrap_model(eval_model, keep_torch_compile=False),
-                             output_dir / "best", data_config, data.class_names,
-                             {"metrics.json": metrics, "training_args.json": asdict(cfg),
-                              "README.md": member_card(cfg.model, metrics, asdict(cfg), data.class_names)})
+        if is_best and is_writer(accelerator):  # the folder that gets pushed: weights, config, metrics, args, card
+            export_model(accelerator.unwrap_model(eval_model, keep_torch_compile=False),
+                         output_dir / "best", data_config, data.class_names,
+                         {"metrics.json": metrics, "training_args.json": asdict(cfg),
+                          "README.md": member_card(cfg.model, metrics, asdict(cfg), data.class_names)})
         save_checkpoint(accelerator, output_dir, epoch)
         if budget is not None and (epochs := budget.after_epoch(epoch, metrics["eval_time_s"])):
             fix_epochs(epochs)
@@ -330,7 +311,7 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (DataError, ModelError, NonFiniteLoss, OutOfMemory, TrackingError) as exc:
+    except (DataError, DistributedError, ModelError, NonFiniteLoss, OutOfMemory, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     finally:

@@ -68,6 +68,24 @@ TRACKERS = ("tensorboard", "mlflow", "wandb")  # what `--report-to all` means
 TRACKING_PROJECT = "vision_ensemble"  # MLflow experiment, W&B project, TensorBoard folder under --output-dir
 TRACKING_INSTALL = "pip install 'vision-ensemble[tracking]'"
 
+# --- hyperparameter sweeps (python -m vision_ensemble.sweep) --------------------------------------
+
+#: What a sweep searches, one finetune option per entry (override with `--space FILE.yaml|json` in this
+#: shape): `low`/`high` (ints give an integer range; `log: true` samples on a log scale) or `choices`.
+#: drop_path_rate goes into --model-kwargs; ema_decay also turns on --ema.
+SWEEP_SPACE = {
+    "lr": {"low": 1e-4, "high": 1e-2, "log": True},
+    "weight_decay": {"low": 1e-3, "high": 0.3, "log": True},
+    "mixup_alpha": {"low": 0.0, "high": 1.0},
+    "cutmix_alpha": {"low": 0.0, "high": 1.0},
+    "drop_path_rate": {"low": 0.0, "high": 0.3},
+    "augment_magnitude": {"low": 3, "high": 15},
+    "ema_decay": {"low": 0.99, "high": 0.9999, "log": True},
+}
+SWEEP_STORAGE = "sqlite:///sweep.db"  # any Optuna storage URL: machines given the same one share the study
+SWEEP_TRIALS = 20  # trials in the whole study, all workers together
+SWEEP_PRUNE_AFTER = 5  # trials completed before the median pruner stops weak ones early
+
 # --- labelling your own images (python -m vision_ensemble.labeler) ---------------------------------
 
 LABELS_FILENAME = "labels.csv"  # written in the image folder unless --labels says otherwise
@@ -194,7 +212,7 @@ def _parse_bool_flag(parser: argparse.ArgumentParser, name: str, f: dataclasses.
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     import json
 
-    parser = argparse.ArgumentParser(description=description,
+    parser = argparse.ArgumentParser(description=description, fromfile_prefix_chars="@",  # @args.txt: a sweep's best
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(TrainConfig):
         if not f.init:  # derived during the run, not an option

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -308,11 +309,30 @@ def prepare_cache(data_dir: str | Path, cache_root: str | Path | None = None, ca
         source_fp = fingerprint(source)
     key = hashlib.sha256(f"{source}\0{cache_size}".encode()).hexdigest()[:10]
     cache_dir = cache_root / f"{print_name}-{cache_size}px-{key}"
+    cache_root.mkdir(parents=True, exist_ok=True)
+    # One builder per cache folder, whoever else uses it: the node's other processes, the other nodes when the
+    # cache is on a shared filesystem, other jobs. The rest wait here, then find it built.
+    lock = FileLock(cache_dir.with_name(cache_dir.name + ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # once per machine under a distributed launcher
+            print(f"waiting for another process to finish building {cache_dir}")
+        lock.acquire()
+    try:
+        _fill_cache(cache_dir, data_dir, source, source_fp, hf, cache_size)
+    finally:
+        lock.release()
+    return cache_dir
+
+
+def _fill_cache(cache_dir: Path, data_dir: str, source, source_fp: str, hf, cache_size: int) -> None:
+    """Build `cache_dir` unless it is there and current (under the cache's file lock)."""
     meta_file = cache_dir / "meta.json"
     if meta_file.exists():
         meta = json.loads(meta_file.read_text())
         if meta.get("fingerprint") == source_fp and meta.get("format") == CACHE_FORMAT:
-            return cache_dir
+            return
         print(f"data source changed since {cache_dir} was built; rebuilding it")
         for stale in cache_dir.glob("*"):
             if stale.is_file():
@@ -337,7 +357,6 @@ def prepare_cache(data_dir: str | Path, cache_root: str | Path | None = None, ca
     tmp = meta_file.with_suffix(".partial")
     tmp.write_text(json.dumps(meta, indent=1))
     tmp.replace(meta_file)  # written last: a cache without meta.json is finished (or rebuilt) before use
-    return cache_dir
 
 
 def tree_root_of(cache_dir: Path) -> Path:

@@ -4,6 +4,8 @@ evaluation see the same images."""
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +45,10 @@ def load_split(cache_dir: Path, labels: np.ndarray, val_size: float | int, seed:
             return np.asarray(saved["val_indices"], dtype=np.int64), split_file
     val = stratified_split(labels, val_size, seed)
     record = {"seed": seed, "val_size": val_size, "num_train_images": len(labels), "val_indices": val.tolist()}
-    tmp = split_file.with_suffix(".partial")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(split_file)
+    # Several processes may write the same record at once (each node's, or several jobs'): each through its own
+    # temporary file, so the rename that publishes it is atomic.
+    fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".partial")
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(record))
+    os.replace(tmp, split_file)
     return val, split_file

@@ -3,6 +3,7 @@
 ensemble     weighted soft voting, the uncertainty rule, the ensemble.json manifest, `SoftVote` (one module)
 calibration  temperature scaling, NLL, reliability bins, expected calibration error, top-k accuracy
 report       the evaluation report from member probabilities: fitted weights, temperature, metrics, figures
+sharding     member inference split across the processes of `accelerate launch evaluate.py`
 predictions  a run's best-epoch val/test probabilities in predictions.npz: the report without weights or data
 explain      Grad-CAM heatmaps per member (grad-cam library) and their overlay on the image
 diagnostics  evaluate.py --diagnose: confident-error gallery, top confusions, accuracy under FGSM/PGD (Captum)
