@@ -1,6 +1,7 @@
-"""The Space: top-3 predictions of the ensemble for an uploaded image, and a decision-threshold optimizer.
+"""The Space: top-3 predictions of the ensemble (or of the student distilled from it) for an uploaded image, and
+a decision-threshold optimizer.
 
-    python app.py                                  # ensemble.json here, or $VISION_ENSEMBLE_MANIFEST
+    python app.py                                  # student/ (the shipped student), or $VISION_ENSEMBLE_MANIFEST
     python app.py --manifest results/ensemble.json --port 7860
     python app.py --manifest owner/ensemble-repo   # a Hub repo holding ensemble.json
 
@@ -25,13 +26,16 @@ import numpy as np
 import torch
 import uvicorn
 
-from vision_ensemble.config import CLASSIFY_CONCURRENCY, DEFAULT_MANIFEST, DEFAULT_TOP_K, MAX_CSV_ROWS, MAX_UPLOAD_BYTES
+from vision_ensemble.config import (CLASSIFY_CONCURRENCY, DEFAULT_BOOTSTRAP_REPLICATES, DEFAULT_MANIFEST, DEFAULT_TOP_K,
+                                     MAX_CSV_ROWS, MAX_UPLOAD_BYTES)
+from vision_ensemble.evaluation.conformal import set_sentence
 from vision_ensemble.evaluation.ensemble import Ensemble
 from vision_ensemble.evaluation.explain import explain_members
 from vision_ensemble.evaluation.thresholds import (OBJECTIVES, ObjectiveParams, ThresholdError, comparison_rows,
                                                    curve_figures, detect_columns, optimize, read_table, results_table,
                                                    scored_labels_from_table)
-from vision_ensemble.hub import MODEL_CARD, HubError, fill_results, results_markdown, split_front_matter
+from vision_ensemble.hub import (MODEL_CARD, HubError, answering_markdown, fill_results, results_markdown,
+                                 split_front_matter)
 from vision_ensemble.model import ModelError
 from vision_ensemble.serving.api import create_api
 from vision_ensemble.serving.predict import InputError, check_upload_size, decode_upload, model_version, predict_image
@@ -40,7 +44,9 @@ log = logging.getLogger("vision_ensemble.app")
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE / "examples"
 AUTO = "(auto)"
-NO_MODELS = ("**No model weights are loaded.** Point the app at an ensemble manifest: train members with "
+NO_MODELS = ("**No model weights are loaded.** By default the app serves `student/`, a student distilled from the "
+             "ensemble (README: *Distil a student*; `python evaluation/evaluate.py --models ... --student ... "
+             "--output-dir results/` writes it as `results/student/`), or point it at an ensemble manifest: train members with "
              "`accelerate launch train/finetune.py`, write `ensemble.json` with `python evaluation/evaluate.py "
              "--models ... --output-dir results/`, then start `python app.py --manifest results/ensemble.json` "
              "(or set `VISION_ENSEMBLE_MANIFEST` to that path or to a Hub repo id holding `ensemble.json`). "
@@ -69,7 +75,8 @@ def load_ensemble(spec: str, runtime: str = "onnx") -> tuple[Ensemble | None, st
     report = json.loads(report_file.read_text()) if report_file.exists() else None
     for m in ensemble.members:
         log.info("loaded member %s (input %s)", m.source, m.data_config["input_size"])
-    status = (f"{len(ensemble.members)} members from `{spec}` ({runtime} runtime) in {time.perf_counter() - start:.1f} s: "
+    status = (f"{answering_markdown(report, len(ensemble.members))} {len(ensemble.members)} member(s) from `{spec}` "
+              f"({runtime} runtime) in {time.perf_counter() - start:.1f} s: "
               + ", ".join(f"`{m.source}`" for m in ensemble.members))
     return ensemble, status, report
 
@@ -117,6 +124,8 @@ def make_classify(ensemble: Ensemble | None, version: str = ""):
         timing = (f"{prediction.latency_ms:.0f} ms for {len(rows)} members on {pixels.shape[1]}x{pixels.shape[0]} px "
                   f"input; {agree} of {len(rows)} members agree with the ensemble's top class. "
                   f"Model version `{prediction.model_version}`.")
+        if prediction.prediction_set is not None:
+            timing = f"**Prediction set:** {set_sentence(prediction.prediction_set, prediction.coverage)}.\n\n{timing}"
         if prediction.hint:
             timing = f"### {prediction.hint}\n\n{timing}"
         return {c.label: c.probability for c in prediction.top_k}, rows, timing
@@ -179,8 +188,9 @@ def inspect_csv(csv_file):
 
 
 def optimize_threshold(csv_file, label_column, score_column, positive, objective, beta, cost_fp, cost_fn,
-                       min_precision, min_recall):
-    """CSV + choices -> summary, metrics table, PR/ROC/metrics plots, per-threshold results CSV."""
+                       min_precision, min_recall, with_intervals=False, progress=gr.Progress()):
+    """CSV + choices -> summary (with bootstrap intervals if asked), metrics table, PR/ROC/metrics plots,
+    per-threshold results CSV."""
     table = _table_from_upload(csv_file)
     params = ObjectiveParams(beta=float(beta or 1), cost_fp=float(cost_fp or 0), cost_fn=float(cost_fn or 0),
                              min_precision=float(min_precision or 0), min_recall=float(min_recall or 0))
@@ -188,6 +198,7 @@ def optimize_threshold(csv_file, label_column, score_column, positive, objective
         data = scored_labels_from_table(table, label_column or None, score_column or None,
                                         None if positive in (None, "", AUTO) else positive)
         result = optimize(data, objective, params)
+        intervals, intervals_text = threshold_intervals(result, params, progress) if with_intervals else (None, "")
     except ThresholdError as exc:
         raise gr.Error(f"{exc}.") from None
     rows = [[name, round(at_half, 4), round(at_optimum, 4)] for name, at_half, at_optimum in comparison_rows(result)]
@@ -196,13 +207,26 @@ def optimize_threshold(csv_file, label_column, score_column, positive, objective
                f"(predict '{data.positive_label}' where `{data.score_column}` >= threshold). {s['rows']:,} rows, "
                f"{s['positives']:,} positive, {s['distinct_thresholds']:,} distinct scores; ROC AUC "
                f"{s['roc_auc']:.4f}, average precision {s['average_precision']:.4f}.")
-    figures = curve_figures(result)
+    summary += intervals_text
+    figures = curve_figures(result, intervals.band if intervals else None)
     out = Path(tempfile.mkdtemp(prefix="thresholds-")) / "threshold_results.csv"
     results_table(result).to_csv(out, index=False)
     plots = [figures["pr"], figures["roc"], figures["metrics"]]
     for fig in plots:
         plt.close(fig)  # gr.Plot keeps its own copy; closing stops pyplot from accumulating figures
     return summary, rows, *plots, str(out)
+
+
+def threshold_intervals(result, params, progress):
+    """(the bootstrap intervals, their Markdown: one plain sentence and a table of every interval)."""
+    from vision_ensemble.evaluation.threshold_bootstrap import bootstrap, interval_line  # Numba: only when asked
+
+    progress(0, desc="bootstrap resamples")
+    intervals = bootstrap(result, DEFAULT_BOOTSTRAP_REPLICATES, params=params,
+                          progress=lambda done, total: progress(done / total, desc="bootstrap resamples"))
+    rows = "\n".join(f"| {name} | {low:.4g} | {high:.4g} |" for name, (low, high) in intervals.intervals.items())
+    return intervals, (f"\n\n**{interval_line(result, intervals)}**\n\n"
+                       f"| {intervals.confidence:.0%} interval | from | to |\n| --- | --- | --- |\n{rows}")
 
 
 # --- layout --------------------------------------------------------------------------------------------
@@ -219,7 +243,7 @@ def build_demo(ensemble: Ensemble | None, status: str, report: dict | None, vers
                     classify_button = gr.Button("Classify", variant="primary")
                     explain_button = gr.Button("Explain (Grad-CAM per member)")
                 with gr.Column():
-                    label = gr.Label(num_top_classes=3, label="Ensemble (calibrated probabilities)")
+                    label = gr.Label(num_top_classes=3, label="Calibrated probabilities")
                     members = gr.Dataframe(headers=["member", "top-3", "agrees with ensemble"], label="Members",
                                            interactive=False)
                     timing = gr.Markdown()
@@ -252,6 +276,10 @@ def build_demo(ensemble: Ensemble | None, status: str, report: dict | None, vers
                     with gr.Row():
                         min_precision = gr.Number(label="min precision (recall_at_precision)", value=0.9)
                         min_recall = gr.Number(label="min recall (precision_at_recall)", value=0.9)
+                    with_intervals = gr.Checkbox(
+                        label=f"How sure is it? 95% intervals from {DEFAULT_BOOTSTRAP_REPLICATES:,} resamples",
+                        info="reruns the exact search on resamples of your rows: a wide range means more data would "
+                             "help", value=False)
                     find_button = gr.Button("Find the best threshold", variant="primary")
                     example_csv = EXAMPLES / "classifier_scores.csv"
                     if example_csv.exists():
@@ -269,7 +297,7 @@ def build_demo(ensemble: Ensemble | None, status: str, report: dict | None, vers
                             api_name="inspect_csv")
             find_button.click(optimize_threshold,
                               inputs=[csv_file, label_col, score_col, positive, objective, beta, cost_fp, cost_fn,
-                                      min_precision, min_recall],
+                                      min_precision, min_recall, with_intervals],
                               outputs=[summary, metrics_table, pr_plot, roc_plot, metrics_plot, results_csv],
                               api_name="optimize_threshold", concurrency_limit=2)
             if example_csv.exists():  # picking the example fills the column pickers as an upload does
@@ -284,7 +312,8 @@ def build_demo(ensemble: Ensemble | None, status: str, report: dict | None, vers
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", default=os.environ.get("VISION_ENSEMBLE_MANIFEST", DEFAULT_MANIFEST),
-                        help="ensemble.json path, a folder holding it, or a Hub repo id (env VISION_ENSEMBLE_MANIFEST)")
+                        help="ensemble.json path, a folder holding it, or a Hub repo id (env VISION_ENSEMBLE_MANIFEST); "
+                             "default: the distilled student shipped in student/")
     parser.add_argument("--runtime", choices=["onnx", "torch"], default=os.environ.get("VISION_ENSEMBLE_RUNTIME", "onnx"),
                         help="run the networks with ONNX Runtime (fp32, ~1.5x faster on CPU) or eager PyTorch")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))

@@ -8,9 +8,16 @@ Members are timm model folders or Hub repo ids, or the predictions.npz files tra
 (their best epoch's probabilities: no weights or dataset needed; members named as their Hub repos).
 Weights (unless --equal-weights) and the temperature are fitted on the validation split, then everything
 is measured on the test split.  Writes report.json, ensemble.json (the manifest the app loads, with the
-uncertainty rule chosen on validation), confusion_matrix.png and reliability_diagram.png; with models,
+uncertainty rule and the conformal prediction-set rule chosen on validation), confusion_matrix.png,
+reliability_diagram.png and conformal_coverage.png; with models,
 --diagnose adds error_gallery.png, the top confusions and accuracy under FGSM/PGD attacks
 (robustness.png); with --update-card, fills the results section of model_card.md from the report.
+With --student (a distilled student's folder, or its predictions.npz beside --predictions), the report puts the
+student beside the ensemble (top-1, ECE before and after its temperature, agreement with the ensemble, batch-1
+latency of both on 2 CPU threads) and <output-dir>/student/ is the folder the Space serves by default: the
+student's one-member ensemble.json, the report and (from a folder) its weights.
+
+    python evaluation/evaluate.py --models runs/*/best --student runs/student/best --output-dir results/
 
     python evaluation/evaluate.py --models ... --ood-images examples/china.jpg examples/flower.jpg \\
         --diagnose --attack-samples 256 --update-card
@@ -19,24 +26,30 @@ uncertainty rule chosen on validation), confusion_matrix.png and reliability_dia
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 
-from vision_ensemble.config import (CIFAR10_NAME, DEFAULT_ATTACK_SAMPLES, DEFAULT_SEED, DEFAULT_VAL_SIZE, PGD_STEPS,
+from vision_ensemble.config import (CIFAR10_NAME, CONFORMAL_SCORES, DEFAULT_ATTACK_SAMPLES, DEFAULT_CONFORMAL_SCORE,
+                                     DEFAULT_COVERAGE, DEFAULT_SEED, DEFAULT_VAL_SIZE, PGD_STEPS,
                                      UNCERTAINTY_FLAGGED_ACCURACY, default_cache_size)
 from vision_ensemble.data import DataError, load_dataset
+from vision_ensemble.evaluation.conformal import calibration_problem
 from vision_ensemble.evaluation.diagnostics import diagnose
 from vision_ensemble.evaluation.ensemble import Ensemble
+from vision_ensemble.evaluation.label_issues import report_label_issues, split_files
 from vision_ensemble.evaluation.predictions import PredictionsError, check_same_data, evaluation_batch, load_predictions
 from vision_ensemble.evaluation.report import (MemberPredictions, evaluate_ensemble, out_of_domain_flags,
                                                summary_lines, write_outputs)
 from vision_ensemble.evaluation.sharding import sharded_probabilities
+from vision_ensemble.evaluation.student import batch1_latency_ms, compare_student, write_student_folder
 from vision_ensemble.hub import MODEL_CARD, fill_results, results_markdown
 from vision_ensemble.images import ImageError, load_rgb
 from vision_ensemble.model import Member, ModelError
@@ -50,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     members.add_argument("--predictions", nargs="+", type=Path,
                          help="members' predictions.npz files from training runs (instead of --models; the "
                               "data options and --diagnose/--ood-images do not apply: the files hold their own split)")
+    p.add_argument("--student", help="a student distilled from these members (train/finetune.py --teacher): its "
+                   "model folder or Hub repo id with --models, its predictions.npz with --predictions")
     p.add_argument("--data-dir", default=CIFAR10_NAME, help="dataset, as for training (default: cifar10)")
     p.add_argument("--cache-dir", help="decoded-dataset cache, as for training")
     p.add_argument("--cache-size", type=int, help="decoded-cache image size, as for training (default: from the "
@@ -64,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flagged-accuracy", type=float, default=UNCERTAINTY_FLAGGED_ACCURACY,
                    help="the uncertainty hint fires below the calibrated probability at which validation predictions "
                         "are right at most this often (or when fewer than half the members agree)")
+    p.add_argument("--coverage", type=float, default=DEFAULT_COVERAGE,
+                   help="conformal prediction sets: the share of images whose set of classes should hold the true "
+                        "class (default 0.9), calibrated on the validation split")
+    p.add_argument("--conformal", choices=CONFORMAL_SCORES, default=DEFAULT_CONFORMAL_SCORE,
+                   help="how the sets are built: aps (default: never empty, larger on harder images), lac (smallest "
+                        "sets on average, may be empty), raps (aps with a penalty on long sets, for many classes)")
     p.add_argument("--ood-images", nargs="+", default=[], metavar="IMAGE",
                    help="out-of-domain photos to report the uncertainty hint on, e.g. examples/china.jpg "
                         "examples/flower.jpg")
@@ -73,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack-samples", type=int, default=DEFAULT_ATTACK_SAMPLES,
                    help="test images attacked by --diagnose (a seeded subset)")
     p.add_argument("--pgd-steps", type=int, default=PGD_STEPS, help="PGD iterations per radius for --diagnose")
+    p.add_argument("--label-issues", action="store_true",
+                   help="rank the val and test images by how likely their label is wrong (cleanlab's confident "
+                        "learning on the ensemble's probabilities): label_issues.csv and label_issues.png; review them "
+                        "with python -m vision_ensemble.labeler FOLDER --review label_issues.csv")
     p.add_argument("--update-card", action="store_true", help="write the results into model_card.md")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--report-to", choices=("none", "mlflow"), default="none",
@@ -91,10 +116,12 @@ def main(argv=None) -> int:
     try:
         require_trackers(args.report_to)  # before decoding data or loading members
         members = [Member.load(source, device=inference_device) for source in args.models]
-        class_names = Ensemble(members).class_names  # checks that the members agree
+        student = Member.load(args.student, device=inference_device) if args.student else None
+        models = members + ([student] if student else [])
+        class_names = Ensemble(models).class_names  # checks that the models agree
         cache_size = args.cache_size or max(  # as training's default, so its cache is reused
             default_cache_size(max(m.data_config["input_size"][1:]), m.data_config.get("crop_pct", 1.0))
-            for m in members)
+            for m in models)
         data = load_dataset(args.data_dir, args.cache_dir, args.val_size if args.val_size < 1 else int(args.val_size),
                             args.seed, cache_size)
         if data.test is None:
@@ -108,6 +135,9 @@ def main(argv=None) -> int:
 
     val_images, val_labels = evaluation_batch(data.val, args.max_eval_samples, args.seed)
     test_images, test_labels = evaluation_batch(data.test, args.max_eval_samples, args.seed)
+    if problem := calibration_problem(len(val_labels), args.coverage, args.conformal):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     predictions = [MemberPredictions(m.source, m.data_config,
                                      sharded_probabilities(m, val_images, args.tta, args.batch_size, accelerator),
@@ -119,24 +149,53 @@ def main(argv=None) -> int:
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     evaluation = evaluate_ensemble(predictions, val_labels, test_labels, data.class_names, args.tta, args.equal_weights,
                                    context={"command": command, "device": device, "data_dir": str(args.data_dir),
-                                            "inference_s": inference_s}, flagged_accuracy=args.flagged_accuracy)
-    ensemble = Ensemble(members, evaluation.weights, evaluation.temperature, args.tta, evaluation.uncertainty)
+                                            "inference_s": inference_s}, flagged_accuracy=args.flagged_accuracy,
+                                   coverage=args.coverage, conformal_score=args.conformal)
+    ensemble = Ensemble(members, evaluation.weights, evaluation.temperature, args.tta, evaluation.uncertainty,
+                        evaluation.conformal)
     evaluation.report["uncertainty"]["out_of_domain"] = out_of_domain_flags(ensemble, ood_images)
-    written = write_outputs(evaluation, predictions, test_labels, args.output_dir)
+    written = []
+    if args.label_issues:  # first: report.json and the card count the flagged labels
+        written += report_label_issues(evaluation.report, {
+            "val": (np.stack([p.val_probs for p in predictions]), val_labels,
+                    split_files(data.val, args.max_eval_samples, args.seed), val_images),
+            "test": (np.stack([p.test_probs for p in predictions]), test_labels,
+                     split_files(data.test, args.max_eval_samples, args.seed), test_images)},
+            evaluation.weights, evaluation.temperature, args.output_dir)
+    written = write_outputs(evaluation, predictions, test_labels, args.output_dir) + written
     if args.diagnose:
         written += diagnose(evaluation.report, ensemble, test_images, test_labels, evaluation.test_calibrated,
                             args.output_dir, args.attack_samples, args.pgd_steps, args.seed)
+    if student is not None:  # last: the latency runs move the networks to the CPU
+        prediction = MemberPredictions(student.source, student.data_config,
+                                       *(student.probabilities(x, args.tta, args.batch_size).numpy()
+                                         for x in (val_images, test_images)))
+        latency = {"ensemble": batch1_latency_ms(ensemble, test_images),
+                   "student": batch1_latency_ms(Ensemble([student], tta_flip=args.tta), test_images)}
+        written += add_student(args, evaluation, prediction, val_labels, test_labels, latency)
     return finish(args, evaluation, written)
+
+
+def add_student(args, evaluation, student: MemberPredictions, val_labels, test_labels, latency=None) -> list[Path]:
+    own = compare_student(evaluation, student, val_labels, test_labels, latency, args.flagged_accuracy)
+    written = write_student_folder(evaluation, own, student, test_labels, args.output_dir / "student")
+    (args.output_dir / "report.json").write_text(json.dumps(evaluation.report, indent=2))  # now with the student
+    return written
 
 
 def evaluate_predictions(args, command: str) -> int:
     """The same report from training runs' predictions.npz files: no weights, no dataset."""
     try:
         require_trackers(args.report_to)
-        if args.diagnose or args.ood_images:
-            raise PredictionsError("--diagnose and --ood-images need the models: pass --models instead of --predictions")
-        runs = [load_predictions(path) for path in args.predictions]
-        check_same_data(runs, args.predictions)
+        if args.diagnose or args.ood_images or args.label_issues:
+            raise PredictionsError("--diagnose, --ood-images and --label-issues need the models and the data: pass "
+                                   "--models instead of --predictions")
+        paths = args.predictions + ([Path(args.student)] if args.student else [])
+        runs = [load_predictions(path) for path in paths]
+        check_same_data(runs, paths)  # the student too: predicted on the same images
+        student, runs = (runs[-1], runs[:-1]) if args.student else (None, runs)
+        if problem := calibration_problem(len(runs[0].val_labels), args.coverage, args.conformal):
+            raise PredictionsError(problem)
     except (PredictionsError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -147,8 +206,12 @@ def evaluate_predictions(args, command: str) -> int:
                                    context={"command": command, "device": ", ".join(sorted({r.device for r in runs})),
                                             "data_dir": first.data_dir,
                                             "predictions_files": [str(path) for path in args.predictions]},
-                                   flagged_accuracy=args.flagged_accuracy)
-    return finish(args, evaluation, write_outputs(evaluation, predictions, first.test_labels, args.output_dir))
+                                   flagged_accuracy=args.flagged_accuracy, coverage=args.coverage,
+                                   conformal_score=args.conformal)
+    written = write_outputs(evaluation, predictions, first.test_labels, args.output_dir)
+    if student is not None:
+        written += add_student(args, evaluation, student.member(args.tta), first.val_labels, first.test_labels)
+    return finish(args, evaluation, written)
 
 
 def finish(args, evaluation, written: list[Path]) -> int:
@@ -158,7 +221,7 @@ def finish(args, evaluation, written: list[Path]) -> int:
     if args.report_to == "mlflow":
         print(f"logged to MLflow run {log_evaluation(evaluation.report, args.output_dir)}")
     print("\n".join(summary_lines(evaluation.report)))
-    print(f"wrote {', '.join(p.name for p in written)} to {args.output_dir}")
+    print(f"wrote {', '.join(str(p.relative_to(args.output_dir)) for p in written)} to {args.output_dir}")
     return 0
 
 

@@ -9,9 +9,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import ENV, FINETUNE, REPO, make_member, run, tiny_run_args
 from vision_ensemble.config import recipe_config
+from vision_ensemble.data import subset_indices
 from vision_ensemble.evaluation.predictions import evaluation_batch, load_predictions, save_predictions
 from vision_ensemble.model import Member
 
@@ -36,7 +38,8 @@ def second_member(cifar10, cifar10_archive, tmp_path_factory):
     """Another member (48 px input, over-confident) and its predictions file, written without a training run."""
     folder = make_member(tmp_path_factory.mktemp("b") / "best", seed=1, img_size=48, sharpen=20.0)
     (folder / "metrics.json").write_text(json.dumps({"epoch": 1, "val_top1": 0.0}))
-    cfg = recipe_config({"model": "test_resnet", "data_dir": str(cifar10_archive), "max_eval_samples": EVAL_SAMPLES})
+    cfg = recipe_config({"model": "test_resnet", "data_dir": str(cifar10_archive), "max_eval_samples": EVAL_SAMPLES,
+                         "max_train_samples": 256})  # its training-split probabilities: 256 images, not 45,000
     path = save_predictions(folder.parent / "predictions.npz", folder, cifar10, cfg, "someone/tiny-b")
     return folder, path
 
@@ -64,6 +67,12 @@ def test_run_folder_holds_the_best_epochs_probabilities(trained_run, cifar10):
     test_images = evaluation_batch(cifar10.test, EVAL_SAMPLES, 0)[0]
     np.testing.assert_allclose(saved.test_probs_flip, member.probabilities(test_images, tta_flip=True).numpy(),
                                atol=1e-6)
+    # The training images it trained on (tiny_run_args: 256 of them), in float16: a student's soft targets.
+    np.testing.assert_array_equal(saved.train_indices, subset_indices(len(cifar10.train), 256, 0))
+    assert saved.train_probs.dtype == np.float16 and saved.train_probs.shape == (256, 10)
+    train_images = torch.from_numpy(cifar10.train.gather(saved.train_indices)).permute(0, 3, 1, 2)
+    np.testing.assert_allclose(saved.train_probs_flip, member.probabilities(train_images, tta_flip=True).numpy(),
+                               atol=1e-3)
 
 
 @pytest.mark.parametrize("tta", [False, True])
@@ -95,6 +104,8 @@ def test_report_from_predictions_equals_report_from_model_folders(trained_run, s
     for ours, theirs in zip(ma["members"], mb["members"]):
         assert ours["weight"] == pytest.approx(theirs["weight"], abs=1e-6)
         assert ours["preprocessing"] == theirs["preprocessing"]
+    assert mb["conformal"]["cutoff"] == pytest.approx(ma["conformal"]["cutoff"], abs=1e-5)  # prediction sets, too
+    assert a["conformal"]["test"]["coverage"] == b["conformal"]["test"]["coverage"]
     assert (tmp_path / "files" / "reliability_diagram.png").stat().st_size > 10_000
     assert (tmp_path / "files" / "confusion_matrix.png").stat().st_size > 10_000
 
@@ -104,7 +115,8 @@ def test_files_of_different_data_are_refused_in_one_line(trained_run, second_mem
     folder_b, predictions_b = second_member
     ours = trained_run / "predictions.npz"
     other_split = save_predictions(tmp_path / "seed1.npz", folder_b, cifar10, recipe_config(
-        {"model": "test_resnet", "data_dir": str(cifar10_archive), "max_eval_samples": EVAL_SAMPLES, "seed": 1}),
+        {"model": "test_resnet", "data_dir": str(cifar10_archive), "max_eval_samples": EVAL_SAMPLES, "seed": 1,
+         "max_train_samples": 256}),
         "someone/tiny-c")
     with np.load(predictions_b) as npz:  # the same file with other class names
         arrays = dict(npz)

@@ -75,15 +75,13 @@ def test_search_space_from_a_file_and_the_options_it_sets(tmp_path):
         '{"drop_path_rate": 0.1}']
 
 
-def test_a_sweep_without_the_time_limit_option_says_so(tmp_path):
-    from dataclasses import fields
-
-    from vision_ensemble.config import TrainConfig
-
-    if "time_limit" in {f.name for f in fields(TrainConfig)}:
-        pytest.skip("finetune has --time-limit")
-    result = subprocess.run([sys.executable, "-m", "vision_ensemble.sweep", "--trial-time-limit", "5",
-                             "--storage", f"sqlite:///{tmp_path / 's.db'}"], env=ENV, cwd=REPO, capture_output=True,
-                            text=True, timeout=120)
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: --trial-time-limit needs finetune's --time-limit")
+@pytest.mark.slow
+def test_trial_time_limit_reaches_finetune(tmp_path):
+    data = make_image_folder(tmp_path / "shapes", per_class=8, size=(32, 32))
+    out = tmp_path / "sweep"
+    run([sys.executable, "-m", "vision_ensemble.sweep", "--trials", "1", "--storage", f"sqlite:///{tmp_path / 's.db'}",
+         "--output-dir", str(out), "--trial-time-limit", "1", "--", "--model", "test_resnet", "--img-size", "32",
+         "--batch-size", "8", "--data-dir", str(data), "--val-size", "0.25", "--cache-dir", str(tmp_path / "cache")])
+    args = json.loads((out / "trial_000" / "training_args.json").read_text())
+    assert args["time_limit"] == 1
+    assert "--time-limit\n1\n" in (out / "best_args.txt").read_text()

@@ -113,7 +113,7 @@ def test_pretrained_path_loads_the_backbone_and_a_new_classifier(tmp_path):
 
 def test_offline_pretrained_says_what_to_do_in_one_line(cifar10_archive, cache_root, tmp_path):
     result = run([sys.executable, FINETUNE, "--model", "test_resnet", "--pretrained", "--data-dir", str(cifar10_archive),
-                  "--cache-dir", str(cache_root), "--output-dir", str(tmp_path)], check=False)
+                  "--cache-dir", str(cache_root), "--output-dir", str(tmp_path), "--no-data-check"], check=False)
     assert result.returncode == 2
     assert "could not download ImageNet weights" in result.stderr and "--no-pretrained" in result.stderr
     assert "Traceback" not in result.stderr
@@ -147,7 +147,7 @@ def test_compiled_run_saves_plain_timm_keys(cifar10, cifar10_archive, cache_root
     """--compile wraps the model (keys gain '_orig_mod.'); checkpoints and the export must not."""
     run([sys.executable, FINETUNE, "--model", "test_resnet", "--img-size", "32", "--batch-size", "64", "--epochs", "1",
          "--data-dir", str(cifar10_archive), "--cache-dir", str(cache_root), "--output-dir", str(tmp_path),
-         "--max-train-samples", "256", "--max-eval-samples", "64", "--compile"])
+         "--max-train-samples", "256", "--max-eval-samples", "64", "--compile", "--no-data-check"])
     for weights in (tmp_path / "best" / "model.safetensors", tmp_path / "checkpoints" / "epoch_001" / "model.safetensors"):
         keys = load_file(weights).keys()
         assert keys and not any("_orig_mod" in k for k in keys)

@@ -1,6 +1,9 @@
 """Fine-tune (or train from scratch) a timm backbone and export it in timm's Hugging Face Hub format.
 
     accelerate launch train/finetune.py --model seresnet50 --data-dir ../shared/data/cifar10.tar.gz
+    accelerate launch train/finetune.py --teacher results/ensemble.json --data-dir ../shared/data/cifar10.tar.gz
+
+With `--teacher` the run distils a student from an ensemble (`vision_ensemble/training/distill.py`).
 
 Reads top to bottom: config -> data -> model -> optimisation -> loop (train, evaluate, checkpoint, export)
 -> publish.  Every option is documented in `--help`; per-backbone defaults are the recipes in
@@ -19,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -30,16 +34,21 @@ from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from vision_ensemble.config import DEFAULT_CROP_PCT, TrainConfig, build_parser, default_cache_size, recipe_config
-from vision_ensemble.data import (BatchTransform, DataError, DeviceImageDataset, choose_augment, device_loader,
-                                  fits_on_device, load_dataset, stream_loader, subset_indices, train_transform)
-from vision_ensemble.evaluation.predictions import save_predictions
+from vision_ensemble.data import (BalancedSampler, BatchTransform, DataError, DeviceImageDataset, choose_augment,
+                                  device_loader, fits_on_device, load_dataset, stream_loader, subset_indices,
+                                  train_transform)
+from vision_ensemble.data.check import check_cache, leakage, summary_lines
+from vision_ensemble.evaluation.predictions import PredictionsError, save_predictions
+from vision_ensemble.evaluation.teacher import teacher_probabilities
 from vision_ensemble.hub import HubError, default_repo_id, member_card, push_folder
 from vision_ensemble.model import ModelError, create_model, export_model
 from vision_ensemble.plots import plot_training_curves
 from vision_ensemble.training.batch_size import OutOfMemory, fit_batch_size
+from vision_ensemble.training.distill import Distillation
 from vision_ensemble.training.distributed import (DistributedError, check_launch, checkpoint_dirs, choose_layout,
                                                   is_writer, resume_dir, save_checkpoint)
 from vision_ensemble.training.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
+from vision_ensemble.training.imbalance import WeightedSoftTargetCrossEntropy, balanced_class_weights
 from vision_ensemble.training.time_budget import TimeBudget, cosine_schedule, predictions_eval_ratio
 from vision_ensemble.training.tracking import (TrackingError, end_failed_runs, log_run_files, require_trackers,
                                                start_trackers)
@@ -109,11 +118,29 @@ def main(argv=None) -> int:
     # No barrier around it: the processes that do not build wait on the cache's lock, not in a collective whose
     # timeout (NCCL: 10 minutes) a long first decode would exceed.
     data = load_dataset(cfg.data_dir, cfg.cache_dir, cfg.val_size, cfg.seed, cache_size)
+    checked = cfg.data_check or cfg.strict_data  # under a file lock: one process checks, the rest read its report
+    data_report, report_dir = check_cache(cfg.data_dir, data.cache_dir, cache_size) if checked else (None, None)
+    if data_report is not None:
+        print_main("\n".join(summary_lines(data_report, short=True)))
+        print_main(f"(full data check: {report_dir / 'datacheck.html'})")
+        leaked = leakage(data_report)
+        if cfg.strict_data and leaked:
+            raise DataError(f"the same images are in two splits ({sum(leaked.values())} duplicate pairs across "
+                            f"{', '.join(leaked)}; see {report_dir / 'datacheck.html'}): remove them, or train "
+                            "without --strict-data")
     train_subset = subset_indices(len(data.train), cfg.max_train_samples, cfg.seed)
     val_subset = subset_indices(len(data.val), cfg.max_eval_samples, cfg.seed)
     train_arrays = data.train if train_subset is None else data.train.subset(train_subset)
     val_arrays = data.val if val_subset is None else data.val.subset(val_subset)
     num_classes = len(data.class_names)
+    counts = np.bincount(train_arrays.labels, minlength=num_classes)
+    cfg.train_class_counts = dict(zip(data.class_names, counts.tolist()))  # the card says when they are imbalanced
+    teacher_probs = None
+    if cfg.teacher:  # the ensemble's soft targets for these training images, computed (and cached) by the main process
+        with accelerator.main_process_first():
+            teacher_probs = teacher_probabilities(
+                cfg.teacher, data, np.arange(len(data.train)) if train_subset is None else train_subset,
+                output_dir / "teacher_targets.npz", accelerator.device, cfg.batch_size * 2)
 
     # --- model, what of it trains, and its preprocessing -------------------------------------------------------
     # Resolved here so training_args.json records the augmentation that ran; it also sets the eval geometry
@@ -140,14 +167,15 @@ def main(argv=None) -> int:
     nbytes = train_arrays.nbytes + val_arrays.nbytes
     data_mode = cfg.data_mode if cfg.data_mode != "auto" else (
         "device" if fits_on_device(nbytes, accelerator.device) else "stream")
+    sampler = BalancedSampler(train_arrays.labels, cfg.seed) if cfg.sampler == "balanced" else None
     if data_mode == "device":
-        train_loader = device_loader(DeviceImageDataset(train_arrays, accelerator.device), batch_size,
-                                     shuffle=True, drop_last=True, seed=cfg.seed)
+        train_loader = device_loader(DeviceImageDataset(train_arrays, accelerator.device, with_indices=bool(cfg.teacher)),
+                                     batch_size, shuffle=True, drop_last=True, seed=cfg.seed, sampler=sampler)
         val_loader = device_loader(DeviceImageDataset(val_arrays, accelerator.device), cfg.batch_size * 2,
                                    shuffle=False)
     else:  # no decoding here: workers read whole batches from the memory-mapped cache
         train_loader = stream_loader(train_arrays, batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
-                                     num_workers=cfg.num_workers)
+                                     num_workers=cfg.num_workers, with_indices=bool(cfg.teacher), sampler=sampler)
         val_loader = stream_loader(val_arrays, cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers)
 
     # --- optimisation: timm's AdamW at a rate scaled to the global batch, warmup + cosine per step, ------------
@@ -163,6 +191,13 @@ def main(argv=None) -> int:
         mixup = Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mixup_prob,
                       label_smoothing=cfg.label_smoothing, num_classes=num_classes)
     train_loss_fn = SoftTargetCrossEntropy() if mixup else LabelSmoothingCrossEntropy(cfg.label_smoothing)
+    if cfg.class_weights == "balanced":  # MixUp targets arrive smoothed; hard labels are smoothed by the loss
+        train_loss_fn = WeightedSoftTargetCrossEntropy(balanced_class_weights(train_arrays.labels, num_classes),
+                                                       0.0 if mixup else cfg.label_smoothing).to(accelerator.device)
+    distillation = None
+    if teacher_probs is not None:  # its own MixUp/CutMix mixes the teacher's targets as it mixes the images
+        distillation = Distillation(torch.from_numpy(teacher_probs).to(accelerator.device), cfg, num_classes)
+        mixup, train_loss_fn = distillation.mix, distillation.loss
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay) if cfg.ema else None
     if cfg.compile:
         torch._logging.set_logs(dynamo=logging.ERROR, inductor=logging.ERROR)  # recompile chatter drowns the log
@@ -219,11 +254,11 @@ def main(argv=None) -> int:
         last_checked, start = 0, time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not accelerator.is_local_main_process,
                    leave=False)
-        for step, (images, labels) in enumerate(bar, 1):
+        for step, (images, labels, *indices) in enumerate(bar, 1):  # indices: with --teacher
             inputs = train_augment(images)
             targets = labels
             if mixup is not None:
-                inputs, targets = mixup(inputs, labels)
+                inputs, targets = mixup(inputs, labels, *indices)
             loss = train_loss_fn(model(inputs), targets)
             if cfg.fail_at_epoch == epoch:
                 loss = loss * float("nan")
@@ -274,7 +309,8 @@ def main(argv=None) -> int:
             export_model(accelerator.unwrap_model(eval_model, keep_torch_compile=False),
                          output_dir / "best", data_config, data.class_names,
                          {"metrics.json": metrics, "training_args.json": asdict(cfg),
-                          "README.md": member_card(cfg.model, metrics, asdict(cfg), data.class_names)})
+                          "README.md": member_card(cfg.model, metrics, asdict(cfg), data.class_names)},
+                         dtype=torch.float16 if cfg.teacher else torch.float32)  # a student ships in fp16
         save_checkpoint(accelerator, output_dir, epoch)
         if budget is not None and (epochs := budget.after_epoch(epoch, metrics["eval_time_s"])):
             fix_epochs(epochs)
@@ -292,7 +328,7 @@ def main(argv=None) -> int:
         plot_training_curves(metrics_file, output_dir / "training_curves.png")
         log_run_files(accelerator, output_dir)
         print_main(f"best val top-1 {state.best_top1:.2f}%; model folder: {output_dir / 'best'}")
-        repo_id = cfg.hub_repo_id or default_repo_id(cfg.model, cfg.data_dir)
+        repo_id = cfg.hub_repo_id or default_repo_id(cfg.model, cfg.data_dir) + ("-student" if cfg.teacher else "")
         # The best epoch's val/test probabilities, small enough to bring back instead of the weights.
         predictions = save_predictions(output_dir / "predictions.npz", output_dir / "best", data, cfg, repo_id,
                                        accelerator.device, cfg.batch_size * 2)
@@ -311,7 +347,8 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (DataError, DistributedError, ModelError, NonFiniteLoss, OutOfMemory, TrackingError) as exc:
+    except (DataError, DistributedError, ModelError, NonFiniteLoss, OutOfMemory, PredictionsError,
+            TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     finally:

@@ -26,6 +26,13 @@ CIFAR10_CLASSES = (
 DEFAULT_VAL_SIZE = 0.1  # fraction of train (or a count): 5,000 of CIFAR-10's 50,000
 DEFAULT_SEED = 0
 DEFAULT_CROP_PCT = 0.875  # timm's default eval crop: a 224 px input is cropped from a 256 px resize
+#: The data check (python -m vision_ensemble.datacheck, and at every cache build): warn when train's largest
+#: class has this many times the images of its smallest; near-duplicates are perceptual hashes (64 bits) at
+#: most this many bits apart (imagehash's phash: 4 keeps resized and re-encoded copies, not merely similar
+#: shots).
+IMBALANCE_WARNING_RATIO = 3.0
+NEAR_DUPLICATE_DISTANCE = 4
+DATACHECK_PAIRS_KEPT = 1000  # duplicate pairs listed in datacheck.json and .html; all are counted
 
 
 def default_cache_size(img_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int:
@@ -50,7 +57,14 @@ MAX_IMAGE_PIXELS = 40_000_000  # larger images (decompression bombs) are refused
 #: Uploads to the Space and to POST /api/predict (VISION_ENSEMBLE_MAX_UPLOAD_BYTES overrides it, e.g. in tests).
 MAX_UPLOAD_BYTES = int(os.environ.get("VISION_ENSEMBLE_MAX_UPLOAD_BYTES", 20 * 1024 * 1024))
 MAX_CSV_ROWS = 20_000_000
-DEFAULT_MANIFEST = "ensemble.json"  # the app's default: a path, a folder holding it, or a Hub repo id
+#: The app's default (a path, a folder holding ensemble.json, or a Hub repo id): the distilled student shipped
+#: in the repository (`evaluation/evaluate.py --student` writes the folder), relative to where the app runs.
+DEFAULT_MANIFEST = "student"
+LATENCY_THREADS = 2  # CPU threads of the batch-1 latency evaluate.py reports: a free CPU Space's 2 cores
+DEFAULT_BOOTSTRAP_REPLICATES = 1000  # the threshold tab's "confidence intervals" box; the CLI's --bootstrap N
+DEFAULT_BOOTSTRAP_CONFIDENCE = 0.95
+DEFAULT_BOOTSTRAP_SEED = 0
+BOOTSTRAP_CHUNK = 50  # replicates per parallel kernel call: the progress bar's step
 CLASSIFY_CONCURRENCY = 2  # predictions at once, in the Classify tab and in POST /api/predict alike
 DEFAULT_TOP_K = 3
 
@@ -100,6 +114,16 @@ LABELER_DISPLAY_SIZE = (512, 1600)  # smallest and largest longest side, in pixe
 #: validation predictions below it are right at most UNCERTAINTY_FLAGGED_ACCURACY of the time.
 UNCERTAINTY_MIN_AGREEMENT = 0.5
 UNCERTAINTY_FLAGGED_ACCURACY = 0.5
+#: Conformal prediction sets (evaluate.py --coverage/--conformal): the share of images whose set holds the true
+#: class, and the score.  APS by default: its sets never come out empty and grow with how hard the image is (the
+#: honest answer on photos that are none of the classes); LAC gives the smallest sets on average but may give
+#: empty ones; RAPS is APS with a penalty on long sets, made for a thousand classes rather than ten.
+DEFAULT_COVERAGE = 0.9
+CONFORMAL_SCORES = ("aps", "lac", "raps")
+DEFAULT_CONFORMAL_SCORE = "aps"
+RAPS_LAMBDAS = (0.001, 0.01, 0.1, 0.2, 0.5)  # penalty weights tried (Angelopoulos et al. 2021)
+RAPS_TUNING_SHARE = 0.2  # of the validation split, held out to choose RAPS's penalty
+COVERAGE_CURVE_LEVELS = (0.5, 0.99)  # the coverage plot's range of levels
 ATTACK_EPSILONS_255 = (0, 1, 2, 4, 8)  # L-inf attack radii, in 1/255 steps of [0, 1] pixel values
 DEFAULT_ATTACK_SAMPLES = 256  # test images attacked by `--diagnose`
 PGD_STEPS = 10  # PGD step size is 2.5 * epsilon / steps (Madry et al.), so it can reach the ball's edge
@@ -122,11 +146,21 @@ TIME_LIMIT_PROBE_STEPS = 300  # a first epoch longer than this is measured on it
 RECIPES: dict[str, dict] = {
     "seresnet50": dict(img_size=64, epochs=30, batch_size=512, lr=2e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=2),
     "efficientnet_b0": dict(img_size=64, epochs=30, batch_size=512, lr=3e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=2),
+    # The default student (DEFAULT_STUDENT): 6.6M parameters (12.6 MiB in fp16), 2.3 ms per image on 2 CPU cores
+    # at 64 px through ONNX Runtime (BENCHMARKS.md), trained as the CNN members are.
+    "regnetx_008": dict(img_size=64, epochs=30, batch_size=512, lr=2e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=2),
     "vit_small_patch16_224": dict(
         img_size=32, epochs=30, batch_size=512, lr=1e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=3,
         model_kwargs={"img_size": 32, "patch_size": 4},
     ),
 }
+
+
+#: `--teacher` without `--model` trains this student (benchmarks/student_candidates.py, BENCHMARKS.md).
+DEFAULT_STUDENT = "regnetx_008"
+#: Hinton et al.'s soft-target loss at the setting of the CIFAR distillation benchmarks (Tian et al., CRD,
+#: 2020: T = 4, 0.9 of the loss on the teacher, 0.1 on the labels).
+DISTILL_TEMPERATURE, DISTILL_ALPHA = 4.0, 0.9
 
 
 @dataclass
@@ -172,6 +206,10 @@ class TrainConfig:
     val_size: float = field(default=DEFAULT_VAL_SIZE, metadata={"help": "validation split taken from train: a fraction or a count (ignored if the data has val/)"})
     data_mode: str = field(default="auto", metadata={"help": "device: decoded data kept on the GPU; stream: batches gathered from the memory-mapped cache by DataLoader workers; auto: device when it fits"})
     num_workers: int = field(default=4, metadata={"help": "DataLoader workers for --data-mode stream"})
+    data_check: bool = field(default=True, metadata={"help": "check the data when its cache is built (python -m vision_ensemble.datacheck: class counts and imbalance, skipped files, duplicates within and across splits) and print the short form; the full report is kept beside the cache"})
+    strict_data: bool = field(default=False, metadata={"help": "refuse to train when the data check finds the same image (exact or near-duplicate) in two splits: a test image also in train makes test accuracy a lie"})
+    class_weights: str = field(default="none", metadata={"help": "balanced: weight the loss by inverse class frequency (as scikit-learn's compute_class_weight; a MixUp/CutMix sample weighs its mix of classes); none: every sample alike"})
+    sampler: str = field(default="shuffle", metadata={"help": "balanced: draw each epoch's images with replacement, every class equally often (seeded per epoch; each process its own shard); shuffle: every image once per epoch"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only this many training images (quick runs)"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use only this many validation images"})
     output_dir: str = field(default="runs/{model}", metadata={"help": "run folder: checkpoints/, best/, metrics.jsonl, curves"})
@@ -181,18 +219,23 @@ class TrainConfig:
     push_to_hub: bool = field(default=False, metadata={"help": "push <output-dir>/best to the Hub when training ends"})
     hub_repo_id: str | None = field(default=None, metadata={"help": "Hub repo id for --push-to-hub (default: <user>/<model>-<dataset>)"})
     hub_private: bool = field(default=False, metadata={"help": "create the Hub repo as private"})
+    teacher: list[str] = field(default_factory=list, metadata={"help": "distil from a teacher ensemble: its ensemble.json (or the folder holding it; its members are run once over the training split and the result cached in --output-dir), or its members' predictions.npz files (their training-split probabilities, combined with the weights and temperature of an ensemble.json given beside them, or fitted on the files' validation split as evaluate.py fits them). Without --model the student is " + DEFAULT_STUDENT})
+    distill_alpha: float = field(default=DISTILL_ALPHA, metadata={"help": "share of the loss on the teacher's soft targets (KL divergence at --distill-temperature, scaled by T^2); the rest is cross-entropy to the labels"})
+    distill_temperature: float = field(default=DISTILL_TEMPERATURE, metadata={"help": "distillation temperature T: teacher and student probabilities are softened as softmax(log p / T)"})
     fail_at_epoch: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: inject a NaN loss
     stop_after_epoch: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: simulate an interruption
     oom_above_batch: int | None = field(default=None, metadata={"help": argparse.SUPPRESS})  # tests: simulate CUDA out of memory
     # Filled in by train/finetune.py (not options) so training_args.json records what the run used.
     global_batch_size: int | None = field(default=None, init=False)
     effective_lr: float | None = field(default=None, init=False)
+    train_class_counts: dict | None = field(default=None, init=False)  # images per class trained on (the card)
     batch_size_auto: list | None = field(default=None, init=False)  # --batch-size auto: the sizes tried, last fits
 
 
 CHOICES = {"data_mode": ("auto", "device", "stream"), "report_to": ("none", *TRACKERS, "all"),
            "mixed_precision": (None, "no", "bf16", "fp16"), "augment": ("auto", "cifar", "photo"),
-           "auto_augment": ("randaugment", "trivialaugment", "none"), "lr_scale": ("auto", "sqrt", "linear", "none")}
+           "auto_augment": ("randaugment", "trivialaugment", "none"), "lr_scale": ("auto", "sqrt", "linear", "none"),
+           "class_weights": ("none", "balanced"), "sampler": ("shuffle", "balanced")}
 
 
 def int_or_auto(text: str) -> int | str:
@@ -222,6 +265,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         if f.type in ("bool",):
             _parse_bool_flag(parser, name, f)
             continue
+        if f.type == "list[str]":
+            parser.add_argument(f"--{name}", dest=f.name, nargs="+", default=None, help=help_text)
+            continue
         kind = {"int | str | None": int_or_auto, "int": int, "float": float, "str": str, "int | None": int, "float | None": float,
                 "str | None": str, "dict": json.loads}[f.type]
         parser.add_argument(f"--{name}", dest=f.name, type=kind, default=None, help=help_text)
@@ -231,10 +277,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
 def recipe_config(args: argparse.Namespace | dict) -> TrainConfig:
     """Command-line values first, then the model's recipe, then the dataclass defaults."""
     given = {k: v for k, v in (vars(args) if isinstance(args, argparse.Namespace) else args).items() if v is not None}
-    model = given.get("model", TrainConfig.model)
+    model = given.get("model", DEFAULT_STUDENT if given.get("teacher") else TrainConfig.model)
     # --batch-size auto starts from the recipe's batch (else the fallback below); train/finetune.py halves it to fit
     auto_batch = given.get("batch_size") == "auto" and given.pop("batch_size")
-    values = {**RECIPES.get(model, {}), **given}
+    values = {**RECIPES.get(model, {}), **given, "model": model}
     if "model_kwargs" in given:  # merge with the recipe's instead of replacing it
         values["model_kwargs"] = {**RECIPES.get(model, {}).get("model_kwargs", {}), **given["model_kwargs"]}
     if "lr" in given and "lr_base_size" not in given:  # a recipe's base batch describes the recipe's own rate
@@ -246,6 +292,13 @@ def recipe_config(args: argparse.Namespace | dict) -> TrainConfig:
             raise SystemExit(f"--{name.replace('_', '-')} {getattr(cfg, name)}: choose one of {', '.join(map(str, allowed))}")
     if cfg.freeze not in ("none", "backbone") and not re.fullmatch(r"stages:[1-9]\d*", cfg.freeze):
         raise SystemExit(f"--freeze {cfg.freeze}: choose none, backbone or stages:N (N >= 1)")
+    if not 0 <= cfg.distill_alpha <= 1 or cfg.distill_temperature <= 0:
+        raise SystemExit("--distill-alpha must be in [0, 1] and --distill-temperature positive")
+    if cfg.class_weights == "balanced" and cfg.sampler == "balanced":
+        raise SystemExit("--class-weights balanced and --sampler balanced each correct the imbalance: choose one")
+    if cfg.class_weights == "balanced" and cfg.teacher:
+        raise SystemExit("--class-weights weighs the label loss, which a student hardly uses (--teacher): balance it "
+                         "with --sampler balanced instead")
     if not 1 <= cfg.augment_magnitude <= 29:
         raise SystemExit(f"--augment-magnitude {cfg.augment_magnitude}: choose 1-29")
     # Options a recipe-less model still needs.

@@ -93,9 +93,29 @@ def member_card(model_name: str, metrics: dict, training_args: dict, class_names
                     if v not in (None, False, {}) and k in ("model", "img_size", "epochs", "batch_size", "lr", "data_dir"))
     results = (f"### This member: `{model_name}`\n\nClasses: {', '.join(class_names)}\n\n"
                f"Validation metrics of the exported (best) epoch:\n\n| metric | value |\n| --- | --- |\n{rows}\n\n"
-               f"Trained with `accelerate launch train/finetune.py {args}`.\n\n"
+               f"Trained with `accelerate launch train/finetune.py {args}`"
+               + (f", distilled from the ensemble `{' '.join(training_args['teacher'])}` (`--teacher`: "
+                  f"alpha {training_args['distill_alpha']}, T {training_args['distill_temperature']}; fp16 weights)"
+                  if training_args.get("teacher") else "") + f".{imbalance_note(training_args)}\n\n"
                f"```python\nimport timm\nmodel = timm.create_model(\"hf-hub:<this repo>\", pretrained=True).eval()\n```")
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n" + fill_results(body, results)))
+
+
+def imbalance_note(training_args: dict) -> str:
+    """A sentence for the card when the training classes were imbalanced (largest/smallest >= the data check's
+    warning ratio), naming the correction used, if any."""
+    from .config import IMBALANCE_WARNING_RATIO
+
+    counts = {name: n for name, n in (training_args.get("train_class_counts") or {}).items() if n}
+    if not counts or max(counts.values()) < IMBALANCE_WARNING_RATIO * min(counts.values()):
+        return ""
+    big, small = max(counts, key=counts.get), min(counts, key=counts.get)
+    fix = ("the loss weighted by inverse class frequency (`--class-weights balanced`)"
+           if training_args.get("class_weights") == "balanced" else
+           "class-balanced sampling (`--sampler balanced`)" if training_args.get("sampler") == "balanced" else
+           "no correction: expect lower recall on the rare classes")
+    return (f"\n\n**The training data was imbalanced**: {big} had {counts[big] / counts[small]:.1f}x the images of "
+            f"{small} ({counts[big]:,} vs {counts[small]:,}); trained with {fix}.")
 
 
 def results_markdown(report: dict) -> str:
@@ -106,13 +126,56 @@ def results_markdown(report: dict) -> str:
     lines.append(f"| **ensemble** (soft voting{', flip TTA' if report['tta_flip'] else ''}) | **{e['top1']:.2f}** | "
                  f"{e['top3']:.2f} | {e['ece_calibrated'] * 100:.2f} (T = {e['temperature']:.3f}; "
                  f"{e['ece_uncalibrated'] * 100:.2f} before) | |")
+    if "balanced_accuracy" in e:
+        lines.append(f"\nEvery class counted alike, the ensemble's balanced accuracy is {e['balanced_accuracy']:.2f}% "
+                     f"and its macro-F1 {e['macro_f1']:.3f}.")
+    if "student" in report:
+        lines += student_markdown(report["student"])
     lines.append(f"\nMeasured on {report['test_images']:,} test images of `{report['data_dir']}` on {report['device']}, "
                  f"{report['date']}, with `{report['command']}`.")
+    if "label_issues" in report:
+        li = report["label_issues"]
+        lines.append(f"\nThe ensemble flags **{li['test']} of {report['test_images']:,} test labels** as probably "
+                     "wrong "
+                     f"(confident learning, cleanlab; {li['val']} of the validation labels): every accuracy above is "
+                     f"measured against these labels. They are listed in `{li['file']}` for review.")
     if "uncertainty" in report:
         lines += uncertainty_markdown(report["uncertainty"])
+    if "conformal" in report:
+        lines += conformal_markdown(report["conformal"])
     if "diagnostics" in report:
         lines += diagnostics_markdown(report["diagnostics"])
     return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "not measured" if value is None else f"{value:.1f} ms"
+
+
+def student_markdown(s: dict) -> list[str]:
+    """The distilled student's row of the results table, and how it compares with the ensemble."""
+    return [f"| **student** `{s['source']}` (distilled from the ensemble) | **{s['top1']:.2f}** | {s['top3']:.2f} | "
+            f"{s['ece_calibrated'] * 100:.2f} (T = {s['temperature']:.3f}; {s['ece_uncalibrated'] * 100:.2f} before) | |",
+            f"\nThe student is one network trained on the ensemble's calibrated probabilities (`train/finetune.py "
+            f"--teacher`): its top class is the ensemble's on **{s['agreement']:.1f}%** of the test images, its top-1 "
+            f"{s['top1_gap_to_ensemble']:.2f} points under the ensemble's (best member {s['best_member_top1']:.2f}%). "
+            f"One image at a time on 2 CPU threads (ONNX Runtime, as the Space serves it) it answers in "
+            f"**{_ms(s['latency_ms'])}**, the ensemble in {_ms(s['ensemble_latency_ms'])}."]
+
+
+def answering_markdown(report: dict | None, num_members: int) -> str:
+    """Which model answers in the Space (the distilled student or the ensemble), its measured accuracy and latency."""
+    if report is not None and report.get("served") == "student" and "student" in report:
+        s = report["student"]
+        return (f"**Answering: the distilled student `{s['source']}`**, one network learnt from the ensemble (test top-1 "
+                f"{s['top1']:.2f}%, the ensemble's {report['ensemble']['top1']:.2f}%; {_ms(s['latency_ms'])} per image on "
+                "2 CPU threads). Start the app with `--manifest owner/repo` for the full ensemble.")
+    what = "the ensemble" if num_members > 1 else "one model"
+    if report is None:
+        return f"**Answering: {what} of {num_members} member(s)** (no evaluation report beside its manifest)."
+    latency = report.get("student", {}).get("ensemble_latency_ms")
+    return (f"**Answering: {what} of {num_members} member(s)** (test top-1 {report['ensemble']['top1']:.2f}%"
+            + (f"; {_ms(latency)} per image on 2 CPU threads" if latency is not None else "") + ").")
 
 
 def _percent(value: float | None) -> str:
@@ -133,11 +196,37 @@ def uncertainty_markdown(u: dict) -> list[str]:
     if ood:
         fired = sum(row["flagged"] for row in ood)
         lines.append(f"\nOn the out-of-domain example photos, none of them one of the ten classes, it fires on "
-                     f"**{fired} of {len(ood)}**:\n\n| photo | top class | probability | members agreeing | flagged |\n"
-                     "| --- | --- | --- | --- | --- |")
+                     f"**{fired} of {len(ood)}** (large prediction sets are the honest answer there):\n\n"
+                     "| photo | top class | probability | members agreeing | flagged | set size |\n"
+                     "| --- | --- | --- | --- | --- | --- |")
         lines += [f"| `{r['image']}` | {r['top_class']} | {r['probability']:.2f} | {r['members_agreeing']} | "
-                  f"{'yes' if r['flagged'] else '**no**'} |" for r in ood]
+                  f"{'yes' if r['flagged'] else '**no**'} | {r.get('set_size', 'n/a')} |" for r in ood]
     return lines
+
+
+def conformal_markdown(c: dict) -> list[str]:
+    """Prediction sets: what the coverage means, and how the sets did on the test split."""
+    t = c["test"]
+    lines = ["\n### Prediction sets with a coverage guarantee",
+             f"\nBeside the top-3, the Space shows the classes it cannot rule out, e.g. \"cat or dog, with "
+             f"{c['coverage']:.0%} coverage\": sets built this way hold the true class for {c['coverage']:.0%} of "
+             f"images from the same distribution (split conformal prediction, {c['score'].upper()} score, cut-off "
+             f"{c['cutoff']:.4f} calibrated on {c['validation_size']:,} validation images). On the test split:",
+             f"\n- coverage **{t['coverage'] * 100:.1f}%**, mean set size **{t['mean_set_size']:.2f}** classes, "
+             f"{t['singletons'] * 100:.1f}% single-class sets, {t['empty'] * 100:.1f}% empty sets",
+             f"- mean set size where the uncertainty hint fires: {_size(c['mean_set_size_flagged'])}; where it does "
+             f"not: {_size(c['mean_set_size_unflagged'])}",
+             "\n| set size | test images | coverage |", "| --- | --- | --- |"]
+    lines += [f"| {size} | {row['images']:,} | {row['coverage'] * 100:.1f}% |"
+              for size, row in t["by_set_size"].items()]
+    lines += ["\n| class | coverage |", "| --- | --- |"]
+    lines += [f"| {name} | {_percent(None if v is None else v * 100)} |" for name, v in t["per_class_coverage"].items()]
+    lines.append("\n`conformal_coverage.png` plots coverage and mean set size against the level asked for.")
+    return lines
+
+
+def _size(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def diagnostics_markdown(d: dict) -> list[str]:

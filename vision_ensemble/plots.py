@@ -90,6 +90,24 @@ def robustness_figure(result: dict):
     return fig
 
 
+def coverage_figure(curve: dict, chosen: float, score: str):
+    """Conformal prediction sets: test coverage (against the level asked for) and mean set size, level by level."""
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    levels = np.asarray(curve["levels"])
+    ax.plot(levels, levels, "k--", lw=1, label="level asked for")
+    ax.plot(levels, curve["coverage"], "o-", ms=3, color="C0", label="test coverage")
+    ax.axvline(chosen, color="C3", ls=":", label=f"chosen ({chosen:.0%})")
+    ax.set(xlabel="coverage level asked for", ylabel="share of test images whose set holds the true class",
+           title=f"Conformal prediction sets ({score}), test split")
+    sizes = ax.twinx()
+    sizes.plot(levels, curve["mean_set_size"], "s-", ms=3, color="C1", label="mean set size")
+    sizes.set_ylabel("mean set size (classes)", color="C1")
+    lines = ax.get_legend_handles_labels(), sizes.get_legend_handles_labels()
+    ax.legend(lines[0][0] + lines[1][0], lines[0][1] + lines[1][1], loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig, path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -38,7 +38,7 @@ from . import sources
 from .sources import DataError, extract, find_tree_root, fingerprint, is_archive, scan_image_folder
 from .split import load_split
 
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3  # 3: hidden files and folders left out, {split}_files.json
 PENDING, DONE, UNREADABLE = 0, 1, 2  # values of *_status.npy
 CHUNK = 64  # images per task given to a worker; the status file is flushed after each
 
@@ -83,6 +83,17 @@ class ImageArrays:
             # long epoch over a large cache does not show up as (reclaimable) memory held by training.
             self.pixels._mmap.madvise(mmap.MADV_DONTNEED)
         return out
+
+    def files(self) -> list[str]:
+        """The file behind each image (`row N` of its split where the source is no file tree), from the cache's
+        `{split}_files.json`: label_issues.csv and the labeller name images by it."""
+        if not isinstance(self.pixels, np.memmap):
+            raise DataError("these images are not read from a cache folder")
+        image_file = Path(self.pixels.filename)
+        list_file = image_file.with_name(image_file.name.replace("_images.npy", "_files.json"))
+        names = json.loads(list_file.read_text()) if list_file.exists() else None
+        rows = range(len(self)) if self.rows is None else self.rows
+        return [names[r] if names else f"{image_file.name.split('_')[0]} row {r}" for r in rows]
 
     def __getstate__(self):  # DataLoader workers reopen the memory map instead of receiving a copy of it
         state = dict(self.__dict__)
@@ -176,6 +187,13 @@ def _chunks(indices: np.ndarray) -> list[np.ndarray]:
     return [indices[i:i + CHUNK] for i in range(0, len(indices), CHUNK)]
 
 
+def planned_size(sizes: Counter, cache_size: int) -> tuple[int, int]:
+    """The cached image shape for images of these (height, width) counts: the most common size when it is within
+    `cache_size`, else a `cache_size` square (see the module docstring)."""
+    common = sizes.most_common(1)[0][0]
+    return common if max(common) <= cache_size else (cache_size, cache_size)
+
+
 def _choose_size(pool: ProcessPoolExecutor, split: str, count: int, cache_size: int) -> tuple[int, int]:
     sizes = Counter()
     for result in pool.map(_read_sizes, [split] * len(range(0, count, CHUNK)), _chunks(np.arange(count))):
@@ -183,7 +201,7 @@ def _choose_size(pool: ProcessPoolExecutor, split: str, count: int, cache_size: 
     if not sizes:
         raise DataError("no readable images")
     common = sizes.most_common(1)[0][0]
-    if max(common) <= cache_size:
+    if planned_size(sizes, cache_size) == common:
         other = sum(sizes.values()) - sizes[common]
         if other:
             warnings.warn(f"{other} image(s) are not {common[0]}x{common[1]}; resized and centre-cropped to it",
@@ -237,6 +255,9 @@ def _build(cache_dir: Path, splits: dict[str, SplitSource], source_fp: str, cach
         meta["splits"][name] = int((status == DONE).sum())
         meta["skipped_files"] += [f"{name}: {splits[name].name(i)}" for i in np.flatnonzero(status == UNREADABLE)]
     meta["skipped"] = len(meta["skipped_files"])
+    for name, split in splits.items():
+        if split.paths is not None:
+            (cache_dir / f"{name}_files.json").write_text(json.dumps([str(path) for path in split.paths]))
     if meta["skipped"]:
         warnings.warn(f"skipped {meta['skipped']} unreadable image file(s), e.g. {meta['skipped_files'][0]} "
                       f"(all listed in {cache_dir / 'meta.json'})", stacklevel=3)

@@ -66,9 +66,39 @@ def find_tree_root(path: Path) -> Path:
     raise DataError(f"{path}: expected an image-folder tree with train/<class>/ images (and test/<class>/)")
 
 
+def is_hidden(name: str) -> bool:
+    """Hidden files and folders (`.ipynb_checkpoints`, `.DS_Store`, `._photo.jpg` from macOS) are never data."""
+    return name.startswith(".")
+
+
+def walk_split(split_dir: Path) -> tuple[dict[str, list[Path]], list[tuple[Path, str]]]:
+    """Class folders of `split_dir` with their image files (sorted, at any depth), and every other file or folder
+    left out with why: hidden, not an image (by extension), or not inside a class folder."""
+    classes, skipped = {}, []
+    for entry in sorted(split_dir.iterdir()):
+        if is_hidden(entry.name):
+            skipped.append((entry, "hidden " + ("folder" if entry.is_dir() else "file")))
+        elif not entry.is_dir():
+            skipped.append((entry, "not inside a class folder"))
+        else:
+            files = classes[entry.name] = []
+            for p in sorted(entry.rglob("*")):
+                hidden = next((part for part in p.relative_to(entry).parts if is_hidden(part)), None)
+                if hidden is not None:
+                    if hidden == p.name:  # report a hidden folder once, not each file in it
+                        skipped.append((p, "hidden " + ("folder" if p.is_dir() else "file")))
+                elif p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+                    files.append(p)
+                elif p.is_file():
+                    skipped.append((p, "not an image (extension)"))
+    return classes, skipped
+
+
 def scan_image_folder(split_dir: Path, class_names: list[str] | None = None) -> tuple[list[Path], np.ndarray, list[str]]:
-    """Image files and labels of `split_dir/<class>/*`, classes in sorted order (as torchvision's ImageFolder)."""
-    found = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    """Image files and labels of `split_dir/<class>/*`, classes in sorted order (as torchvision's ImageFolder);
+    hidden files and folders are left out (`.ipynb_checkpoints` is not a class)."""
+    by_class, _ = walk_split(split_dir)
+    found = sorted(by_class)
     if class_names is None:
         class_names = found
     elif found != list(class_names):
@@ -77,9 +107,8 @@ def scan_image_folder(split_dir: Path, class_names: list[str] | None = None) -> 
         raise DataError(f"{split_dir}: no class folders")
     paths, labels = [], []
     for label, name in enumerate(class_names):
-        files = sorted(p for p in (split_dir / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        paths += files
-        labels += [label] * len(files)
+        paths += by_class[name]
+        labels += [label] * len(by_class[name])
     return paths, np.asarray(labels, dtype=np.int64), list(class_names)
 
 

@@ -7,5 +7,6 @@ sharding     member inference split across the processes of `accelerate launch e
 predictions  a run's best-epoch val/test probabilities in predictions.npz: the report without weights or data
 explain      Grad-CAM heatmaps per member (grad-cam library) and their overlay on the image
 diagnostics  evaluate.py --diagnose: confident-error gallery, top confusions, accuracy under FGSM/PGD (Captum)
+label_issues evaluate.py --label-issues: probably wrong val/test labels by confident learning (cleanlab)
 thresholds   exact decision-threshold search for binary-classifier scores, curves, plots
 """

@@ -16,6 +16,7 @@ from scipy.optimize import minimize
 from ..config import UNCERTAINTY_FLAGGED_ACCURACY, UNCERTAINTY_MIN_AGREEMENT
 from ..model import Member, ModelError
 from .calibration import apply_temperature
+from .conformal import ConformalRule
 
 MANIFEST_VERSION = 1
 
@@ -54,10 +55,11 @@ class UncertaintyRule:
 
 
 def manifest_dict(class_names: list[str], members: list[tuple[str, float, dict]], temperature: float,
-                  tta_flip: bool, uncertainty: UncertaintyRule) -> dict:
+                  tta_flip: bool, uncertainty: UncertaintyRule, conformal: ConformalRule | None = None) -> dict:
     """The `ensemble.json` content; members as (source, weight, preprocessing config)."""
     return {"version": MANIFEST_VERSION, "class_names": list(class_names), "temperature": float(temperature),
             "tta_flip": tta_flip, "uncertainty": asdict(uncertainty),
+            **({"conformal": conformal.to_dict()} if conformal is not None else {}),
             "members": [{"source": source, "weight": float(weight), "preprocessing": data_config}
                         for source, weight, data_config in members]}
 
@@ -97,7 +99,7 @@ class Ensemble:
     """Weighted soft voting of member probabilities, then temperature scaling of the log-probabilities."""
 
     def __init__(self, members: list[Member], weights=None, temperature: float = 1.0, tta_flip: bool = False,
-                 uncertainty: UncertaintyRule | None = None):
+                 uncertainty: UncertaintyRule | None = None, conformal: ConformalRule | None = None):
         if not members:
             raise ModelError("an ensemble needs at least one member")
         reference = members[0].class_names
@@ -111,6 +113,7 @@ class Ensemble:
         self.temperature = float(temperature)
         self.tta_flip = tta_flip
         self.uncertainty = uncertainty or UncertaintyRule()
+        self.conformal = conformal  # the calibrated prediction-set rule; None in manifests written before it
 
     def use_onnxruntime(self, folder: str | Path) -> None:
         for member in self.members:
@@ -135,7 +138,7 @@ class Ensemble:
     # --- the manifest ---------------------------------------------------------------------------------
     def manifest(self) -> dict:
         return manifest_dict(self.class_names, [(m.source, w, m.data_config) for m, w in zip(self.members, self.weights)],
-                             self.temperature, self.tta_flip, self.uncertainty)
+                             self.temperature, self.tta_flip, self.uncertainty, self.conformal)
 
     def save_manifest(self, path: str | Path) -> Path:
         path = Path(path)
@@ -151,13 +154,14 @@ class Ensemble:
         try:
             manifest = json.loads(path.read_text())
             members = manifest["members"]
+            conformal = ConformalRule(**manifest["conformal"]) if "conformal" in manifest else None
         except FileNotFoundError:
             raise ModelError(f"no ensemble manifest at {path}") from None
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
             raise ModelError(f"{path}: not a valid ensemble manifest ({exc})") from None
         loaded = [Member.load(m["source"], path.parent, device) for m in members]
         return cls(loaded, [m.get("weight", 1 / len(members)) for m in members], manifest.get("temperature", 1.0),
-                   manifest.get("tta_flip", False), UncertaintyRule(**manifest.get("uncertainty", {})))
+                   manifest.get("tta_flip", False), UncertaintyRule(**manifest.get("uncertainty", {})), conformal)
 
 
 def fit_weights(member_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Prediction files: a training run's best-epoch softmax probabilities on the validation and test splits, with
-and without flip TTA, in one small `predictions.npz` beside the run.
+and without flip TTA, in one small `predictions.npz` beside the run; also, in float16, on the training images
+it trained on (the soft targets a student distils from, `train/finetune.py --teacher`).
 
 Model weights are too large to bring back from a GPU machine; these files are enough to build the whole
 ensemble report (`evaluation/evaluate.py --predictions ...`) anywhere, without weights or the dataset.  The
@@ -23,6 +24,7 @@ from .report import MemberPredictions
 
 FORMAT_VERSION = 1
 PROBABILITY_ARRAYS = ("val_probs", "val_probs_flip", "test_probs", "test_probs_flip")
+TRAIN_ARRAYS = ("train_indices", "train_probs", "train_probs_flip")  # optional: files of older runs lack them
 
 
 class PredictionsError(ValueError):
@@ -54,11 +56,27 @@ class RunPredictions:
     val_probs_flip: np.ndarray
     test_probs: np.ndarray
     test_probs_flip: np.ndarray
+    train_indices: np.ndarray | None = None    # which training-split images (files before distillation: none)
+    train_probs: np.ndarray | None = None      # float16, (len(train_indices), C)
+    train_probs_flip: np.ndarray | None = None
 
     def member(self, tta_flip: bool) -> MemberPredictions:
         if tta_flip:
             return MemberPredictions(self.source, self.data_config, self.val_probs_flip, self.test_probs_flip)
         return MemberPredictions(self.source, self.data_config, self.val_probs, self.test_probs)
+
+
+def data_fingerprint(data: DecodedDataset) -> str:
+    """The decoded cache's fingerprint of its source: prediction files made from other data do not match it."""
+    return json.loads((data.cache_dir / "meta.json").read_text())["fingerprint"]
+
+
+def split_probabilities(predict, arrays: ImageArrays, indices: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """`predict(uint8 NCHW batch) -> (n, C) probabilities` over `arrays[indices]`, read `chunk` images at a time
+    (a large training split never sits in memory whole)."""
+    return np.concatenate([np.asarray(predict(torch.from_numpy(arrays.gather(indices[start:start + chunk]))
+                                              .permute(0, 3, 1, 2)))
+                           for start in range(0, len(indices), chunk)])
 
 
 def save_predictions(path: str | Path, model_folder: str | Path, data: DecodedDataset, cfg: TrainConfig,
@@ -73,11 +91,16 @@ def save_predictions(path: str | Path, model_folder: str | Path, data: DecodedDa
     test_images, test_labels = evaluation_batch(data.test, cfg.max_eval_samples, cfg.seed)
     probs = {f"{split}_probs{'_flip' if flip else ''}": member.probabilities(images, flip, batch_size).numpy()
              for split, images in (("val", val_images), ("test", test_images)) for flip in (False, True)}
+    train_keep = subset_indices(len(data.train), cfg.max_train_samples, cfg.seed)  # the images the run trained on
+    train_indices = np.arange(len(data.train)) if train_keep is None else train_keep
+    for flip in (False, True):
+        probs[f"train_probs{'_flip' if flip else ''}"] = split_probabilities(
+            lambda images, flip=flip: member.probabilities(images, flip, batch_size), data.train, train_indices).astype(np.float16)
     device = torch.device(device)
     meta = {
         "format": FORMAT_VERSION, "source": source, "data_config": member.data_config,
         "class_names": member.class_names, "data_dir": str(cfg.data_dir),
-        "split": {"data_fingerprint": json.loads((data.cache_dir / "meta.json").read_text())["fingerprint"],
+        "split": {"data_fingerprint": data_fingerprint(data),
                   "split_file": data.split_file.name, "seed": cfg.seed, "val_size": cfg.val_size,
                   "max_eval_samples": cfg.max_eval_samples},
         "metrics": json.loads((Path(model_folder) / "metrics.json").read_text()),
@@ -86,9 +109,10 @@ def save_predictions(path: str | Path, model_folder: str | Path, data: DecodedDa
     }
     path = Path(path)
     tmp = path.with_name(path.name + ".partial.npz")
-    # float32 keeps the report identical to a folder evaluation; CIFAR-10's 4 x 15,000 x 10 is 2.4 MB.
+    # float32 keeps the report identical to a folder evaluation; CIFAR-10's 4 x 15,000 x 10 is 2.4 MB, its
+    # training split's 2 x 45,000 x 10 in float16 (soft targets need no more) 1.8 MB.
     np.savez_compressed(tmp, meta=np.array(json.dumps(meta, default=str)), val_labels=val_labels,
-                        test_labels=test_labels, **probs)
+                        test_labels=test_labels, train_indices=train_indices, **probs)
     tmp.replace(path)
     return path
 
@@ -99,6 +123,7 @@ def load_predictions(path: str | Path) -> RunPredictions:
         with np.load(path, allow_pickle=False) as npz:
             meta = json.loads(str(npz["meta"]))
             arrays = {name: npz[name] for name in ("val_labels", "test_labels", *PROBABILITY_ARRAYS)}
+            arrays.update({name: npz[name] for name in TRAIN_ARRAYS if name in npz.files})
     except FileNotFoundError:
         raise PredictionsError(f"{path}: no such file") from None
     except (OSError, ValueError, KeyError) as exc:  # not an .npz, or one without our arrays

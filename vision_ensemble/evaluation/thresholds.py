@@ -391,8 +391,9 @@ def _thin(n: int, limit: int = 4000) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, min(n, limit)).round().astype(int))
 
 
-def curve_figures(result: ThresholdResult) -> dict:
-    """PR, ROC and metrics-vs-threshold matplotlib figures (curves thinned to a few thousand points)."""
+def curve_figures(result: ThresholdResult, threshold_interval: tuple[float, float, float] | None = None) -> dict:
+    """PR, ROC and metrics-vs-threshold matplotlib figures (curves thinned to a few thousand points); the last with
+    the optimal threshold's bootstrap interval (low, high, confidence) as a band when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -432,6 +433,9 @@ def curve_figures(result: ThresholdResult) -> dict:
     for name in shown:
         ax.plot(s.thresholds[keep], result.metrics[name][keep], label=name)
     ax.axvline(result.threshold, color="C3", ls="--", label=f"optimum ({result.objective})")
+    if threshold_interval is not None:
+        low, high, confidence = threshold_interval
+        ax.axvspan(low, high, color="C3", alpha=0.15, label=f"{confidence:.0%} interval of the optimum")
     ax.set(xlabel="threshold (predict positive where score >= threshold)", ylabel="metric",
            title="Metrics vs threshold")
     ax.legend(loc="best", fontsize=8)

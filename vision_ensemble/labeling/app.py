@@ -3,6 +3,7 @@
     python -m vision_ensemble.labeler photos/ --classes cat,dog
     python -m vision_ensemble.labeler photos/ --classes cat,dog --manifest results/ensemble.json
     python -m vision_ensemble.labeler photos/ --export photos-dataset --ratios 0.8,0.1,0.1 --seed 0
+    python -m vision_ensemble.labeler photos/ --review results/label_issues.csv
 
 Keys: 1-9 pick a class (A and B too when there are two classes), S skips, U or Backspace undoes the last
 label.  Every label is written to labels.csv at once; a restart resumes at the first unlabelled image.
@@ -25,7 +26,7 @@ from PIL import Image
 from ..config import DEFAULT_SEED, DEFAULT_SPLIT_RATIOS, LABELER_DISPLAY_SIZE, LABELS_FILENAME, SPLITS_FILENAME
 from ..data import IMAGE_EXTENSIONS
 from .store import (SPLITS, LabelingError, LabelQueue, LabelStore, export_dataset, find_images, parse_classes,
-                    parse_ratios, rank_by_uncertainty)
+                    parse_ratios, rank_by_uncertainty, review_queue)
 
 log = logging.getLogger("vision_ensemble.labeler")
 
@@ -100,7 +101,10 @@ def build_demo(queue: LabelQueue, classes: list[str], default_export: Path) -> g
             caption = f"`{filename}`"
             image = for_display(pixels)
             s = queue.suggestions.get(filename)
-            suggestion = f"Ensemble suggests **{s.label}** ({s.confidence:.0%} confident)" if s else ""
+            suggestion = "" if s is None else (
+                f"Ensemble suggests **{s.label}** ({s.confidence:.0%} confident)" if s.given is None else
+                f"Labelled **{html.escape(s.given)}**; the ensemble suggests **{html.escape(s.label)}** (score "
+                f"{s.confidence:.2f} that the label is wrong). Press the right class, the given one to keep it.")
         return filename, image, caption, suggestion, progress_html(queue), unreadable_html(queue)
 
     def first(current):
@@ -204,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels", type=Path, help=f"labels file (default: FOLDER/{LABELS_FILENAME})")
     parser.add_argument("--manifest", help="ensemble.json (or a folder holding it): show its suggested label and "
                                            "queue the images least confident first")
+    parser.add_argument("--review", type=Path, metavar="LABEL_ISSUES_CSV",
+                        help="review the labels evaluate.py --label-issues flagged: only those images, most likely "
+                             "wrong first, with the given and the suggested label; corrections go to labels.csv")
     parser.add_argument("--export", type=Path, metavar="OUT", help="do not start the app: export the labels to "
                         "OUT/{train,val,test}/<class>/ and OUT/splits.csv, then exit")
     parser.add_argument("--ratios", default=",".join(f"{r:g}" for r in DEFAULT_SPLIT_RATIOS),
@@ -246,21 +253,28 @@ def main(argv=None) -> None:
                 ensemble = Ensemble.from_manifest(args.manifest)
             except ModelError as exc:
                 raise LabelingError(str(exc)) from None
+        review = review_queue(folder, args.review, store) if args.review else None
         if args.classes:
             classes = parse_classes(args.classes)
         elif ensemble is not None:
             classes = list(ensemble.class_names)
+        elif review is not None:
+            classes = sorted({*store.labels().values(), *(s.label for s in review.suggestions.values()),
+                              *(s.given for s in review.suggestions.values())})
         else:
             raise LabelingError("give the classes to label with --classes, e.g. --classes cat,dog")
     except LabelingError as exc:
         sys.exit(f"error: {exc}")
-    if ensemble is not None:
+    if review is not None:
+        queue = review
+    elif ensemble is not None:
         order, suggestions, unreadable = rank_by_uncertainty(folder, files, ensemble)
         queue = LabelQueue(folder, order, store, suggestions, unreadable)
     else:
         queue = LabelQueue(folder, files, store)
     labelled, total, _ = queue.progress()
-    log.info("%d image files in %s, %d already labelled in %s", total, folder, labelled, store.path)
+    log.info("%d image files %sin %s, %d already %s in %s", total, "to review " if review else "", folder, labelled,
+             "reviewed" if review else "labelled", store.path)
     demo = build_demo(queue, classes, folder.with_name(folder.name + "-dataset"))
     demo.queue(max_size=256)
     demo.launch(server_name=args.host, server_port=args.port, head=keyboard_head(classes), show_error=True)

@@ -138,7 +138,8 @@ class LabelStore:
 @dataclass
 class Suggestion:
     label: str
-    confidence: float  # the calibrated ensemble's top probability
+    confidence: float  # the calibrated ensemble's top probability; in a review, how likely the given label is wrong
+    given: str | None = None  # in a review (--review label_issues.csv): the label the ensemble doubts
 
 
 @dataclass
@@ -150,20 +151,23 @@ class LabelQueue:
     store: LabelStore
     suggestions: dict[str, Suggestion] = field(default_factory=dict)
     unreadable: dict[str, str] = field(default_factory=dict)
+    reviewed_after: str | None = None  # a review: an image is done once labelled after this (ISO) time
+
+    def is_done(self, filename: str) -> bool:
+        row = self.store.rows.get(filename)
+        return row is not None and (self.reviewed_after is None or row[1] > self.reviewed_after)
 
     def progress(self) -> tuple[int, int, Counter]:
-        """(labelled, total readable, labels per class) over the images in the folder."""
-        labels = self.store.labels()
-        counts = Counter(labels[f] for f in self.order if f in labels)
+        """(labelled, total readable, labels per class) over the images in the queue."""
+        counts = Counter(self.store.rows[f][0] for f in self.order if self.is_done(f))
         return sum(counts.values()), sum(f not in self.unreadable for f in self.order), counts
 
     def next_image(self, after: str | None = None) -> tuple[str | None, np.ndarray | None]:
         """The first unlabelled, readable image after `after` in queue order (wrapping round, so skipped
         images come back at the end), decoded; (None, None) when every image is labelled or unreadable."""
         start = self.order.index(after) + 1 if after in self.order else 0
-        labelled = self.store.labels()
         for filename in self.order[start:] + self.order[:start]:
-            if filename in labelled or filename in self.unreadable:
+            if self.is_done(filename) or filename in self.unreadable:
                 continue
             try:
                 return filename, load_rgb(self.folder / filename)
@@ -194,6 +198,43 @@ def rank_by_uncertainty(folder: Path, files: list[str], ensemble) -> tuple[list[
         suggestions[filename] = Suggestion(ensemble.class_names[top], float(probs[0, top]))
     order = sorted(suggestions, key=lambda f: suggestions[f].confidence)  # stable: ties keep file order
     return order + list(unreadable), suggestions, unreadable
+
+
+def _name_in_folder(folder: Path, file: str) -> str | None:
+    """`file` (from label_issues.csv) as a name relative to `folder`: directly when it lies inside, else through
+    the splits.csv of the labeller export it lies in (EXPORT/<split>/<class>/<name> is folder/<name>)."""
+    path = Path(file).resolve()
+    if folder in path.parents:
+        return path.relative_to(folder).as_posix()
+    root = next((parent for parent in path.parents if (parent / SPLITS_FILENAME).is_file()), None)
+    if root is None or len(path.relative_to(root).parts) < 3:
+        return None
+    name = Path(*path.relative_to(root).parts[2:]).as_posix()
+    return name if (folder / name).is_file() else None
+
+
+def review_queue(folder: Path, issues_file: Path, store: LabelStore) -> LabelQueue:
+    """The images of `issues_file` (evaluate.py --label-issues: file, split, given_label, suggested_label, score),
+    most likely wrong first, with their given and suggested labels.  An image is reviewed once labels.csv holds a
+    label for it given after the issues file was written (the given one confirmed, or a correction), so a
+    restarted review resumes where it stopped."""
+    try:
+        with open(issues_file, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise LabelingError(f"cannot read {issues_file}: {exc.strerror or exc}") from None
+    if rows and not {"file", "given_label", "suggested_label", "score"} <= set(rows[0]):
+        raise LabelingError(f"{issues_file}: not a label_issues.csv written by evaluate.py --label-issues")
+    order, suggestions = [], {}
+    for row in rows:
+        name = _name_in_folder(folder, row["file"])
+        if name is None:
+            raise LabelingError(f"{row['file']} (in {issues_file.name}) is neither inside {folder} nor in a labeller "
+                                "export of it; pass the folder the images were labelled in")
+        order.append(name)
+        suggestions[name] = Suggestion(row["suggested_label"], float(row["score"]), row["given_label"])
+    since = datetime.fromtimestamp(issues_file.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    return LabelQueue(folder, order, store, suggestions, reviewed_after=since)
 
 
 # --- export --------------------------------------------------------------------------------------------

@@ -72,18 +72,19 @@ def training_data_config(model: torch.nn.Module, img_size: int | None, whole_ima
 
 
 def export_model(model: torch.nn.Module, folder: str | Path, data_config: dict, class_names: list[str],
-                 extra_files: dict[str, object] | None = None) -> Path:
+                 extra_files: dict[str, object] | None = None, dtype: torch.dtype = torch.float32) -> Path:
     """Write `folder` in timm's Hub format: model.safetensors + config.json (+ JSON side files).
 
     timm's `save_for_hf` records the architecture, the `model_args` timm needs to rebuild it, label names and
-    the preprocessing.  Written to a sibling folder first, then swapped in, so an interrupted export never
+    the preprocessing.  `dtype` float16 halves the file (a distilled student's, shipped in the repository);
+    timm loads it into a float32 model as usual.  Written to a sibling folder first, then swapped in, so an interrupted export never
     replaces a good one.
     """
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    # A float32, contiguous copy: channels_last weights are strided views that safetensors refuses.
-    model = copy.deepcopy(model).float().to(memory_format=torch.contiguous_format)
+    # A contiguous copy: channels_last weights are strided views that safetensors refuses.
+    model = copy.deepcopy(model).to(dtype=dtype, memory_format=torch.contiguous_format)
     timm.models.save_for_hf(model, tmp, model_config={"label_names": list(class_names)},
                             safe_serialization=True, data_config=dict(data_config))
     for name, content in (extra_files or {}).items():

@@ -1,5 +1,5 @@
 """One prediction path for the Space's Classify tab and the JSON API: the same input checks and messages, the
-same top-k, member answers, uncertainty hint, model version and timing.
+same top-k, member answers, prediction set, uncertainty hint, model version and timing.
 
 `decode_upload` turns uploaded bytes into pixels or raises `InputError` carrying the HTTP status the API
 answers with (the UI shows the same message); `predict_image` runs the ensemble on one image.
@@ -18,6 +18,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from ..config import CLASSIFY_CONCURRENCY, DEFAULT_TOP_K, MAX_UPLOAD_BYTES
+from ..evaluation.conformal import ranked_set, set_words
 from ..evaluation.ensemble import Ensemble
 from ..images import ImageError, UnsupportedImageError, load_rgb
 
@@ -74,15 +75,24 @@ class MemberAnswer(BaseModel):
 class Prediction(BaseModel):
     top_k: list[LabelProbability] = Field(description="the ensemble's k most probable classes, most probable first")
     members: list[MemberAnswer]
+    prediction_set: list[str] | None = Field(description=(
+        "the classes the ensemble cannot rule out, most probable first: sets built this way hold the true class for "
+        "`coverage` of images like the validation images (conformal prediction); null if ensemble.json has no "
+        "calibrated set rule"))
+    coverage: float | None = Field(description="the share of images whose prediction set holds the true class (0.9)")
     uncertain: bool = Field(description="the ensemble's uncertainty rule fired (low confidence or members disagree)")
     hint: str | None = Field(description="a plain-words warning when `uncertain`, else null")
     model_version: str = Field(description="hash of ensemble.json's content and the members' weights")
     latency_ms: float = Field(description="time spent in the ensemble (preprocessing and networks), milliseconds")
 
 
-def uncertainty_hint(num_classes: int) -> str:
+def uncertainty_hint(num_classes: int, prediction_set: list[str] | None = None, coverage: float | None = None) -> str:
+    """The warning; with a prediction set of several classes, also which ones it cannot tell apart."""
     count = _NUMBER_WORDS.get(num_classes, str(num_classes))
-    return f"The ensemble is unsure: this may not be one of the {count} classes."
+    hint = f"The ensemble is unsure: this may not be one of the {count} classes."
+    if prediction_set and len(prediction_set) > 1:
+        hint += f" At {coverage:.0%} coverage it cannot rule out {set_words(prediction_set)}."
+    return hint
 
 
 def _top(probs: np.ndarray, names: list[str], k: int) -> list[LabelProbability]:
@@ -100,14 +110,18 @@ def predict_image(ensemble: Ensemble, pixels: np.ndarray, top_k: int = DEFAULT_T
     names = ensemble.class_names
     uncertain = bool(ensemble.uncertainty.flags(probs, member_probs)[0])
     top = int(probs[0].argmax())
+    rule = ensemble.conformal
+    prediction_set = ranked_set(rule, probs[0], names) if rule is not None else None
+    coverage = rule.coverage if rule is not None else None
     members = []
     for member, p in zip(ensemble.members, member_probs[:, 0]):
         best = int(p.argmax())
         members.append(MemberAnswer(source=member.source, label=names[best], probability=float(p[best]),
                                     agrees=best == top, top_k=_top(p, names, top_k)))
-    return Prediction(top_k=_top(probs[0], names, top_k), members=members, uncertain=uncertain,
-                      hint=uncertainty_hint(len(names)) if uncertain else None, model_version=model_version,
-                      latency_ms=round(latency_ms, 2))
+    return Prediction(top_k=_top(probs[0], names, top_k), members=members, prediction_set=prediction_set,
+                      coverage=coverage, uncertain=uncertain,
+                      hint=uncertainty_hint(len(names), prediction_set, coverage) if uncertain else None,
+                      model_version=model_version, latency_ms=round(latency_ms, 2))
 
 
 # --- what is being served -----------------------------------------------------------------------------
