@@ -305,14 +305,16 @@ def main(argv=None) -> int:
         if accelerator.is_main_process:
             with metrics_file.open("a") as f:
                 f.write(json.dumps(metrics) + "\n")
+        export_start = time.perf_counter()
         if is_best and is_writer(accelerator):  # the folder that gets pushed: weights, config, metrics, args, card
             export_model(accelerator.unwrap_model(eval_model, keep_torch_compile=False),
                          output_dir / "best", data_config, data.class_names,
                          {"metrics.json": metrics, "training_args.json": asdict(cfg),
                           "README.md": member_card(cfg.model, metrics, asdict(cfg), data.class_names)},
                          dtype=torch.float16 if cfg.teacher else torch.float32)  # a student ships in fp16
+        export_s = time.perf_counter() - export_start
         save_checkpoint(accelerator, output_dir, epoch)
-        if budget is not None and (epochs := budget.after_epoch(epoch, metrics["eval_time_s"])):
+        if budget is not None and (epochs := budget.after_epoch(epoch, metrics["eval_time_s"], export_s)):
             fix_epochs(epochs)
             save_checkpoint(accelerator, output_dir, epoch)  # again, so that it holds the count and the horizon
         elif budget is not None and budget.out_of_time(epoch):

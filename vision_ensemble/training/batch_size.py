@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from accelerate.utils import find_executable_batch_size
-from accelerate.utils.memory import should_reduce_batch_size
+from accelerate.utils.memory import clear_device_cache, should_reduce_batch_size
 
 from ..config import TrainConfig
 from .finetuning import create_optimizer
@@ -63,6 +63,8 @@ def fit_batch_size(batch_size: int, cfg: TrainConfig, model, train_augment, eval
             if should_reduce_batch_size(exc):
                 raise OutOfMemory(advice(batch_size, cfg, device)) from None
             raise
+        finally:  # hand the probe's memory back, so that --data-mode auto sees what is free
+            clear_device_cache(garbage_collection=True)
 
     tried = [batch_size]
 
@@ -78,6 +80,7 @@ def fit_batch_size(batch_size: int, cfg: TrainConfig, model, train_augment, eval
         raise OutOfMemory(f"out of memory at every batch size from {batch_size} down to 2 per process ({cfg.model} "
                           f"on {device.type}): try --data-mode stream (the data leaves the GPU) or a smaller "
                           "--img-size") from None
+    clear_device_cache(garbage_collection=True)
     found = int(accelerator.gather(torch.tensor([found], device=device)).min().item())  # every rank runs one size
     cfg.batch_size_auto = tried if found == tried[-1] else [*tried, found]
     return found

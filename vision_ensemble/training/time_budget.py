@@ -19,6 +19,7 @@ from timm.scheduler import create_scheduler_v2
 from ..config import TIME_LIMIT_PROBE_STEPS, TrainConfig
 
 MARGIN = 0.02  # of the limit, kept free for what the estimate misses (process exit, a slower epoch)
+OVERRUN = 0.05  # of the limit: `out_of_time` cuts the schedule only for a larger overrun (noise is not cut short)
 # After the loop, beside the predictions: loading best/, the curves plot, process exit (5-9 s on a loaded 2-core CPU).
 TAIL_FIXED_S = 6.0
 
@@ -86,6 +87,8 @@ class TimeBudget:
 
     def after_step(self, step: int) -> int | None:
         """Call after each training step; decides at the end of a probe shorter than the first epoch."""
+        if step == self.steps_per_epoch:
+            self.train_end = time.time()
         if self.step_s is not None:
             return None
         if step == 1:
@@ -99,14 +102,23 @@ class TimeBudget:
                 return self._decide(eval_s, eval_s, steps_done=step, epochs_ended=0)
         return None
 
-    def after_epoch(self, epoch: int, eval_s: float) -> int | None:
-        """Call after each epoch's checkpoint with its evaluation time; decides after the first epoch (when its
-        steps were all probed)."""
+    def after_epoch(self, epoch: int, eval_s: float, export_s: float = 0.0) -> int | None:
+        """Call after each epoch's checkpoint with its evaluation and export times; decides after the first epoch
+        (when its steps were all probed), or after the second when at least 3 epochs fit: the first epoch carries
+        one-off costs, so the second, whole, is measured instead.  The export of a new best model is left out of
+        the per-epoch cost: it happens in most early epochs and few late ones (counted in every epoch, it ended
+        runs of many short epochs 15-30% early)."""
         previous, self.epoch_end = self.epoch_end, time.time()
         self.last_epoch_s = self.epoch_end - (previous or self.loop_started)
         if self.epochs is not None:
             return None
-        return self._decide(eval_s, self.epoch_end - self.train_end, steps_done=self.steps_per_epoch, epochs_ended=1)
+        if epoch == 2:
+            self.step_s = (self.train_end - previous) / self.steps_per_epoch
+        epochs = self._decide(eval_s, self.epoch_end - self.train_end - export_s, self.steps_per_epoch * epoch, epoch)
+        if epoch == 1 and epochs >= 3:
+            self.epochs = None
+            return None
+        return epochs
 
     def _decide(self, eval_s: float, epoch_end_s: float, steps_done: int, epochs_ended: int) -> int:
         self.epoch_end_s = epoch_end_s
@@ -126,9 +138,9 @@ class TimeBudget:
                    "more time for a completed schedule" if only_measured else ""))
 
     def out_of_time(self, epoch: int) -> bool:
-        """After an epoch past the decision: True when the next epoch, as long as this one was, would end past the
-        limit (the estimate was wrong).  Agreed across ranks (the main process's clock)."""
+        """After an epoch past the decision: True when the next epoch, as long as this one was, would end more than
+        OVERRUN past the limit (the estimate was wrong).  Agreed across ranks (the main process's clock)."""
         if self.epochs is None or epoch >= self.epochs or epoch <= 1:
             return False
-        late = int(self.elapsed() + self.last_epoch_s + self.tail_s > self.limit_s)
+        late = int(self.elapsed() + self.last_epoch_s + self.tail_s > self.limit_s * (1 + OVERRUN))
         return bool(broadcast(torch.tensor([late], device=self.accelerator.device), from_process=0).item())
