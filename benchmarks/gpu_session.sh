@@ -25,8 +25,8 @@
 # Environment: OUT (required: what comes back), DATA (.data/cifar10.tar.gz), HUB_OWNER (the Hub namespace the
 # members would be pushed to, default vision-ensemble), MODELS (the members), CACHE_SIZE (64: CIFAR-10 stays
 # 32x32 in any cache, so one size serves every member), MEMBERS_END_S (420), STUDENT_END_S (510), MEMBER_ARGS
-# (more finetune.py options for every member and the student), RUNS (runs: the run folders), SITE (/tmp/site: carried wheels), VISION_ENSEMBLE_CACHE
-# (/tmp/vision_ensemble_cache), GPU_SESSION_CPU=1 (dry run on a CPU with tiny settings: the same steps, every
+# (more finetune.py options for every member and the student), RUNS (runs: the run folders), SITE (/tmp/site:
+# carried wheels), VISION_ENSEMBLE_CACHE (/tmp/vision_ensemble_cache), GPU_SESSION_CPU=1 (dry run on a CPU with tiny settings: the same steps, every
 # file that must come back), STEPS (which steps `all` runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
