@@ -17,7 +17,6 @@ from collections import Counter, defaultdict
 from concurrent.futures import as_completed
 from pathlib import Path
 
-import imagehash
 import numpy as np
 from filelock import FileLock
 from PIL import Image
@@ -63,6 +62,8 @@ def _inspect(item) -> dict:
         pixels = load_rgb(image, max_pixels=MAX_IMAGE_PIXELS)
     except ImageError as exc:
         return {**record, "error": "unreadable", "detail": str(exc)}
+    import imagehash  # here: `finetune.py --no-data-check` trains where it is not installed (the GPU box)
+
     bits = imagehash.phash(Image.fromarray(pixels)).hash  # 8x8 booleans
     return {**record, "phash": int.from_bytes(np.packbits(bits).tobytes(), "big")}
 
