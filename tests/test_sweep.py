@@ -43,13 +43,14 @@ def test_two_workers_share_one_study_and_the_best_trial_reproduces(tmp_path):
     for trial in trials:  # each trial a real run, logged to the trackers training uses, reported epoch by epoch
         run_dir = out / f"trial_{trial.number:03d}"
         rows = read_epochs(run_dir / "metrics.jsonl")
-        assert [r["val_top1"] for r in rows] == [trial.intermediate_values[r["epoch"]] for r in rows]
+        reported = [trial.intermediate_values[epoch] for epoch in sorted(trial.intermediate_values)]
+        assert reported and reported == [r["val_top1"] for r in rows[:len(reported)]]  # in order, as they landed
         assert list((run_dir / "vision_ensemble").glob("events.out.tfevents.*"))
         args = json.loads((run_dir / "training_args.json").read_text())
         assert args["lr"] == trial.params["lr"] and args["ema"] and args["ema_decay"] == trial.params["ema_decay"]
         assert args["model_kwargs"] == {"drop_path_rate": trial.params["drop_path_rate"]}
-        if trial.state == optuna.trial.TrialState.PRUNED:
-            assert len(rows) < 2
+        if trial.state == optuna.trial.TrialState.COMPLETE:  # a pruned run may have written one more epoch
+            assert len(reported) == len(rows) == 2
 
     best = json.loads((out / "best_trial.json").read_text())
     assert best["val_top1"] == study.best_value and best["params"] == study.best_params

@@ -149,7 +149,7 @@ def test_a_time_limited_run_ends_on_time_with_its_schedule_completed(decoded, ci
 @pytest.mark.slow
 def test_two_processes_agree_on_the_count_and_a_resume_keeps_it(decoded, cifar10_archive, cache_root, tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
-              "--cpu", "--mixed_precision", "no", "--dynamo_backend", "no", FINETUNE]
+              "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", FINETUNE]
     args = time_limited_args(cifar10_archive, cache_root, tmp_path, 1.5)
     first = run([*launch, *args, "--stop-after-epoch", "2"])
     chosen = json.loads((tmp_path / "training_args.json").read_text())["epochs"]

@@ -115,12 +115,12 @@ def end_failed_runs() -> None:
     """End the MLflow and W&B runs a failed training left open as FAILED.  Call when training stops on an exception:
     a run that finished has already been ended by Accelerate's `end_training`, so this does nothing then.  Without
     it MLflow's exit hook would mark the failed run FINISHED (or leave it RUNNING if the process is killed)."""
-    if "mlflow" in sys.modules:
+    if sys.modules.get("mlflow") is not None:  # None: a test (or a user) blocked the import
         import mlflow
 
         if mlflow.active_run() is not None:
             mlflow.end_run(status="FAILED")
-    if "wandb" in sys.modules:
+    if sys.modules.get("wandb") is not None:
         import wandb
 
         if wandb.run is not None:
