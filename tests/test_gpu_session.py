@@ -49,8 +49,9 @@ def test_cpu_dry_run_of_all_returns_every_file_and_the_ensemble_builds(cifar10_a
         with tarfile.open(out / f"{model}.tar.gz") as archive:
             assert {name.removeprefix(f"{model}/") for name in archive.getnames()} == MEMBER_FILES
             summary = json.load(archive.extractfile(f"{model}/summary.json"))
-        # On the loaded CPU the limit may hold one epoch only; test_time_limit.py checks the schedule's end.
-        assert summary["model"] == model and summary["epochs"] == summary["planned_epochs"] >= 1
+        # Three trainings on 2 CPU cores time each other's epochs unevenly, so the guard may end one an epoch or
+        # two before its count (it says so in train.log); test_time_limit.py checks the schedule's end alone.
+        assert summary["model"] == model and 1 <= summary["epochs"] <= summary["planned_epochs"]
         assert summary["time_limit_min"] >= 1 and summary["mean_images_per_s"] > 0
         assert f"{model}: exit 0" in log
     assert "student: exit 0" in log and "from 3 teacher(s)" in log
