@@ -149,6 +149,10 @@ def main(argv=None) -> int:
                                                                                       accelerator) for split in (val, test)))
                    for m in members]
     inference_s = time.perf_counter() - start
+    # The student's inference is sharded too, so every process takes part in its gathers before the others leave.
+    student_prediction = None if student is None else MemberPredictions(
+        student.source, student.data_config,
+        *(sharded_probabilities(student, split, args.tta, batch_size, accelerator) for split in (val, test)))
     if not accelerator.is_main_process:
         return 0
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
@@ -172,12 +176,9 @@ def main(argv=None) -> int:
         written += diagnose(evaluation.report, ensemble, as_batch(test), test_labels, evaluation.test_calibrated,
                             args.output_dir, args.attack_samples, args.pgd_steps, args.seed)
     if student is not None:  # last: the latency runs move the networks to the CPU
-        prediction = MemberPredictions(student.source, student.data_config,
-                                       *(sharded_probabilities(student, split, args.tta, batch_size, accelerator)
-                                         for split in (val, test)))
         latency = {"ensemble": batch1_latency_ms(ensemble, as_batch(test)),
                    "student": batch1_latency_ms(Ensemble([student], tta_flip=args.tta), as_batch(test))}
-        written += add_student(args, evaluation, prediction, val_labels, test_labels, latency)
+        written += add_student(args, evaluation, student_prediction, val_labels, test_labels, latency)
     return finish(args, evaluation, written)
 
 
