@@ -14,7 +14,10 @@ Every `--interval` seconds it records the server's RSS (and RssAnon), open file 
 count and size of files under its temp folders, p50/p99 latency per endpoint and outcomes by status. At the
 end: `soak.json` (samples, totals and the checks: no 5xx, every bad input refused with a 4xx and a message,
 RSS growth after the first 10 minutes, temp files bounded) and `soak.png` in `--out`.  Exit status 1 if a
-check fails.
+check fails.  With `--heap-probe` the server runs under benchmarks/heap_probe.py, and each sample also holds the
+bytes malloc has handed out and not had back (`malloc_in_use`) and the live Python objects: memory in use that
+stays flat while RSS grows is the allocator keeping freed pages, not a leak.  MALLOC_ARENA_MAX and other
+environment variables reach the server as set; the summary records MALLOC_ARENA_MAX.
 """
 
 from __future__ import annotations
@@ -190,8 +193,18 @@ def rss_anon(pid: int) -> int:
     return 0
 
 
-def sample(process: psutil.Process, temp_root: Path, rows: list, since: float, started: float) -> dict:
+def last_heap_sample(path: Path | None) -> dict:
+    """The heap probe's latest line, if it runs."""
+    if path is None or not path.exists():
+        return {}
+    lines = path.read_text().splitlines()
+    return json.loads(lines[-1]) if lines else {}
+
+
+def sample(process: psutil.Process, temp_root: Path, rows: list, since: float, started: float,
+           heap_file: Path | None = None) -> dict:
     files, dirs, size = folder_usage(temp_root)
+    heap = last_heap_sample(heap_file)
     window = [r for r in list(rows) if r[0] >= since]
     latency = {}
     for endpoint in ENDPOINTS:
@@ -202,7 +215,9 @@ def sample(process: psutil.Process, temp_root: Path, rows: list, since: float, s
         return {"minute": round((time.time() - started) / 60, 2), "rss": process.memory_info().rss,
                 "rss_anon": rss_anon(process.pid), "fds": process.num_fds(), "threads": process.num_threads(),
                 "temp_files": files, "temp_dirs": dirs, "temp_bytes": size, "latency_ms": latency,
-                "outcomes": dict(Counter(r[3] for r in window)), "requests": len(window)}
+                "outcomes": dict(Counter(r[3] for r in window)), "requests": len(window),
+                **({"malloc_in_use": heap["in_use"], "malloc_heap": heap["heap"], "gc_objects": heap["gc_objects"],
+                    "top_types": heap["top_types"]} if heap else {})}
 
 
 # --- the verdict ---------------------------------------------------------------------------------------
@@ -214,6 +229,8 @@ def checks(rows: list, samples: list[dict], warmup_min: float) -> dict:
     bad_refused = [r for r in bad if (r[3].startswith("4") or r[3] == "app_error") and r[4].strip()]
     after = [s for s in samples if s["minute"] >= warmup_min] or samples[-1:]
     rss_growth = (after[-1]["rss"] / after[0]["rss"] - 1) * 100
+    heap_growth = {key: (after[-1][key] / after[0][key] - 1) * 100 for key in ("malloc_in_use", "gc_objects")
+                   if key in after[0] and key in after[-1]}
     half = samples[len(samples) // 2:]
     return {
         "requests": len(rows), "good_requests": len(good), "bad_requests": len(bad),
@@ -223,6 +240,7 @@ def checks(rows: list, samples: list[dict], warmup_min: float) -> dict:
         "bad_not_refused_examples": [list(r[1:5]) for r in bad if r not in bad_refused][:5],
         "rss_mb_at_warmup": after[0]["rss"] / 2**20, "rss_mb_at_end": after[-1]["rss"] / 2**20,
         "rss_growth_after_warmup_pct": rss_growth,
+        **{f"{key}_growth_after_warmup_pct": value for key, value in heap_growth.items()},
         "temp_files_max_second_half": max(s["temp_files"] for s in half),
         "temp_files_max_first_half": max(s["temp_files"] for s in samples[:max(1, len(samples) // 2)]),
         "pass": {
@@ -243,6 +261,8 @@ def plot(samples: list[dict], path: Path) -> None:
     ax = axes[0, 0]
     ax.plot(minutes, [s["rss"] / 2**20 for s in samples], label="RSS")
     ax.plot(minutes, [s["rss_anon"] / 2**20 for s in samples], label="RssAnon")
+    if all("malloc_in_use" in s for s in samples):
+        ax.plot(minutes, [s["malloc_in_use"] / 2**20 for s in samples], label="malloc in use")
     ax.set(title="server memory", ylabel="MiB", ylim=(0, None))
     ax.legend()
     ax = axes[0, 1]
@@ -285,6 +305,8 @@ def main():
                    help="the server's upload limit (VISION_ENSEMBLE_MAX_UPLOAD_BYTES), so oversized inputs stay cheap")
     p.add_argument("--temp-max-age", type=int, default=None,
                    help="the server's VISION_ENSEMBLE_TEMP_MAX_AGE_S (default: the app's, 900 s), for shorter runs")
+    p.add_argument("--heap-probe", action="store_true",
+                   help="run the server under benchmarks/heap_probe.py: malloc's memory in use and live objects too")
     p.add_argument("--out", default=str(REPO / "results" / "soak"))
     args = p.parse_args()
     out = Path(args.out)
@@ -302,7 +324,11 @@ def main():
         env["VISION_ENSEMBLE_TEMP_MAX_AGE_S"] = str(args.temp_max_age)
     port = free_port()
     log_file = out / "server.log"
-    server = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--manifest", str(manifest), "--runtime", "onnx",
+    heap_file = out / "heap.jsonl" if args.heap_probe else None
+    if heap_file is not None:
+        heap_file.unlink(missing_ok=True)
+    probe = [str(REPO / "benchmarks" / "heap_probe.py"), str(heap_file), str(args.interval / 2)] if heap_file else []
+    server = subprocess.Popen([sys.executable, *probe, str(REPO / "app.py"), "--manifest", str(manifest), "--runtime", "onnx",
                                "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, env=env,
                               stdout=log_file.open("w"), stderr=subprocess.STDOUT)
     url = wait_for_server(server, f"http://127.0.0.1:{port}/", log_file, timeout=600)  # a loaded machine starts slowly
@@ -312,7 +338,7 @@ def main():
     threads = [threading.Thread(target=client_loop, args=(i, url, args, bad, log, stop, client_tmp), daemon=True)
                for i in range(args.clients)]
     started = time.time()
-    samples = [sample(process, temp_root, log.rows, started, started)]
+    samples = [sample(process, temp_root, log.rows, started, started, heap_file)]
     print(f"soak: {args.clients} clients, {args.pause} s pauses, {args.minutes} min against {url}; server pid "
           f"{server.pid}, temp files under {temp_root}", flush=True)
     for t in threads:
@@ -323,11 +349,13 @@ def main():
             stop.wait(min(args.interval, max(1.0, started + args.minutes * 60 - since)))
             if server.poll() is not None:
                 raise SystemExit(f"the server exited ({server.returncode}); see {log_file}")
-            samples.append(sample(process, temp_root, log.rows, since, started))
+            samples.append(sample(process, temp_root, log.rows, since, started, heap_file))
             s = samples[-1]
             print(f"[{s['minute']:6.1f} min] RSS {s['rss'] / 2**20:.0f} MiB (anon {s['rss_anon'] / 2**20:.0f}), "
                   f"{s['fds']} fds, {s['threads']} threads, temp {s['temp_files']} files / {s['temp_dirs']} dirs / "
-                  f"{s['temp_bytes'] / 2**20:.1f} MiB, {s['requests']} requests {s['outcomes']}, p50 "
+                  f"{s['temp_bytes'] / 2**20:.1f} MiB, "
+                  + (f"malloc in use {s['malloc_in_use'] / 2**20:.0f} MiB, {s['gc_objects']} objects, " if "gc_objects" in s else "")
+                  + f"{s['requests']} requests {s['outcomes']}, p50 "
                   + ", ".join(f"{k} {v['p50']:.0f}" for k, v in s["latency_ms"].items()), flush=True)
     finally:
         stop.set()
@@ -343,7 +371,7 @@ def main():
     # Gradio logs a traceback for every gr.Error too; only the others are the server failing.
     tracebacks = log_file.read_text().split("Traceback (most recent call last):")[1:]
     verdict["server_log_tracebacks_not_gr_error"] = sum("gradio.exceptions.Error:" not in t for t in tracebacks)
-    summary = {"args": vars(args), "checks": verdict, "samples": samples}
+    summary = {"args": vars(args), "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"), "checks": verdict, "samples": samples}
     (out / "soak.json").write_text(json.dumps(summary, indent=1))
     plot(samples, out / "soak.png")
     shutil.rmtree(work, ignore_errors=True)

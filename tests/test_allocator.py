@@ -1,0 +1,46 @@
+"""serving/allocator.py: a server's threads share at most two malloc arenas (counted in glibc's malloc_info), and a
+MALLOC_ARENA_MAX the person set is left alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+from conftest import ENV, REPO
+
+# Eight threads alive at once, each allocating through malloc (bytearrays this large skip Python's small-object
+# allocator), then glibc's own account of its arenas: one <heap nr=...> element per arena.
+THREADS = """
+import ctypes, re, sys, threading
+from vision_ensemble.serving.allocator import limit_malloc_arenas
+print("set" if limit_malloc_arenas() else "not set")
+barrier = threading.Barrier(8)
+def work():
+    buffers = [bytearray(200_000) for _ in range(4)]
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+f = libc.fopen(sys.argv[1].encode(), b"w")
+libc.malloc_info(0, ctypes.c_void_p(f)); libc.fclose(ctypes.c_void_p(f))
+print(len(re.findall(r"<heap nr=", open(sys.argv[1]).read())), "arenas")
+"""
+
+
+def arenas(**env: str) -> tuple[str, int]:
+    with tempfile.NamedTemporaryFile(suffix=".xml") as info:
+        out = subprocess.run([sys.executable, "-c", THREADS, info.name], env={**ENV, **env}, cwd=REPO,
+                             capture_output=True, text=True, timeout=60, check=True).stdout.split("\n")
+    return out[0], int(out[1].split()[0])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_threads_share_at_most_two_arenas_unless_the_person_chose():
+    assert arenas() == ("set", 2)
+    said, count = arenas(MALLOC_ARENA_MAX="6")  # the person's setting wins, and glibc applies it
+    assert said == "not set" and count == 6
