@@ -1,8 +1,9 @@
 """The Space's temp folder stays bounded (gradio 6.31; each found by benchmarks/soak.py).  Gradio's `delete_cache`
-task iterates its sets of files while uploads add to them from the event loop: the first "Set changed size during
-iteration" ends the task silently and files pile up from then on.  It also leaves the folder each upload was stored
-in, and gr.File(type="filepath") leaves an empty `tmpXXXXXXXX` file in the cache root on every call.  One thread
-here does the same deletion (retried on the next round when it meets that race) and removes both leftovers."""
+task iterates its sets of files while uploads add to them from the event loop: under steady load nearly every round
+meets "Set changed size during iteration", which ends it (and Gradio's task for good), so files pile up; it also
+keeps the name of every file already gone.  It leaves the folder each upload was stored in, and
+gr.File(type="filepath") leaves an empty `tmpXXXXXXXX` file in the cache root on every call.  One thread here
+deletes the same files from a snapshot of each set, and removes both leftovers."""
 
 from __future__ import annotations
 
@@ -36,19 +37,42 @@ def remove_empty_entries(root: str | Path, older_than_s: float) -> int:
     return removed
 
 
+def delete_old_app_files(blocks, older_than_s: float) -> int:
+    """Delete the files `blocks` created (uploads, outputs) whose status changed over `older_than_s` seconds ago,
+    except those a component keeps (`keep_in_cache`), as gradio.route_utils.delete_files_created_by_app does, but
+    over a snapshot of each set (`list()` copies it without letting another thread run) so a request that adds a
+    file meanwhile does not end the round; names of files already gone leave the set too.  How many went."""
+    keep = set()
+    for component in list(blocks.blocks.values()):
+        keep.update(getattr(component, "keep_in_cache", ()))
+    removed, now = 0, time.time()
+    for files in blocks.temp_file_sets:
+        for name in list(files):
+            if name in keep:
+                continue
+            try:
+                if now - os.lstat(name).st_ctime <= older_than_s:
+                    continue
+                os.remove(name)
+                removed += 1
+            except FileNotFoundError:
+                pass
+            files.discard(name)
+    return removed
+
+
 def sweep_temp_files(blocks, root: str | Path, every_s: float, older_than_s: float) -> threading.Thread:
-    """A daemon thread that every `every_s` seconds deletes the files `blocks` created (uploads, results) older than
-    `older_than_s`, as Gradio's delete_cache does, then `remove_empty_entries(root, older_than_s)`."""
-    from gradio.route_utils import delete_files_created_by_app
+    """A daemon thread that every `every_s` seconds runs `delete_old_app_files(blocks, older_than_s)`, then
+    `remove_empty_entries(root, older_than_s)`."""
 
     def loop():
         while True:
             time.sleep(every_s)
             try:
-                delete_files_created_by_app(blocks, older_than_s)
-            except RuntimeError:  # an upload changed a set during the iteration: the next round deletes the files
+                delete_old_app_files(blocks, older_than_s)
+                remove_empty_entries(root, older_than_s)
+            except OSError:  # a disk error must not end the sweeping for good; the next round tries again
                 pass
-            remove_empty_entries(root, older_than_s)
 
     thread = threading.Thread(target=loop, name="sweep-temp-files", daemon=True)
     thread.start()
