@@ -38,7 +38,7 @@ from vision_ensemble.evaluation.thresholds import (OBJECTIVES, ObjectiveParams, 
 from vision_ensemble.hub import (MODEL_CARD, HubError, answering_markdown, fill_results, results_markdown,
                                  split_front_matter)
 from vision_ensemble.model import ModelError
-from vision_ensemble.serving.allocator import limit_malloc_arenas
+from vision_ensemble.serving.allocator import limit_malloc_arenas, trim_periodically
 from vision_ensemble.serving.api import create_api
 from vision_ensemble.serving.predict import InputError, check_upload_size, decode_upload, model_version, predict_image
 from vision_ensemble.serving.tempfiles import sweep_temp_files
@@ -334,6 +334,7 @@ def main(argv=None) -> None:
     demo.queue(default_concurrency_limit=CLASSIFY_CONCURRENCY, max_size=64)
     # Uploads and results are deleted after TEMP_FILE_MAX_AGE_S (not by delete_cache: see serving/tempfiles.py).
     sweep_temp_files(demo, gr.utils.get_upload_folder(), TEMP_SWEEP_EVERY_S, TEMP_FILE_MAX_AGE_S)
+    trim_periodically()  # freed memory between live blocks goes back to the kernel (serving/allocator.py)
     # One server: the JSON API's routes (and /docs) first, the Space mounted at / behind them.
     app = gr.mount_gradio_app(create_api(ensemble, status, args.runtime, version), demo, path="/",
                               max_file_size=MAX_UPLOAD_BYTES, show_error=True, allowed_paths=[str(EXAMPLES)])

@@ -24,7 +24,8 @@
 #
 # Environment: OUT (required: what comes back), DATA (.data/cifar10.tar.gz), HUB_OWNER (the Hub namespace the
 # members would be pushed to, default vision-ensemble), MODELS (the members), CACHE_SIZE (64: CIFAR-10 stays
-# 32x32 in any cache, so one size serves every member), MEMBERS_END_S (420), STUDENT_END_S (510), MEMBER_ARGS
+# 32x32 in any cache, so one size serves every member), MEMBERS_END_S (420), STUDENT_END_S (510), MIN_LIMIT_MIN (the
+# shortest --time-limit a run gets when it starts late: 1 minute, 0.25 on CPU), MEMBER_ARGS
 # (more finetune.py options for every member and the student), RUNS (runs: the run folders), SITE (/tmp/site:
 # carried wheels), VISION_ENSEMBLE_CACHE (/tmp/vision_ensemble_cache), GPU_SESSION_CPU=1 (dry run on a CPU with tiny settings: the same steps, every
 # file that must come back), STEPS (which steps `all` runs).
@@ -44,12 +45,14 @@ export VISION_ENSEMBLE_CACHE=${VISION_ENSEMBLE_CACHE:-/tmp/vision_ensemble_cache
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TQDM_MININTERVAL=30  # live logs, no progress-bar flood
 export TORCH_LOGS="-dynamo,-inductor" PYTHONWARNINGS=ignore
 if [[ $CPU == 1 ]]; then  # tiny: a typo or a missing file costs minutes here, not on the GPU
+    MIN_LIMIT_MIN=${MIN_LIMIT_MIN:-0.25}  # a run of one or two epochs shows every file
     MEMBERS_END_S=${MEMBERS_END_S:-300}
     STUDENT_END_S=${STUDENT_END_S:-$((MEMBERS_END_S + 60))}
-    MEMBER_ARGS=${MEMBER_ARGS:-"--max-train-samples 64 --max-eval-samples 64 --batch-size 16"}
+    MEMBER_ARGS=${MEMBER_ARGS:-"--max-train-samples 32 --max-eval-samples 32 --batch-size 8 --img-size 32"}
     THROUGHPUT_ARGS=(--batch-size 4 --steps 1 --warmup 1)
     export OMP_NUM_THREADS=1
 else
+    MIN_LIMIT_MIN=${MIN_LIMIT_MIN:-1}
     MEMBERS_END_S=${MEMBERS_END_S:-420}
     STUDENT_END_S=${STUDENT_END_S:-510}
     MEMBER_ARGS=${MEMBER_ARGS:-}
@@ -149,8 +152,9 @@ member() {  # member MODEL MINUTES [finetune.py options]: train, summarise and p
     pack "$model"
 }
 
-minutes_until() {  # minutes_until END_S: the time limit that ends a run started now at END_S (at least 1 minute)
-    python3 -c "import sys; print(round(max(1.0, (int(sys.argv[1]) - int(sys.argv[2])) / 60), 2))" "$1" "$SECONDS"
+minutes_until() {  # minutes_until END_S: the time limit that ends a run started now at END_S (at least MIN_LIMIT_MIN)
+    python3 -c "import sys; print(round(max(float(sys.argv[3]), (int(sys.argv[1]) - int(sys.argv[2])) / 60), 2))" \
+        "$1" "$SECONDS" "$MIN_LIMIT_MIN"
 }
 
 members() {  # the members at the same time, each under the time limit that ends it by MEMBERS_END_S

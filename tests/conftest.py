@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+from filelock import FileLock
 from PIL import Image
 
 from vision_ensemble.config import CIFAR10_CLASSES, default_cache_size
@@ -37,10 +38,37 @@ def cifar10_archive() -> Path:
     return CIFAR10_ARCHIVE
 
 
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1"... when pytest-xdist runs the tests
+if XDIST_WORKER:
+    torch.set_num_threads(1)  # one core per worker: two workers of two threads each on 2 cores oversubscribe
+
+
+# pytest-xdist (pyproject: `-n 2 --dist loadfile`) hands out whole files in collection order, the next one to the
+# first worker free: the longest files go first (measured one by one, README: test timings), so the short ones fill
+# in around them at the end rather than one long file running alone while the other worker idles.
+LONGEST_FIRST = ["test_gpu_session.py", "test_multinode.py", "test_distill.py", "test_time_limit.py", "test_sweep.py",
+                 "test_train.py", "test_tracking.py", "test_photo_data.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+def shared_dir(tmp_path_factory, name: str) -> Path:
+    """A folder every xdist worker of this run sees (the run's temp root; the session's own folder without xdist),
+    for what is made once per run: what is made there is made under a FileLock."""
+    root = tmp_path_factory.getbasetemp()
+    path = (root.parent if XDIST_WORKER else root) / name
+    path.mkdir(exist_ok=True)
+    return path
+
+
 @pytest.fixture(scope="session")
 def cache_root(tmp_path_factory) -> Path:
-    """One decoded-data cache for the whole session, so CIFAR-10 is decoded once."""
-    return tmp_path_factory.mktemp("cache")
+    """One decoded-data cache for the whole run, so CIFAR-10 is decoded once (the cache's own file lock keeps a
+    second worker waiting for the first one's build)."""
+    return shared_dir(tmp_path_factory, "cache")
 
 
 @pytest.fixture(scope="session")
@@ -92,8 +120,12 @@ def tiny_run_args(archive, cache_root, output_dir, *extra):
 def trained_run(cifar10, cifar10_archive, cache_root, tmp_path_factory) -> Path:
     """One tiny single-process training run (2 epochs of test_resnet, published as someone/tiny-a), shared by
     every test that only reads its folder: best/, checkpoints/, metrics.jsonl, predictions.npz."""
-    out = tmp_path_factory.mktemp("trained_run")
-    run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, out, "--hub-repo-id", "someone/tiny-a")])
+    out = shared_dir(tmp_path_factory, "trained_run")
+    with FileLock(out.with_suffix(".lock")):
+        if not (out / "done").exists():
+            run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, out, "--hub-repo-id",
+                                                          "someone/tiny-a")])
+            (out / "done").touch()
     return out
 
 

@@ -5,7 +5,6 @@ top-k accuracy)."""
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
 
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
@@ -21,6 +20,7 @@ def nll(probs: np.ndarray, labels: np.ndarray) -> float:
 
 def fit_temperature(probs: np.ndarray, labels: np.ndarray) -> float:
     """The temperature minimising validation NLL (searched on log T in [1/20, 20])."""
+    from scipy.optimize import minimize_scalar  # not at import: training imports this module and never fits
     result = minimize_scalar(lambda log_t: nll(apply_temperature(probs, np.exp(log_t)), labels),
                              bounds=(-3.0, 3.0), method="bounded")
     return float(np.exp(result.x))

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.optimize import minimize
 
 from ..config import UNCERTAINTY_FLAGGED_ACCURACY, UNCERTAINTY_MIN_AGREEMENT
 from ..model import Member, ModelError
@@ -166,6 +165,7 @@ class Ensemble:
 
 def fit_weights(member_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Soft-voting weights on the simplex (softmax-parameterised) minimising the validation NLL."""
+    from scipy.optimize import minimize  # not at import: training and the Space import this module and never fit
     m = member_probs.shape[0]
     if m == 1:
         return np.ones(1)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score, classification_report, confusion_matrix, f1_score
 
 from ..config import DEFAULT_CONFORMAL_SCORE, DEFAULT_COVERAGE, UNCERTAINTY_FLAGGED_ACCURACY
 from ..plots import confusion_matrix_figure, coverage_figure, reliability_figure, save
@@ -55,6 +54,7 @@ def evaluate_ensemble(members: list[MemberPredictions], val_labels: np.ndarray, 
     """Fit weights (unless `equal_weights`), temperature, the uncertainty rule (`UncertaintyRule.choose`,
     with `flagged_accuracy`) and the conformal prediction sets (`coverage`, `conformal_score`) on val; measure
     everything, how often the rule fires and how the sets cover, on test."""
+    from sklearn.metrics import classification_report, confusion_matrix  # 1.5 s to import: only for a report
     val_member = np.stack([m.val_probs for m in members])
     test_member = np.stack([m.test_probs for m in members])
     weights = np.full(len(members), 1 / len(members)) if equal_weights else fit_weights(val_member, val_labels)
@@ -99,6 +99,7 @@ def evaluate_ensemble(members: list[MemberPredictions], val_labels: np.ndarray, 
 
 def class_averaged(probs: np.ndarray, labels: np.ndarray, classes) -> dict:
     """Balanced accuracy (mean per-class recall, %) and macro-F1: every class counts alike, however rare."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score  # not at import: finetune.py imports this module
     predicted = probs.argmax(axis=1)
     return {"balanced_accuracy": float(balanced_accuracy_score(labels, predicted) * 100),
             "macro_f1": float(f1_score(labels, predicted, labels=list(classes), average="macro", zero_division=0))}

@@ -1,25 +1,56 @@
 """glibc's malloc set up for a long-running threaded server.  glibc gives each new thread its own memory arena, up
-to 8 per core; every arena keeps the high-water mark of the requests it served, so a server whose worker threads
-each once decoded a large upload holds that peak many times over (RSS rising in steps for an hour).  Two arenas
-bound that, at a cost in lock contention that a 2-core Space does not notice (BENCHMARKS.md: soak)."""
+to 8 per core, and every arena keeps the high-water mark of the requests it served; and freed memory between
+blocks still in use stays in the process (RSS) until `malloc_trim` hands its whole pages back.  Two arenas and a
+trim every minute keep a Space's memory flat over weeks (BENCHMARKS.md: soak)."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
+import threading
+import time
 
 M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
 SERVER_ARENAS = 2
+TRIM_EVERY_S = 60
+
+
+def _glibc():
+    """The C library if it is glibc (it has malloc_trim), else None (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018  (an AttributeError outside glibc)
+        return libc
+    except (OSError, AttributeError):
+        return None
 
 
 def limit_malloc_arenas(count: int = SERVER_ARENAS) -> bool:
-    """At most `count` arenas for the threads that start from now on; True if set.  Not on a non-glibc libc, and
-    not when MALLOC_ARENA_MAX is set (the person's choice wins)."""
-    if os.environ.get("MALLOC_ARENA_MAX"):
+    """At most `count` arenas for the threads that start from now on; True if set.  Not outside glibc, and not when
+    MALLOC_ARENA_MAX is set (the person's choice wins)."""
+    libc = _glibc()
+    if libc is None or os.environ.get("MALLOC_ARENA_MAX"):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(M_ARENA_MAX, count))
-    except (OSError, AttributeError):  # musl, macOS: no mallopt
-        return False
+    return bool(libc.mallopt(M_ARENA_MAX, count))
+
+
+def release_free_memory() -> bool:
+    """Hand the whole free pages inside malloc's heaps back to the kernel (`malloc_trim(0)`); True if any went."""
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False
+
+
+def trim_periodically(every_s: float = TRIM_EVERY_S) -> threading.Thread | None:
+    """A daemon thread calling `release_free_memory` every `every_s` seconds (None outside glibc)."""
+    if _glibc() is None:
+        return None
+
+    def loop():
+        while True:
+            time.sleep(every_s)
+            release_free_memory()
+
+    thread = threading.Thread(target=loop, name="malloc-trim", daemon=True)
+    thread.start()
+    return thread

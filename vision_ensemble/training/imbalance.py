@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.utils.class_weight import compute_class_weight
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """n_samples / (n_classes * count) per class, over the classes present (an absent class gets 0: no sample
     of it is ever weighted)."""
+    from sklearn.utils.class_weight import compute_class_weight  # sklearn takes 1.5 s to import: only when asked
     present = np.unique(labels)
     weights = np.zeros(num_classes)
     weights[present] = compute_class_weight("balanced", classes=present, y=labels)
