@@ -27,7 +27,7 @@ import torch
 import uvicorn
 
 from vision_ensemble.config import (CLASSIFY_CONCURRENCY, DEFAULT_BOOTSTRAP_REPLICATES, DEFAULT_MANIFEST, DEFAULT_TOP_K,
-                                    MAX_CSV_ROWS, MAX_UPLOAD_BYTES, TEMP_FILE_MAX_AGE_S,
+                                    KEEP_ALIVE_S, MAX_CSV_ROWS, MAX_UPLOAD_BYTES, TEMP_FILE_MAX_AGE_S,
                                     TEMP_SWEEP_EVERY_S)
 from vision_ensemble.evaluation.conformal import set_sentence
 from vision_ensemble.evaluation.ensemble import Ensemble
@@ -304,7 +304,9 @@ def build_demo(ensemble: Ensemble | None, status: str, report: dict | None, vers
                               inputs=[csv_file, label_col, score_col, positive, objective, beta, cost_fp, cost_fn,
                                       min_precision, min_recall, with_intervals],
                               outputs=[summary, metrics_table, pr_plot, roc_plot, metrics_plot, results_csv],
-                              api_name="optimize_threshold", concurrency_limit=2)
+                              # One at a time: matplotlib is not thread-safe, and its figures are drawn here and
+                              # again in Gradio's postprocess (two at once failed once in the soak hour: BENCHMARKS.md).
+                              api_name="optimize_threshold", concurrency_limit=1)
             if example_csv.exists():  # picking the example fills the column pickers as an upload does
                 example_slot.load_input_event.then(inspect_csv, inputs=csv_file,
                                                    outputs=[label_col, score_col, positive, csv_info],
@@ -339,7 +341,7 @@ def main(argv=None) -> None:
     app = gr.mount_gradio_app(create_api(ensemble, status, args.runtime, version), demo, path="/",
                               max_file_size=MAX_UPLOAD_BYTES, show_error=True, allowed_paths=[str(EXAMPLES)])
     log.info("serving the Space at http://%s:%d/ and the JSON API at /api/predict (docs at /docs)", args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S)
 
 
 if __name__ == "__main__":

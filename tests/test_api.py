@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import json
+import http.client
 import shutil
+import time
 from importlib.metadata import version
 
 import httpx
@@ -196,3 +198,17 @@ def test_without_an_ensemble_the_api_answers_503(app_without_weights):
         assert health.status_code == 503 and health.json()["status"] == "unavailable"
         assert "no ensemble loaded" in health.json()["detail"] and health.json()["members"] == []
         assert http.get("/").status_code == 200  # the Space itself still serves
+
+
+def test_an_idle_keep_alive_connection_outlives_the_clients_own(server):
+    """The server keeps an idle connection longer than httpx and browsers keep theirs (5 s), so the client always
+    closes first; with uvicorn's 5 s default a request sent as both closed was reset (the soak hour: 7 times)."""
+    _, url, _ = server
+    conn = http.client.HTTPConnection(*url.removeprefix("http://").strip("/").split(":"), timeout=10)
+    conn.request("GET", "/api/health")
+    assert conn.getresponse().read() and conn.sock is not None
+    first = conn.sock
+    time.sleep(6)  # idle past the clients' 5 s: the server must still hold the connection
+    conn.request("GET", "/api/health")  # a closed connection: RemoteDisconnected or a reset here
+    assert conn.getresponse().status == 200 and conn.sock is first
+    conn.close()

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import EXAMPLES, browser_page, needs_chromium, running_app
+from conftest import EXAMPLES, REPO, _script, browser_page, needs_chromium, running_app
 from vision_ensemble.evaluation.ensemble import Ensemble
 from vision_ensemble.evaluation.thresholds import optimize, read_scores_csv
 from vision_ensemble.images import load_rgb
@@ -151,3 +151,10 @@ def test_headless_chromium_renders_every_tab(app, tmp_path):
             pixels = np.asarray(Image.open(path).convert("L"), dtype=float)
             assert pixels.std() > 10  # a rendered page, not a blank or error screen
         assert "Error" not in page.title()
+
+
+def test_threshold_figures_are_drawn_one_call_at_a_time():
+    """matplotlib is not thread-safe: two threshold calls at once failed once in the soak hour (BENCHMARKS.md)."""
+    demo = _script(str(REPO / "app.py")).build_demo(None, "no ensemble", None)
+    limits = {fn.api_name: fn.concurrency_limit for fn in demo.fns.values()}
+    assert limits["optimize_threshold"] == 1 and limits["classify"] > 1

@@ -73,6 +73,10 @@ EVAL_BATCH_PIXELS = 500 * 64 * 64
 #: The Space deletes uploads and result files older than this (serving/tempfiles.py), checking a third as often.
 TEMP_FILE_MAX_AGE_S = int(os.environ.get("VISION_ENSEMBLE_TEMP_MAX_AGE_S", 900))
 TEMP_SWEEP_EVERY_S = max(1, TEMP_FILE_MAX_AGE_S // 3)
+#: The server keeps an idle keep-alive connection this long.  Longer than clients keep theirs (httpx and most
+#: browsers: 5 s), so the client closes first: with uvicorn's 5 s both closed at once now and then, and a request
+#: sent on the closing connection was reset (7 in the soak hour, BENCHMARKS.md).
+KEEP_ALIVE_S = 65
 
 
 # --- ONNX export ----------------------------------------------------------------------------------------

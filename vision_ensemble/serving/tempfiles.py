@@ -61,16 +61,21 @@ def delete_old_app_files(blocks, older_than_s: float) -> int:
     return removed
 
 
+#: An empty entry this old is a leftover: Gradio writes a file into the folder it made within milliseconds.  (Not the
+#: files' age: deleting its file resets a folder's clock, so folders then outlived their files by a whole age.)
+EMPTY_ENTRY_GRACE_S = 60
+
+
 def sweep_temp_files(blocks, root: str | Path, every_s: float, older_than_s: float) -> threading.Thread:
     """A daemon thread that every `every_s` seconds runs `delete_old_app_files(blocks, older_than_s)`, then
-    `remove_empty_entries(root, older_than_s)`."""
+    `remove_empty_entries` for entries empty for EMPTY_ENTRY_GRACE_S (or `older_than_s` if shorter)."""
 
     def loop():
         while True:
             time.sleep(every_s)
             try:
                 delete_old_app_files(blocks, older_than_s)
-                remove_empty_entries(root, older_than_s)
+                remove_empty_entries(root, min(older_than_s, EMPTY_ENTRY_GRACE_S))
             except OSError:  # a disk error must not end the sweeping for good; the next round tries again
                 pass
 
