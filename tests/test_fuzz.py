@@ -6,9 +6,7 @@ machine); every bug found is pinned by an `@example`."""
 from __future__ import annotations
 
 import base64
-import codecs
 import faulthandler
-import io
 import json
 import struct
 import time
