@@ -245,6 +245,7 @@ def checks(rows: list, samples: list[dict], warmup_min: float, temp_max_age_s: f
     heap_growth = {key: (after[-1][key] / after[0][key] - 1) * 100 for key in ("malloc_in_use", "gc_objects")
                    if key in after[0] and key in after[-1]}
     half = samples[len(samples) // 2:]
+    oldest_temp_s = max(s.get("temp_oldest_s", 0) for s in samples)
     return {
         "requests": len(rows), "good_requests": len(good), "bad_requests": len(bad),
         "good_ok": sum(r[3] == "200" for r in good),
@@ -256,7 +257,7 @@ def checks(rows: list, samples: list[dict], warmup_min: float, temp_max_age_s: f
         **{f"{key}_growth_after_warmup_pct": value for key, value in heap_growth.items()},
         "temp_files_max_second_half": max(s["temp_files"] for s in half),
         "temp_files_max_first_half": max(s["temp_files"] for s in samples[:max(1, len(samples) // 2)]),
-        "temp_oldest_file_max_s": max(s.get("temp_oldest_s", 0) for s in samples),
+        "temp_oldest_file_max_s": oldest_temp_s,
         "pass": {
             "no_5xx": not server_errors,
             "every_good_request_ok": len(good) == sum(r[3] == "200" for r in good),
@@ -264,7 +265,7 @@ def checks(rows: list, samples: list[dict], warmup_min: float, temp_max_age_s: f
             "rss_growth_at_most_5pct": level_growth <= 5,
             # bounded by age (their count follows the request rate): no upload or result outlives the app's maximum
             # age by more than one sweep (a third of it) and a minute
-            "temp_files_bounded": max(s.get("temp_oldest_s", 0) for s in samples) <= temp_max_age_s * 4 / 3 + 60,
+            "temp_files_bounded": oldest_temp_s <= temp_max_age_s * 4 / 3 + 60,
         },
     }
 

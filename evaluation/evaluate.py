@@ -144,15 +144,16 @@ def main(argv=None) -> int:
     if problem := calibration_problem(len(val_labels), args.coverage, args.conformal):
         print(f"error: {problem}", file=sys.stderr)
         return 2
+
+    def predictions_of(member) -> MemberPredictions:
+        return MemberPredictions(member.source, member.data_config, *(
+            sharded_probabilities(member, split, args.tta, batch_size, accelerator) for split in (val, test)))
+
     start = time.perf_counter()  # batches read from the memory-mapped cache: memory stays flat whatever the split size
-    predictions = [MemberPredictions(m.source, m.data_config, *(sharded_probabilities(m, split, args.tta, batch_size,
-                                                                                      accelerator) for split in (val, test)))
-                   for m in members]
+    predictions = [predictions_of(m) for m in members]
     inference_s = time.perf_counter() - start
     # The student's inference is sharded too, so every process takes part in its gathers before the others leave.
-    student_prediction = None if student is None else MemberPredictions(
-        student.source, student.data_config,
-        *(sharded_probabilities(student, split, args.tta, batch_size, accelerator) for split in (val, test)))
+    student_prediction = None if student is None else predictions_of(student)
     if not accelerator.is_main_process:
         return 0
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"

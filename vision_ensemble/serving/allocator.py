@@ -10,12 +10,14 @@ import ctypes.util
 import os
 import threading
 import time
+from functools import cache
 
 M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
 SERVER_ARENAS = 2
 TRIM_EVERY_S = 60
 
 
+@cache  # find_library searches the system's libraries: once, not on every trim
 def _glibc():
     """The C library if it is glibc (it has malloc_trim), else None (musl, macOS)."""
     try:
