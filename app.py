@@ -38,7 +38,7 @@ from vision_ensemble.evaluation.thresholds import (OBJECTIVES, ObjectiveParams, 
 from vision_ensemble.hub import (MODEL_CARD, HubError, answering_markdown, fill_results, results_markdown,
                                  split_front_matter)
 from vision_ensemble.model import ModelError
-from vision_ensemble.serving.allocator import limit_malloc_arenas, trim_periodically
+from vision_ensemble.serving.allocator import fix_mmap_threshold, limit_malloc_arenas, trim_periodically
 from vision_ensemble.serving.api import create_api
 from vision_ensemble.serving.predict import InputError, check_upload_size, decode_upload, model_version, predict_image
 from vision_ensemble.serving.tempfiles import sweep_temp_files
@@ -328,6 +328,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     limit_malloc_arenas()  # before the server's worker threads start: memory stays flat over weeks
+    fix_mmap_threshold()
     torch.set_grad_enabled(False)
     ensemble, status, report = load_ensemble(args.manifest, args.runtime)
     log.info(status)

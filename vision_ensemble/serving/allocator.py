@@ -1,7 +1,9 @@
 """glibc's malloc set up for a long-running threaded server.  glibc gives each new thread its own memory arena, up
 to 8 per core, and every arena keeps the high-water mark of the requests it served; and freed memory between
-blocks still in use stays in the process (RSS) until `malloc_trim` hands its whole pages back.  Two arenas and a
-trim every minute keep a Space's memory flat over weeks (BENCHMARKS.md: soak)."""
+blocks still in use stays in the process (RSS) until `malloc_trim` hands its whole pages back; and after freeing one
+large block glibc serves blocks up to that size (up to 32 MB) from the heap instead of mmap, so a burst of freed
+uploads and arrays stays there.  Two arenas, a fixed mmap threshold and a trim every minute keep a Space's memory
+flat over weeks (BENCHMARKS.md: soak)."""
 
 from __future__ import annotations
 
@@ -12,8 +14,10 @@ import threading
 import time
 from functools import cache
 
-M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
+M_ARENA_MAX = -8  # mallopt's parameter numbers (malloc.h)
+M_MMAP_THRESHOLD = -3
 SERVER_ARENAS = 2
+SERVER_MMAP_THRESHOLD = 1 << 20  # blocks from 1 MiB (a decoded photo, a batch) get their own pages, freed at once
 TRIM_EVERY_S = 60
 
 
@@ -35,6 +39,16 @@ def limit_malloc_arenas(count: int = SERVER_ARENAS) -> bool:
     if libc is None or os.environ.get("MALLOC_ARENA_MAX"):
         return False
     return bool(libc.mallopt(M_ARENA_MAX, count))
+
+
+def fix_mmap_threshold(size: int = SERVER_MMAP_THRESHOLD) -> bool:
+    """Blocks of `size` bytes or more come from mmap and go back to the kernel when freed, whatever was freed before
+    (setting it stops glibc's dynamic threshold); True if set.  Not outside glibc, and not when
+    MALLOC_MMAP_THRESHOLD_ is set."""
+    libc = _glibc()
+    if libc is None or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, size))
 
 
 def release_free_memory() -> bool:
