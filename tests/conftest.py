@@ -7,6 +7,7 @@ import importlib.util
 import io
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -53,6 +54,31 @@ LONGEST_FIRST = ["test_gpu_session.py", "test_multinode.py", "test_distill.py", 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
+def pytest_addoption(parser):
+    parser.addoption("--cpu-report", metavar="FILE", help="append each test's CPU seconds (the worker's own and "
+                     "those of the processes it started and waited for) and wall seconds to FILE, one JSON line each: "
+                     "where the suite's time goes on a machine whose cores are all busy")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    report = item.config.getoption("--cpu-report")
+    if not report:
+        yield
+        return
+
+    def cpu():
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+    (own0, children0), start = cpu(), time.monotonic()
+    yield
+    (own1, children1), wall = cpu(), time.monotonic() - start
+    with open(report, "a") as f:  # one short line per write: the workers' lines do not interleave
+        f.write(json.dumps({"test": item.nodeid, "cpu_own_s": round(own1 - own0, 2),
+                            "cpu_children_s": round(children1 - children0, 2), "wall_s": round(wall, 2)}) + "\n")
 
 
 def shared_dir(tmp_path_factory, name: str) -> Path:
