@@ -46,14 +46,18 @@ def test_threads_share_at_most_two_arenas_unless_the_person_chose():
     assert said == "not set" and count == 6
 
 
-# 200 MB in 1 KB blocks (through malloc), all but every 64th freed: the heap's top stays in use, so free() alone
-# returns nothing; malloc_trim hands the whole free pages between the survivors back.
-FRAGMENTED = """
-from vision_ensemble.serving.allocator import release_free_memory
+RSS_ANON_MB = """
 def rss_anon_mb():
     for line in open("/proc/self/status"):
         if line.startswith("RssAnon:"):
             return int(line.split()[1]) // 1024
+"""
+
+
+# 200 MB in 1 KB blocks (through malloc), all but every 64th freed: the heap's top stays in use, so free() alone
+# returns nothing; malloc_trim hands the whole free pages between the survivors back.
+FRAGMENTED = RSS_ANON_MB + """
+from vision_ensemble.serving.allocator import release_free_memory
 blocks = [bytearray(1024) for _ in range(200_000)]
 survivors = blocks[::64]
 del blocks
@@ -72,13 +76,9 @@ def test_trim_hands_back_the_free_pages_between_live_blocks():
 
 # After one freed 8 MB block glibc's dynamic threshold serves 4 MB blocks from the heap: 160 MB of them, freed below
 # small survivors, stay in RSS (measured: 161 MiB).  With the threshold fixed they are mmapped and go at free().
-LARGE_FREED = """
+LARGE_FREED = RSS_ANON_MB + """
 import sys
 from vision_ensemble.serving.allocator import fix_mmap_threshold
-def rss_anon_mb():
-    for line in open("/proc/self/status"):
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) // 1024
 said = fix_mmap_threshold() if sys.argv[1] == "fixed" else False
 big = bytearray(8 << 20)
 del big

@@ -32,23 +32,26 @@ def _glibc():
         return None
 
 
+def _mallopt(parameter: int, value: int, unless_set: str) -> bool:
+    """glibc's `mallopt(parameter, value)`; True if set.  Not outside glibc, and not when the environment variable
+    `unless_set` (glibc's own name for the same setting) is set: the person's choice wins."""
+    libc = _glibc()
+    if libc is None or os.environ.get(unless_set):
+        return False
+    return bool(libc.mallopt(parameter, value))
+
+
 def limit_malloc_arenas(count: int = SERVER_ARENAS) -> bool:
     """At most `count` arenas for the threads that start from now on; True if set.  Not outside glibc, and not when
     MALLOC_ARENA_MAX is set (the person's choice wins)."""
-    libc = _glibc()
-    if libc is None or os.environ.get("MALLOC_ARENA_MAX"):
-        return False
-    return bool(libc.mallopt(M_ARENA_MAX, count))
+    return _mallopt(M_ARENA_MAX, count, unless_set="MALLOC_ARENA_MAX")
 
 
 def fix_mmap_threshold(size: int = SERVER_MMAP_THRESHOLD) -> bool:
     """Blocks of `size` bytes or more come from mmap and go back to the kernel when freed, whatever was freed before
     (setting it stops glibc's dynamic threshold); True if set.  Not outside glibc, and not when
     MALLOC_MMAP_THRESHOLD_ is set."""
-    libc = _glibc()
-    if libc is None or os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-        return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, size))
+    return _mallopt(M_MMAP_THRESHOLD, size, unless_set="MALLOC_MMAP_THRESHOLD_")
 
 
 def release_free_memory() -> bool:
