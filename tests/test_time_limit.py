@@ -100,6 +100,27 @@ def test_short_epochs_are_decided_on_the_second_epoch_measured_whole(clock):
     assert run_epoch(budget, clock, epochs - 5, step_s=2.0) is None and budget.out_of_time(epochs - 5)
 
 
+@pytest.mark.parametrize("step_s", [0.1, 0.3])  # the other process stops sharing the cores, or starts
+def test_epochs_that_change_pace_after_the_decision_are_replanned_to_end_on_time(clock, step_s):
+    budget = TimeBudget(10, CpuAccelerator(), steps_per_epoch=50, eval_batches=4, tail_eval_ratio=6,
+                        started_at=clock.now - 30)
+    run_epoch(budget, clock, 1, first_step_s=2.0, end_s=8.0)
+    planned = count = run_epoch(budget, clock, 2)
+    epoch, replans = 2, []
+    while epoch < count:
+        epoch += 1
+        if (new := run_epoch(budget, clock, epoch, step_s=step_s)) is not None:
+            replans.append((epoch, new))
+            count = new
+        assert not budget.out_of_time(epoch)
+    assert replans and replans[0][0] == 2 + time_budget.REPLAN_AFTER_EPOCHS  # as soon as the window is full
+    assert (count > planned) == (step_s < 0.2) and len(replans) <= 3  # moved, and settled
+    end = clock.now + budget.tail_s - budget.started_at
+    epoch_s = 50 * step_s + 3.0
+    assert 600 * (1 - time_budget.MARGIN) - epoch_s <= end <= 600  # on time: less than one epoch left unused
+    assert "re-planned after epoch" in budget.describe() and f"{count} epoch(s)" in budget.describe()
+
+
 def test_a_budget_for_fewer_than_three_epochs_is_decided_after_the_first(clock):
     budget = TimeBudget(1, CpuAccelerator(), steps_per_epoch=50, eval_batches=4, tail_eval_ratio=6,
                         started_at=clock.now - 30)
@@ -127,27 +148,32 @@ def time_limited_args(archive, cache_root, out, minutes, *extra):
 
 @pytest.mark.slow
 def test_a_time_limited_run_ends_on_time_with_its_schedule_completed(decoded, cifar10_archive, cache_root, tmp_path):
-    minutes = 1.25  # the start-up alone (imports, the cache, the model) took 25-50 s on the loaded 2-core CPU
+    minutes = 1.0  # the start-up (imports, the cache, the model) takes 4-10 s of it on the loaded 2-core CPU
     start = time.time()
-    # 32 steps an epoch, about 15 epochs: as on the GPU, epochs of seconds (a hundred epochs of 0.5 s add up
-    # their noise: those ended 10% early here).
+    # 32 steps an epoch, about a hundred epochs of 0.5 s: their pace changes as other tests come and go on the
+    # two cores (runs planned on the first epochs alone ended 10-25% early here): the re-plans follow it.
     result = run([sys.executable, FINETUNE, *time_limited_args(cifar10_archive, cache_root, tmp_path, minutes,
                                                                "--max-train-samples", "1024")])
     wall_s = time.time() - start
-    assert abs(wall_s - 60 * minutes) <= 0.1 * 60 * minutes, (wall_s, result.stdout[-2000:])
+    plan = [line for line in result.stdout.splitlines() if line.startswith(f"--time-limit {minutes:g} min: ")]
+    epoch_s = [round(r["epoch_time_s"] + r["eval_time_s"], 2) for r in read_rows(tmp_path)]
+    assert abs(wall_s - 60 * minutes) <= 0.1 * 60 * minutes, (wall_s, plan, epoch_s)
     chosen = json.loads((tmp_path / "training_args.json").read_text())["epochs"]
-    assert f"--time-limit {minutes:g} min: {chosen} epoch(s) fit" in result.stdout
+    assert "epoch(s) fit" in plan[0]
+    assert f" {chosen} epoch(s)" in plan[-1]  # the decision, or the last re-plan (the pace changed: other tests)
     rows = read_rows(tmp_path)
     ran = [r["epoch"] for r in rows]
     assert chosen >= 2 and ran == list(range(1, len(ran) + 1))
-    if len(ran) < chosen:  # the machine slowed down after the plan (another test's processes on the 2 cores): the
-        # guard ends the run on time and says so; the plan's arithmetic is checked on the fake clock above
+    if len(ran) < chosen:  # an epoch so slow that no further one fitted: the guard ended the run and said so
         assert len(ran) >= chosen / 2 and "the schedule cut short" in result.stdout
     else:
         assert rows[-1]["lr"] == pytest.approx(MIN_LR)  # the cosine schedule ended, not cut off
     lrs = [r["lr"] for r in rows]
-    # Fixed after epoch 2 (after epoch 1 when fewer than 3 fit): from there the cosine only falls.
-    assert max(lrs) > 100 * MIN_LR and lrs[2:] == sorted(lrs[2:], reverse=True)
+    # Fixed after epoch 2 (after epoch 1 when fewer than 3 fit): from there the cosine only falls, but for the
+    # small step a re-plan makes in the epoch after it.
+    replanned = {int(line.split("re-planned after epoch ")[1].split(",")[0]) for line in plan[1:]}
+    assert max(lrs) > 100 * MIN_LR
+    assert all(lrs[i] <= lrs[i - 1] or i in replanned for i in range(3, len(lrs))), (lrs, replanned)
     assert (tmp_path / "predictions.npz").exists()
 
 
@@ -155,7 +181,7 @@ def test_a_time_limited_run_ends_on_time_with_its_schedule_completed(decoded, ci
 def test_two_processes_agree_on_the_count_and_a_resume_keeps_it(decoded, cifar10_archive, cache_root, tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
               "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", FINETUNE]
-    args = time_limited_args(cifar10_archive, cache_root, tmp_path, 1.5)
+    args = time_limited_args(cifar10_archive, cache_root, tmp_path, 0.5)  # over 2 epochs fit: a decision to keep
     first = run([*launch, *args, "--stop-after-epoch", "2"])
     chosen = json.loads((tmp_path / "training_args.json").read_text())["epochs"]
     assert first.stdout.count("epoch(s) fit") == 1 and chosen > 2  # one decision, printed by the main process

@@ -1,9 +1,11 @@
 """Training for a wall-clock budget (`--time-limit`): the first epoch measures the speed, then the number of
 epochs that fits is fixed and the warmup + cosine schedule rebuilt to end with it (until then the run follows the
 schedule of `--epochs`; where the new count caps the warmup shorter, the rate steps up to the shorter ramp).  The
-main process decides and broadcasts, so every rank runs the same count.  An estimate, not a guarantee: epochs that
-later turn slower (another process starts sharing the GPU) make `out_of_time` end the run early with the schedule
-cut short, saying so; faster ones end it early with the schedule complete.
+main process decides and broadcasts, so every rank runs the same count.  The pace can change after the decision
+(another process starts or stops sharing the GPU or the cores): after each later epoch the count is fitted again to
+the recent epochs' pace (as Ultralytics' `time` does) and the schedule's horizon moved when it is off by more than
+REPLAN_TOLERANCE.  An epoch so slow that no further one fits makes `out_of_time` end the run with the schedule cut
+short, saying so.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ MARGIN = 0.02  # of the limit, kept free for what the estimate misses (process e
 OVERRUN = 0.05  # of the limit: `out_of_time` cuts the schedule only for a larger overrun (noise is not cut short)
 # After the loop, beside the predictions: loading best/, the curves plot, process exit (5-9 s on a loaded 2-core CPU).
 TAIL_FIXED_S = 6.0
+# Re-planning: the pace is the mean of the latter half of the epochs since the decision, once there are
+# REPLAN_AFTER_EPOCHS of them (fewer are noise), and the count moves when it is off by more than the tolerance
+# (each move steps the rate a little; the first epochs' noise on a shared machine is within it).
+REPLAN_AFTER_EPOCHS = 6
+REPLAN_TOLERANCE = 0.05  # of the count, at least one epoch
 
 
 def cosine_schedule(optimizer, cfg: TrainConfig, updates_per_epoch: int):
@@ -75,7 +82,10 @@ class TimeBudget:
         self.loop_started = self.first_step_end = self.train_end = time.time()
         self.epoch_end = self.last_epoch_s = None
         self.step_s = self.epoch_end_s = self.tail_s = None
-        self.epochs = None
+        self.epochs = self.decided_after = None
+        self.epoch_ends: dict[int, float] = {}
+        self.pace = None  # seconds an epoch, as planned
+        self.replanned = None  # (after epoch, from count, pace planned) of the latest re-plan
 
     def elapsed(self) -> float:
         return time.time() - self.started_at
@@ -107,21 +117,43 @@ class TimeBudget:
         (when its steps were all probed), or after the second when at least 3 epochs fit: the first epoch carries
         one-off costs, so the second, whole, is measured instead.  The export of a new best model is left out of
         the per-epoch cost: it happens in most early epochs and few late ones (counted in every epoch, it ended
-        runs of many short epochs 15-30% early)."""
+        runs of many short epochs 15-30% early).  After the decision, each epoch may re-plan the count (`_replan`)."""
         previous, self.epoch_end = self.epoch_end, time.time()
         self.last_epoch_s = self.epoch_end - (previous or self.loop_started)
+        self.epoch_ends[epoch] = self.epoch_end
         if self.epochs is not None:
-            return None
+            return self._replan(epoch)
         if epoch == 2:
             self.step_s = (self.train_end - previous) / self.steps_per_epoch
         epochs = self._decide(eval_s, self.epoch_end - self.train_end - export_s, self.steps_per_epoch * epoch, epoch)
         if epoch == 1 and epochs >= 3:
             self.epochs = None
             return None
+        self.decided_after = epoch
         return epochs
+
+    def _replan(self, epoch: int) -> int | None:
+        """The count fitted again to the pace of the latter half of the epochs since the decision; a new count when
+        it differs by more than REPLAN_TOLERANCE and at least one more epoch fits, else None."""
+        since = max(self.decided_after or 0, 1)  # the first epoch's one-off costs are never the pace
+        if epoch - since < REPLAN_AFTER_EPOCHS or epoch >= self.epochs:
+            return None
+        first = since + (epoch - since) // 2
+        pace = (self.epoch_ends[epoch] - self.epoch_ends[first]) / (epoch - first)
+        left = self.budget_s - self.elapsed() - self.tail_s
+        fitted = epoch + math.floor(left / pace) if left >= pace else self.epochs  # none fits: out_of_time decides
+        if abs(fitted - self.epochs) <= max(1.0, REPLAN_TOLERANCE * self.epochs):
+            fitted = self.epochs
+        # Every rank asks (the same epochs); the main process's answer counts.
+        fitted = int(broadcast(torch.tensor([fitted], device=self.accelerator.device), from_process=0).item())
+        if fitted == self.epochs:
+            return None
+        self.replanned, self.epochs, self.pace = (epoch, self.epochs, self.pace), fitted, pace
+        return fitted
 
     def _decide(self, eval_s: float, epoch_end_s: float, steps_done: int, epochs_ended: int) -> int:
         self.epoch_end_s = epoch_end_s
+        self.pace = self.steps_per_epoch * self.step_s + epoch_end_s
         self.tail_s = self.tail_eval_ratio * eval_s + TAIL_FIXED_S
         epochs = fit_epochs(self.budget_s, self.elapsed(), self.step_s, self.steps_per_epoch, epoch_end_s,
                             self.tail_s, steps_done, epochs_ended)
@@ -130,6 +162,11 @@ class TimeBudget:
         return self.epochs
 
     def describe(self) -> str:
+        if self.replanned is not None:
+            epoch, before, planned_pace = self.replanned
+            return (f"--time-limit {self.limit_s / 60:g} min: re-planned after epoch {epoch}, {before} -> "
+                    f"{self.epochs} epoch(s): the recent epochs took {self.pace:.3g} s, not the {planned_pace:.3g} s "
+                    f"planned ({self.elapsed():.0f} s spent so far)")
         only_measured = self.epochs == 1 and self.epoch_end is not None  # decided after its only epoch
         return (f"--time-limit {self.limit_s / 60:g} min: {self.epochs} epoch(s) fit (a step {self.step_s:.3g} s "
                 f"x {self.steps_per_epoch}, evaluation and checkpoint {self.epoch_end_s:.3g} s per epoch, "
