@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from conftest import CHROMIUM, CHROMIUM_ARGS, REPO, free_port, make_image_folder
 from vision_ensemble.evaluation.ensemble import Ensemble
 from vision_ensemble.images import load_rgb
 from vision_ensemble.labeling.store import (LabelingError, LabelStore, assign_splits, export_dataset, find_images,
-                                            parse_classes, rank_by_uncertainty)
+                                            parse_classes, rank_by_uncertainty, review_queue)
 from vision_ensemble.model import Member
 
 CLASSES = ("circle", "square", "stripes")
@@ -51,6 +52,19 @@ def test_label_store_keeps_label_order_last_label_wins_and_undo(tmp_path):
     assert reopened.labels() == {"b.png": "dog"}
     assert reopened.undo() == "b.png" and reopened.undo() is None
     assert read_rows(tmp_path / "labels.csv") == [] and not list(tmp_path.glob(".*tmp"))
+
+
+def test_a_review_begun_in_the_second_the_issues_file_was_written_counts(tmp_path):
+    folder = make_image_folder(tmp_path / "pool", classes=("circle", "square"), per_class=2, splits=("",))
+    issues = tmp_path / "label_issues.csv"
+    issues.write_text("file,split,given_label,suggested_label,score\n"
+                      f"{folder / 'circle' / '0000.png'},val,circle,square,0.9\n"
+                      f"{folder / 'square' / '0001.png'},val,square,circle,0.8\n")
+    written = time.time() - 0.002  # two milliseconds before the first label: the same second, nearly always
+    os.utime(issues, (written, written))
+    queue = review_queue(folder, issues, LabelStore(folder / "labels.csv"))
+    queue.store.set("circle/0000.png", "circle")  # confirmed at once
+    assert queue.is_done("circle/0000.png") and queue.next_image()[0] == "square/0001.png"
 
 
 def test_bad_input_gets_one_line_errors(tmp_path):

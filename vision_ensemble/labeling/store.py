@@ -103,7 +103,7 @@ class LabelStore:
         with self._lock:
             rows = dict(self.rows)
             rows.pop(filename, None)
-            rows[filename] = (label, datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            rows[filename] = (label, datetime.now(timezone.utc).isoformat(timespec="milliseconds"))
             self._commit(rows)
 
     def undo(self) -> str | None:
@@ -217,7 +217,8 @@ def review_queue(folder: Path, issues_file: Path, store: LabelStore) -> LabelQue
     """The images of `issues_file` (evaluate.py --label-issues: file, split, given_label, suggested_label, score),
     most likely wrong first, with their given and suggested labels.  An image is reviewed once labels.csv holds a
     label for it given after the issues file was written (the given one confirmed, or a correction), so a
-    restarted review resumes where it stopped."""
+    restarted review resumes where it stopped.  Both times are kept to the millisecond: a label given in the second
+    the file was written counts (ISO strings of seconds and of milliseconds still compare in time order)."""
     try:
         with open(issues_file, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
@@ -233,7 +234,7 @@ def review_queue(folder: Path, issues_file: Path, store: LabelStore) -> LabelQue
                                 "export of it; pass the folder the images were labelled in")
         order.append(name)
         suggestions[name] = Suggestion(row["suggested_label"], float(row["score"]), row["given_label"])
-    since = datetime.fromtimestamp(issues_file.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    since = datetime.fromtimestamp(issues_file.stat().st_mtime, timezone.utc).isoformat(timespec="milliseconds")
     return LabelQueue(folder, order, store, suggestions, reviewed_after=since)
 
 
