@@ -5,7 +5,8 @@
 
 Each line of OUT.jsonl: seconds since start; glibc's `mallinfo2()` (`in_use`: bytes malloc has handed out and
 not had back, small blocks and mmapped ones; `heap`: bytes of the arenas plus mmapped blocks, what malloc holds
-from the kernel); Python's allocated blocks; the live objects gc tracks, and the ten most common types.
+from the kernel; `mmapped`: those blocks alone); Python's allocated blocks; the live objects gc tracks, and the
+ten most common types.
 benchmarks/soak.py starts the server through it with `--heap-probe`.
 """
 
@@ -33,7 +34,7 @@ def heap_sample(libc, started: float) -> dict:
     objects = gc.get_objects()
     types = Counter(type(o).__name__ for o in objects)
     return {"s": round(time.time() - started, 1), "in_use": info.uordblks + info.hblkhd,
-            "heap": info.arena + info.hblkhd, "python_blocks": sys.getallocatedblocks(), "gc_objects": len(objects),
+            "heap": info.arena + info.hblkhd, "mmapped": info.hblkhd, "python_blocks": sys.getallocatedblocks(), "gc_objects": len(objects),
             "top_types": dict(types.most_common(10))}
 
 

@@ -18,7 +18,8 @@ fails.  The growth compares levels, the median of the last ten minutes' samples 
 after the warm-up: memory swings by about 100 MB as the garbage collector frees request cycles, so two single
 samples measure the swing.  With `--heap-probe` the server runs under benchmarks/heap_probe.py, and each sample
 also holds the bytes malloc has handed out and not had back (`malloc_in_use`) and the live Python objects:
-memory in use that stays flat while RSS grows is the allocator keeping freed pages, not a leak.  MALLOC_ARENA_MAX
+memory in use that stays flat while RSS grows is the allocator keeping freed pages, not a leak.  Every sample
+splits RssAnon by where it lives (`anon_by_region`: malloc's heaps, libraries' pages, other maps).  MALLOC_ARENA_MAX
 and other environment variables reach the server as set; the summary records MALLOC_ARENA_MAX.
 """
 
@@ -201,6 +202,28 @@ def rss_anon(pid: int) -> int:
     return 0
 
 
+MALLOC_HEAP_ALIGN = 64 << 20  # glibc's HEAP_MAX_SIZE on 64-bit: a thread arena's heap starts at a multiple of it
+
+
+def anon_by_region(pid: int) -> dict:
+    """Resident anonymous bytes of the server by where they live (/proc/PID/smaps): `malloc_main` (the main arena,
+    [heap]), `malloc_threads` (the other arenas' heaps: nameless mappings that start on a 64 MiB boundary),
+    `files` (copied-on-write pages of mapped files: libraries' data) and `other` (the rest: Python's object arenas,
+    malloc's mmapped blocks, thread stacks, libraries' own maps).  Together they are RssAnon."""
+    regions = {"malloc_main": 0, "malloc_threads": 0, "files": 0, "other": 0}
+    region = "other"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5:  # a mapping's header: range perms offset dev inode [path]
+            path = fields[5] if len(fields) > 5 else ""
+            aligned = int(fields[0].split("-")[0], 16) % MALLOC_HEAP_ALIGN == 0
+            region = ("malloc_main" if path == "[heap]" else "files" if path.startswith("/") else
+                      "malloc_threads" if not path and aligned else "other")
+        elif fields[0] == "Anonymous:":
+            regions[region] += int(fields[1]) * 1024
+    return regions
+
+
 def last_heap_sample(path: Path | None) -> dict:
     """The heap probe's latest line, if it runs."""
     if path is None or not path.exists():
@@ -221,11 +244,13 @@ def sample(process: psutil.Process, temp_root: Path, rows: list, since: float, s
             latency[endpoint] = {"p50": float(np.percentile(ok, 50)), "p99": float(np.percentile(ok, 99)), "n": len(ok)}
     with process.oneshot():
         return {"minute": round((time.time() - started) / 60, 2), "rss": process.memory_info().rss,
-                "rss_anon": rss_anon(process.pid), "fds": process.num_fds(), "threads": process.num_threads(),
+                "rss_anon": rss_anon(process.pid), "anon_by_region": anon_by_region(process.pid),
+                "fds": process.num_fds(), "threads": process.num_threads(),
                 "temp_files": files, "temp_dirs": dirs, "temp_bytes": size,
                 "temp_oldest_s": round(oldest_s), "latency_ms": latency,
                 "outcomes": dict(Counter(r[3] for r in window)), "requests": len(window),
-                **({"malloc_in_use": heap["in_use"], "malloc_heap": heap["heap"], "gc_objects": heap["gc_objects"],
+                **({"malloc_in_use": heap["in_use"], "malloc_heap": heap["heap"], "malloc_mmapped": heap["mmapped"],
+                    "python_blocks": heap["python_blocks"], "gc_objects": heap["gc_objects"],
                     "top_types": heap["top_types"]} if heap else {})}
 
 
@@ -278,6 +303,11 @@ def plot(samples: list[dict], path: Path) -> None:
     ax.plot(minutes, [s["rss_anon"] / 2**20 for s in samples], label="RssAnon")
     if all("malloc_in_use" in s for s in samples):
         ax.plot(minutes, [s["malloc_in_use"] / 2**20 for s in samples], label="malloc in use")
+    if all("anon_by_region" in s for s in samples):
+        regions = [s["anon_by_region"] for s in samples]
+        ax.plot(minutes, [(r["malloc_main"] + r["malloc_threads"]) / 2**20 for r in regions], ":",
+                label="anon: malloc's heaps")
+        ax.plot(minutes, [r["other"] / 2**20 for r in regions], ":", label="anon: other maps")
     ax.set(title="server memory", ylabel="MiB", ylim=(0, None))
     ax.legend()
     ax = axes[0, 1]
