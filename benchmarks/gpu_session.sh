@@ -83,8 +83,11 @@ if Version(timm.__version__) < Version("1.0.31"):
     sys.exit(f"timm {timm.__version__} < 1.0.31 (save_for_hf has no data_config): carry .whl, see BENCHMARKS.md")
 if sys.argv[1] != "1" and not torch.cuda.is_available():
     sys.exit("no CUDA device (GPU_SESSION_CPU=1 for a CPU dry run)")
+import importlib.util  # every import of a training run, in this interpreter (torch is already in)
+
+spec = importlib.util.spec_from_file_location("finetune", "train/finetune.py")
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
 EOF
-    python3 train/finetune.py --help >/dev/null  # every import of a training run
     [[ -f $DATA ]] || { say "no $DATA: mkdir -p .data; cp ../shared/data/cifar10.tar.gz .data/; carry .data"; exit 2; }
 }
 

@@ -14,10 +14,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from functools import cache
 from pathlib import Path
 
+import huggingface_hub
 import numpy as np
 import pytest
 import timm
@@ -27,6 +29,11 @@ from PIL import Image
 
 from vision_ensemble.config import CIFAR10_CLASSES, default_cache_size
 from vision_ensemble.model import export_model, training_data_config
+
+# Scripts run in this process (`run_in_process`) stay offline as those `run` starts (ENV) do; huggingface_hub read
+# the variable once, when it was imported.
+os.environ["HF_HUB_OFFLINE"] = "1"
+huggingface_hub.constants.HF_HUB_OFFLINE = True
 
 REPO = Path(__file__).resolve().parents[1]
 CIFAR10_ARCHIVE = Path(os.environ.get("CIFAR10_ARCHIVE", REPO.parent / "shared" / "data" / "cifar10.tar.gz"))
@@ -47,8 +54,8 @@ if XDIST_WORKER:
 # pytest-xdist (pyproject: `-n 2 --dist loadfile`) hands out whole files in collection order, the next one to the
 # first worker free: the longest files go first (measured one by one, README: test timings), so the short ones fill
 # in around them at the end rather than one long file running alone while the other worker idles.
-LONGEST_FIRST = ["test_gpu_session.py", "test_multinode.py", "test_distill.py", "test_time_limit.py", "test_sweep.py",
-                 "test_train.py", "test_tracking.py", "test_photo_data.py"]
+LONGEST_FIRST = ["test_gpu_session.py", "test_time_limit.py", "test_multinode.py", "test_tracking.py",
+                 "test_photo_data.py", "test_train.py", "test_labeler.py", "test_sweep.py", "test_distill.py"]
 
 
 def pytest_collection_modifyitems(items):
@@ -149,8 +156,8 @@ def trained_run(cifar10, cifar10_archive, cache_root, tmp_path_factory) -> Path:
     out = shared_dir(tmp_path_factory, "trained_run")
     with FileLock(out.with_suffix(".lock")):
         if not (out / "done").exists():
-            run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, out, "--hub-repo-id",
-                                                          "someone/tiny-a")])
+            run_in_process(FINETUNE, *tiny_run_args(cifar10_archive, cache_root, out, "--hub-repo-id",
+                                                    "someone/tiny-a"))
             (out / "done").touch()
     return out
 
@@ -170,17 +177,30 @@ def _script(path: str):
     return module
 
 
-def run_in_process(script: str | Path, *args) -> subprocess.CompletedProcess:
+def run_in_process(script: str | Path, *args, check: bool = True) -> subprocess.CompletedProcess:
     """`python script *args` as this process's call of the script's main(argv): the same code path as `run`
-    without starting an interpreter and importing torch again (seconds per call). For tests of its output and
-    exit code; what only a real process shows (the __main__ error handler, imports, sys.modules) needs `run`."""
+    without starting an interpreter and importing torch again (seconds per call). Warnings are off, as in `run`'s
+    environment, and Accelerate's process-wide state is reset afterwards, as a new process would start. For tests of
+    output, files and exit code; what only a real process shows (imports, sys.modules, `accelerate launch`,
+    environment variables read at import) needs `run`."""
+    from accelerate.state import AcceleratorState, GradientState
+
     out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
+    with redirect_stdout(out), redirect_stderr(err), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         try:
             code = _script(str(script)).main([str(a) for a in args])
-        except SystemExit as exc:  # argparse: --help, usage errors
+        except SystemExit as exc:  # argparse's --help and usage errors; sys.exit(message)
+            if isinstance(exc.code, str):
+                print(exc.code, file=sys.stderr)  # what the interpreter prints on its way out
             code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    return subprocess.CompletedProcess([str(script), *map(str, args)], code, out.getvalue(), err.getvalue())
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+    result = subprocess.CompletedProcess([str(script), *map(str, args)], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{script} {args} failed ({code}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
 
 
 def make_member(folder: Path, seed: int, img_size: int, classes=CIFAR10_CLASSES, sharpen: float = 1.0) -> Path:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ENV, FINETUNE, REPO
+from conftest import ENV, FINETUNE, REPO, run_in_process
 from vision_ensemble.data import load_dataset
 from vision_ensemble.data.check import check_data, leakage, near_pairs
 
@@ -121,10 +121,9 @@ def test_command_line_prints_the_table_and_strict_training_refuses_leakage(dirty
     assert lines[0].split() == ["class", "train", "test"] and lines[1].split() == ["apple", "24", "4"]
     assert "warning: no test images of plum" in result.stdout
     assert "train-test (LEAKAGE) 1 exact, 1 near" in result.stdout
-    result = subprocess.run([sys.executable, FINETUNE, "--model", "test_resnet", "--img-size", "32", "--data-dir",
-                             str(dirty_folder), "--cache-dir", str(tmp_path / "cache"), "--output-dir",
-                             str(tmp_path / "run"), "--strict-data"],
-                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    result = run_in_process(FINETUNE, "--model", "test_resnet", "--img-size", "32", "--data-dir", dirty_folder,
+                            "--cache-dir", tmp_path / "cache", "--output-dir", tmp_path / "run", "--strict-data",
+                            check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     error = result.stderr.strip().splitlines()[-1]
     assert error.startswith("error: the same images are in two splits (2 duplicate pairs across train-test; see ")

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from timm.data import Mixup
 from timm.data.mixup import one_hot
 
-from conftest import ENV, EXAMPLES, FINETUNE, REPO, free_port, run, tiny_run_args, wait_for_server
+from conftest import ENV, EXAMPLES, FINETUNE, REPO, free_port, run_in_process, tiny_run_args, wait_for_server
 from vision_ensemble.config import TrainConfig
 from vision_ensemble.data import subset_indices
 from vision_ensemble.training.distill import Distillation
@@ -89,11 +89,11 @@ def members(cifar10, cifar10_archive, cache_root, tmp_path_factory):
     """Two 1-epoch members (32 and 48 px, a higher rate than the students: not the students' own runs)."""
     root = tmp_path_factory.mktemp("members")
     for name, size in (("a", "32"), ("b", "48")):
-        run([sys.executable, FINETUNE, *tiny_args(cifar10_archive, cache_root, root / name, "--img-size", size,
-                                                  "--lr", "3e-3", "--hub-repo-id", f"team/member-{name}")])
-    run([sys.executable, EVALUATE, "--models", str(root / "a" / "best"), str(root / "b" / "best"), "--data-dir",
-         str(cifar10_archive), "--cache-dir", str(cache_root), "--max-eval-samples", "400", "--output-dir",
-         str(root / "results")])
+        run_in_process(FINETUNE, *tiny_args(cifar10_archive, cache_root, root / name, "--img-size", size,
+                                            "--lr", "3e-3", "--hub-repo-id", f"team/member-{name}"))
+    run_in_process(EVALUATE, "--models", str(root / "a" / "best"), str(root / "b" / "best"), "--data-dir",
+                   str(cifar10_archive), "--cache-dir", str(cache_root), "--max-eval-samples", "400", "--output-dir",
+                   str(root / "results"))
     return root
 
 
@@ -127,9 +127,9 @@ def students(members, cifar10_archive, cache_root, tmp_path_factory):
     """The same student run twice with the same budget and seed: distilled from the members, and on labels alone."""
     root = tmp_path_factory.mktemp("students")
     teacher = [str(members / name / "predictions.npz") for name in ("a", "b")]
-    run([sys.executable, FINETUNE, *tiny_args(cifar10_archive, cache_root, root / "distilled", "--teacher", *teacher)])
-    run([sys.executable, FINETUNE, *tiny_args(cifar10_archive, cache_root, root / "labels", "--hub-repo-id",
-                                              "team/labels-only")])
+    run_in_process(FINETUNE, *tiny_args(cifar10_archive, cache_root, root / "distilled", "--teacher", *teacher))
+    run_in_process(FINETUNE, *tiny_args(cifar10_archive, cache_root, root / "labels", "--hub-repo-id",
+                                        "team/labels-only"))
     return root
 
 
@@ -139,8 +139,8 @@ def test_distilled_student_agrees_with_the_teacher_more_than_a_label_trained_one
     agreement = {}
     for name in ("distilled", "labels"):
         out = tmp_path / name
-        run([sys.executable, EVALUATE, "--predictions", *teacher, "--student", str(students / name / "predictions.npz"),
-             "--output-dir", str(out)])
+        run_in_process(EVALUATE, "--predictions", *teacher, "--student", str(students / name / "predictions.npz"),
+                       "--output-dir", str(out))
         report = json.loads((out / "report.json").read_text())
         agreement[name] = report["student"]["agreement"]
         assert json.loads((out / "student" / "report.json").read_text())["served"] == "student"
@@ -158,9 +158,9 @@ def test_distilled_student_agrees_with_the_teacher_more_than_a_label_trained_one
 def student_folder(members, students, cifar10_archive, cache_root, tmp_path_factory):
     """evaluate.py --models ... --student: the folder the Space serves by default."""
     out = tmp_path_factory.mktemp("evaluated")
-    run([sys.executable, EVALUATE, "--models", str(members / "a" / "best"), str(members / "b" / "best"), "--student",
-         str(students / "distilled" / "best"), "--data-dir", str(cifar10_archive), "--cache-dir", str(cache_root),
-         "--max-eval-samples", "400", "--output-dir", str(out)])
+    run_in_process(EVALUATE, "--models", members / "a" / "best", members / "b" / "best", "--student",
+                   students / "distilled" / "best", "--data-dir", cifar10_archive, "--cache-dir", cache_root,
+                   "--max-eval-samples", "400", "--output-dir", out)
     return out
 
 
@@ -215,10 +215,11 @@ def test_student_of_an_ensemble_json_resumes_exactly(members, cifar10_archive, c
     equal an uninterrupted run's (Mixup's draws for the teacher's targets come back with the RNG states)."""
     teacher = ["--teacher", str(members / "results" / "ensemble.json")]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
-    first_full = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, full, *teacher)])
+    first_full = run_in_process(FINETUNE, *tiny_run_args(cifar10_archive, cache_root, full, *teacher))
     assert "teacher on the training split" in first_full.stderr and (full / "teacher_targets.npz").exists()
-    run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, resumed, *teacher, "--stop-after-epoch", "1")])
-    second = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, resumed, *teacher, "--resume", "latest")])
+    run_in_process(FINETUNE, *tiny_run_args(cifar10_archive, cache_root, resumed, *teacher, "--stop-after-epoch", "1"))
+    second = run_in_process(FINETUNE, *tiny_run_args(cifar10_archive, cache_root, resumed, *teacher, "--resume",
+                                                     "latest"))
     assert "resumed from" in second.stdout and "teacher on the training split" not in second.stderr  # from the cache
     a = load_file(full / "checkpoints" / "epoch_002" / "model.safetensors")
     b = load_file(resumed / "checkpoints" / "epoch_002" / "model.safetensors")

@@ -4,8 +4,6 @@ photo fine-tuning run of train/finetune.py."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import timm
@@ -14,7 +12,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from timm.scheduler import create_scheduler_v2
 
-from conftest import ENV, FINETUNE, REPO, make_image_folder
+from conftest import FINETUNE, make_image_folder, run_in_process
 from vision_ensemble.config import RECIPES, recipe_config
 from vision_ensemble.training.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
 
@@ -128,13 +126,11 @@ def test_bad_freeze_spec_is_refused_in_one_line(spec):
 def test_photo_linear_probe_run_records_its_options_and_exports_the_models_crop_pct(tmp_path):
     root = make_image_folder(tmp_path / "photos", per_class=8, size=(120, 160), fmt="jpg")
     out = tmp_path / "run"
-    result = subprocess.run(
-        [sys.executable, FINETUNE, "--model", "test_resnet", "--img-size", "64", "--epochs", "1", "--batch-size", "8",
-         "--data-dir", str(root), "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(out),
-         "--val-size", "6", "--augment", "photo", "--auto-augment", "trivialaugment", "--erase-prob", "0.5",
-         "--freeze", "backbone", "--layer-decay", "0.7", "--lr", "4e-3", "--lr-base-size", "32"],
-        env=ENV, capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_in_process(
+        FINETUNE, "--model", "test_resnet", "--img-size", "64", "--epochs", "1", "--batch-size", "8", "--data-dir",
+        root, "--cache-dir", tmp_path / "cache", "--output-dir", out, "--val-size", "6", "--augment", "photo",
+        "--auto-augment", "trivialaugment", "--erase-prob", "0.5", "--freeze", "backbone", "--layer-decay", "0.7",
+        "--lr", "4e-3", "--lr-base-size", "32")
     args = json.loads((out / "training_args.json").read_text())
     assert args["augment"] == "photo" and args["auto_augment"] == "trivialaugment" and args["erase_prob"] == 0.5
     assert args["freeze"] == "backbone" and args["layer_decay"] == 0.7

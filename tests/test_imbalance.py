@@ -4,8 +4,6 @@ rare class's recall over the same seeded run without."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from PIL import Image
 from sklearn.utils.class_weight import compute_class_weight
 from timm.data import Mixup
 
-from conftest import ENV, FINETUNE, REPO
+from conftest import FINETUNE, run_in_process
 from vision_ensemble.data import BalancedSampler, DeviceImageDataset, ImageArrays, device_loader
 from vision_ensemble.training.imbalance import WeightedSoftTargetCrossEntropy, balanced_class_weights
 
@@ -87,11 +85,9 @@ def runs(tmp_path_factory):
     for name, extra in (("baseline", []), ("weights", ["--class-weights", "balanced", "--no-data-check"]),
                         ("sampler", ["--sampler", "balanced", "--no-data-check"])):
         out = tmp / name
-        result = subprocess.run([sys.executable, FINETUNE, "--model", "test_resnet", "--img-size", "32", "--batch-size",
-                                 "32", "--epochs", "6", "--lr", "1e-2", "--data-dir", str(data), "--cache-dir",
-                                 str(tmp / "cache"), "--output-dir", str(out), *extra],
-                                cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
+        result = run_in_process(FINETUNE, "--model", "test_resnet", "--img-size", "32", "--batch-size", "32",
+                                "--epochs", "6", "--lr", "1e-2", "--data-dir", data, "--cache-dir", tmp / "cache",
+                                "--output-dir", out, *extra)
         predictions = np.load(out / "predictions.npz")
         predicted, labels = predictions["test_probs"].argmax(1), predictions["test_labels"]
         results[name] = {"recall": [float((predicted[labels == c] == c).mean()) for c in (0, 1)],
@@ -118,6 +114,5 @@ def test_training_warns_about_the_imbalance_and_the_card_says_so(runs):
 
 @pytest.mark.slow
 def test_both_options_at_once_are_refused():
-    result = subprocess.run([sys.executable, FINETUNE, "--class-weights", "balanced", "--sampler", "balanced"],
-                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    result = run_in_process(FINETUNE, "--class-weights", "balanced", "--sampler", "balanced", check=False)
     assert result.returncode != 0 and "choose one" in result.stderr and "Traceback" not in result.stderr

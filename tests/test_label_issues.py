@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ENV, FINETUNE, REPO
+from conftest import ENV, FINETUNE, REPO, run_in_process
 from vision_ensemble.hub import results_markdown
 from vision_ensemble.labeling.store import LabelingError, LabelStore, export_dataset, find_images, review_queue
 
@@ -48,16 +48,12 @@ def workflow(tmp_path_factory):
     with open(dataset / "splits.csv", newline="") as f:
         split_of = {row["filename"]: row["split"] for row in csv.DictReader(f)}
     run = tmp / "run"
-    subprocess.run([sys.executable, FINETUNE, "--model", "test_resnet", "--img-size", "32", "--batch-size", "16",
-                    "--epochs", "4", "--lr", "1e-2", "--mixup-alpha", "0", "--cutmix-alpha", "0", "--data-dir",
-                    str(dataset), "--cache-dir", str(tmp / "cache"),
-                    "--output-dir", str(run), "--no-data-check"], cwd=REPO, env=ENV, check=True, capture_output=True,
-                   timeout=600)
+    run_in_process(FINETUNE, "--model", "test_resnet", "--img-size", "32", "--batch-size", "16", "--epochs", "4",
+                   "--lr", "1e-2", "--mixup-alpha", "0", "--cutmix-alpha", "0", "--data-dir", dataset, "--cache-dir",
+                   tmp / "cache", "--output-dir", run, "--no-data-check")
     results = tmp / "results"
-    evaluation = subprocess.run([sys.executable, EVALUATE, "--models", str(run / "best"), "--data-dir", str(dataset),
-                                 "--cache-dir", str(tmp / "cache"), "--output-dir", str(results), "--label-issues"],
-                                cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
-    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    run_in_process(EVALUATE, "--models", run / "best", "--data-dir", dataset, "--cache-dir", tmp / "cache",
+                   "--output-dir", results, "--label-issues")
     with open(results / "label_issues.csv", newline="") as f:
         issues = list(csv.DictReader(f))
     held_out = {name for name in planted if split_of[name] != "train"}

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ENV, FINETUNE, REPO, free_port, make_image_folder, make_member, run
+from conftest import ENV, FINETUNE, REPO, free_port, make_image_folder, make_member, run, run_in_process
 
 EVALUATE = str(REPO / "evaluation" / "evaluate.py")
 
@@ -112,7 +112,7 @@ def test_evaluation_sharded_over_two_processes_reports_as_one(shapes, tmp_path):
     members = [str(make_member(tmp_path / name, seed, 32, classes, sharpen=3.0)) for seed, name in enumerate("ab")]
     args = ["--models", *members, "--data-dir", str(shapes), "--val-size", "0.25",
             "--cache-dir", str(tmp_path / "cache"), "--batch-size", "7", "--tta"]
-    run([sys.executable, EVALUATE, *args, "--output-dir", str(tmp_path / "one")])
+    run_in_process(EVALUATE, *args, "--output-dir", str(tmp_path / "one"))
     two = run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--mixed_precision", "no", "--dynamo_backend", "no", EVALUATE, *args,
                "--output-dir", str(tmp_path / "two")])

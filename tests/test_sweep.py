@@ -10,7 +10,7 @@ import sys
 import optuna
 import pytest
 
-from conftest import ENV, FINETUNE, REPO, make_image_folder, run
+from conftest import ENV, FINETUNE, REPO, make_image_folder, run, run_in_process
 from vision_ensemble.training.sweep import finetune_args, load_space, read_epochs
 
 SPACE = """\
@@ -56,7 +56,7 @@ def test_two_workers_share_one_study_and_the_best_trial_reproduces(tmp_path):
     assert best["val_top1"] == study.best_value and best["params"] == study.best_params
     for png in ("optimization_history.png", "param_importances.png"):
         assert (out / png).stat().st_size > 10_000
-    run([sys.executable, FINETUNE, f"@{out / 'best_args.txt'}", "--output-dir", str(tmp_path / "again")])
+    run_in_process(FINETUNE, f"@{out / 'best_args.txt'}", "--output-dir", str(tmp_path / "again"))
     alone = read_epochs(tmp_path / "again" / "metrics.jsonl")
     assert max(r["val_top1"] for r in alone) == study.best_value
     # The same run, not only the same score (an 18-image val set gives trials the same top-1).

@@ -76,10 +76,10 @@ def test_exported_folder_reloads_with_timm_alone_and_same_logits(two_process_run
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(trained_run, cifar10_archive, cache_root,
                                                                   tmp_path):
     full, resumed = trained_run, tmp_path / "resumed"  # the shared run: the same arguments, never interrupted
-    first = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, resumed, "--stop-after-epoch", "1")])
+    first = run_in_process(FINETUNE, *tiny_run_args(cifar10_archive, cache_root, resumed, "--stop-after-epoch", "1"))
     assert "stopping after epoch 1" in first.stdout
     assert not (resumed / "checkpoints" / "epoch_002").exists()
-    second = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, resumed, "--resume", "latest")])
+    second = run_in_process(FINETUNE, *tiny_run_args(cifar10_archive, cache_root, resumed, "--resume", "latest"))
     assert "resumed from" in second.stdout
     a = load_file(full / "checkpoints" / "epoch_002" / "model.safetensors")
     b = load_file(resumed / "checkpoints" / "epoch_002" / "model.safetensors")
@@ -92,8 +92,8 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(trained_run, ci
 
 @pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(cifar10, cifar10_archive, cache_root, tmp_path):
-    result = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path, "--fail-at-epoch", "2")],
-                 check=False)
+    result = run_in_process(FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path, "--fail-at-epoch", "2"),
+                            check=False)
     assert result.returncode == 2
     assert "loss became nan in epoch 2" in result.stderr and "epoch_001" in result.stderr
     assert "Traceback" not in result.stderr
@@ -120,9 +120,9 @@ def test_pretrained_path_loads_the_backbone_and_a_new_classifier(tmp_path):
 @pytest.mark.slow
 def test_offline_pretrained_says_what_to_do_in_one_line(cifar10, cifar10_archive, cache_root, tmp_path):
     # --img-size 32: the session's decoded cache (the model's default 160 px would decode CIFAR-10 once more).
-    result = run([sys.executable, FINETUNE, "--model", "test_resnet", "--pretrained", "--img-size", "32",
-                  "--data-dir", str(cifar10_archive), "--cache-dir", str(cache_root), "--output-dir", str(tmp_path),
-                  "--no-data-check"], check=False)
+    result = run_in_process(FINETUNE, "--model", "test_resnet", "--pretrained", "--img-size", "32",
+                            "--data-dir", cifar10_archive, "--cache-dir", cache_root, "--output-dir", tmp_path,
+                            "--no-data-check", check=False)
     assert result.returncode == 2
     assert "could not download ImageNet weights" in result.stderr and "--no-pretrained" in result.stderr
     assert "Traceback" not in result.stderr
@@ -144,9 +144,9 @@ def test_three_class_100x80_folder_trains_through_both_loaders(tmp_path, data_mo
 
     root = make_image_folder(tmp_path / "shapes", per_class=16, size=(80, 100), fmt="jpg")
     out = tmp_path / "run"
-    run([sys.executable, FINETUNE, "--model", "test_resnet", "--img-size", "48", "--epochs", "2", "--batch-size", "16",
-         "--data-dir", str(root), "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(out), "--val-size", "0.25",
-         "--data-mode", data_mode, "--num-workers", "1", "--lr", "3e-3", "--max-eval-samples", "10"])
+    run_in_process(FINETUNE, "--model", "test_resnet", "--img-size", "48", "--epochs", "2", "--batch-size", "16",
+                   "--data-dir", root, "--cache-dir", tmp_path / "cache", "--output-dir", out, "--val-size", "0.25",
+                   "--data-mode", data_mode, "--num-workers", "1", "--lr", "3e-3", "--max-eval-samples", "10")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_count"] for r in rows] == [10, 10]
     config = json.loads((out / "best" / "config.json").read_text())
@@ -172,8 +172,8 @@ def test_compiled_run_saves_plain_timm_keys(cifar10, cifar10_archive, cache_root
 @pytest.mark.slow
 def test_batch_size_auto_halves_until_a_step_fits_and_records_it(cifar10, cifar10_archive, cache_root, tmp_path):
     # test_resnet has no recipe: auto starts from the fallback 128; a step of more than 40 images "runs out of memory"
-    result = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path, "--epochs", "1"),
-                  "--batch-size", "auto", "--oom-above-batch", "40"])
+    result = run_in_process(FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path, "--epochs", "1"),
+                            "--batch-size", "auto", "--oom-above-batch", "40")
     args = json.loads((tmp_path / "training_args.json").read_text())
     assert args["batch_size_auto"] == [128, 64, 32] and args["batch_size"] == 32 == args["global_batch_size"]
     assert "global batch 32" in result.stdout
@@ -182,8 +182,8 @@ def test_batch_size_auto_halves_until_a_step_fits_and_records_it(cifar10, cifar1
 
 @pytest.mark.slow
 def test_a_fixed_batch_that_does_not_fit_stops_with_one_line_saying_what_to_try(cifar10_archive, cache_root, tmp_path):
-    result = run([sys.executable, FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path),
-                  "--oom-above-batch", "16"], check=False)
+    result = run_in_process(FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path),
+                            "--oom-above-batch", "16", check=False)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: out of memory at batch size 32 per process (test_resnet on cpu): try --batch-size auto (halves it "

@@ -93,6 +93,19 @@ def evaluate(model, loader, transform, accelerator) -> dict:
 
 
 def main(argv=None) -> int:
+    """The command: `train`, with the errors a person can fix (data, launch, model, loss, memory, trackers)
+    printed as one line and exit status 2 instead of a traceback."""
+    try:
+        return train(argv)
+    except (DataError, DistributedError, ModelError, NonFiniteLoss, OutOfMemory, PredictionsError,
+            TrackingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        end_failed_runs()  # a tracked run that stopped on an exception ends as FAILED, not RUNNING
+
+
+def train(argv=None) -> int:
     cfg: TrainConfig = recipe_config(build_parser(__doc__.split("\n\n")[0]).parse_args(argv))
     trackers = require_trackers(cfg.report_to)  # a missing tracker stops here, before any data is decoded
     output_dir = Path(cfg.output_dir)
@@ -347,11 +360,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (DataError, DistributedError, ModelError, NonFiniteLoss, OutOfMemory, PredictionsError,
-            TrackingError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        end_failed_runs()  # a tracked run that stopped on an exception ends as FAILED, not RUNNING
+    sys.exit(main())
