@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import torch
 from conftest import FINETUNE, run
 from vision_ensemble.config import default_cache_size
 from vision_ensemble.training import time_budget
-from vision_ensemble.training.time_budget import TAIL_FIXED_S, TimeBudget, fit_epochs
+from vision_ensemble.training.time_budget import TAIL_FIXED_S, TimeBudget, fit_epochs, predictions_eval_ratio
 
 MIN_LR = 1e-6  # TrainConfig.min_lr: where the cosine schedule ends
 
@@ -121,6 +122,31 @@ def test_epochs_that_change_pace_after_the_decision_are_replanned_to_end_on_time
     assert "re-planned after epoch" in budget.describe() and f"{count} epoch(s)" in budget.describe()
 
 
+# Another process shares the cores for a spell of epochs, then leaves: 50 steps of 0.2 s (13-s epochs, 23 s in
+# the spell), or 10 steps (5-s epochs, 6 s in the spell, thirty of them).
+@pytest.mark.parametrize(("steps", "spell_step_s", "spell"), [(50, 0.4, range(10, 20)), (10, 0.3, range(10, 40))])
+def test_a_slow_spell_that_passes_leaves_no_time_unused(clock, steps, spell_step_s, spell):
+    budget = TimeBudget(10, CpuAccelerator(), steps_per_epoch=steps, eval_batches=4, tail_eval_ratio=6,
+                        started_at=clock.now - 30)
+    run_epoch(budget, clock, 1, steps, first_step_s=2.0, end_s=8.0)
+    planned = count = run_epoch(budget, clock, 2, steps)
+    epoch, replans = 2, []
+    while epoch < count:
+        epoch += 1
+        if (new := run_epoch(budget, clock, epoch, steps, step_s=spell_step_s if epoch in spell else 0.2)) is not None:
+            replans.append((epoch, new))
+            count = new
+    # The count fell while the spell lasted and rose again once the recent epochs were fast.
+    lowest = min(new for _, new in replans)
+    assert lowest < planned and replans[-1][1] > lowest, replans
+    # It ends within the budget, with less than 1.5 epochs unused: the last epoch that fits leaves up to one, and
+    # the count moves only when it is off by more than one.  (Pacing on half the epochs since the decision held the
+    # spell too long and left 25 s and 17 s unused, 1.9 and 3.4 epochs.)
+    epoch_s = steps * 0.2 + 3.0
+    end = clock.now + budget.tail_s - budget.started_at
+    assert budget.budget_s - 1.5 * epoch_s <= end <= budget.budget_s, (end, replans)
+
+
 def test_a_budget_for_fewer_than_three_epochs_is_decided_after_the_first(clock):
     budget = TimeBudget(1, CpuAccelerator(), steps_per_epoch=50, eval_batches=4, tail_eval_ratio=6,
                         started_at=clock.now - 30)
@@ -174,7 +200,11 @@ def test_a_time_limited_run_ends_on_time_with_its_schedule_completed(decoded, ci
     replanned = {int(line.split("re-planned after epoch ")[1].split(",")[0]) for line in plan[1:]}
     assert max(lrs) > 100 * MIN_LR
     assert all(lrs[i] <= lrs[i - 1] or i in replanned for i in range(3, len(lrs))), (lrs, replanned)
-    assert (tmp_path / "predictions.npz").exists()
+    # The tail kept for the predictions counts every image they cover (the training images' too).
+    with np.load(tmp_path / "predictions.npz") as npz:
+        predicted = sum(len(npz[name]) for name in npz.files if "_probs" in name)
+    data, cfg = SimpleNamespace(test=range(10_000)), SimpleNamespace(max_eval_samples=128)
+    assert predicted == predictions_eval_ratio(data, cfg, train_images=1024, val_images=128) * 128
 
 
 @pytest.mark.slow

@@ -248,7 +248,7 @@ def train(argv=None) -> int:
     budget = None
     if cfg.time_limit is not None and state.epochs is None:  # a resumed run keeps the count it chose
         budget = TimeBudget(cfg.time_limit, accelerator, steps_per_epoch, len(val_loader),
-                            predictions_eval_ratio(data, cfg, len(val_arrays)))
+                            predictions_eval_ratio(data, cfg, len(train_arrays), len(val_arrays)))
 
     def fix_epochs(epochs: int) -> None:
         cfg.epochs = state.epochs = epochs
