@@ -11,6 +11,11 @@ JSON API on the same server: POST /api/predict, GET /api/health, OpenAPI docs at
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the heavy imports: it may start this process again (serving/allocator.py)
+    from vision_ensemble.serving.allocator import restart_with_objects_in_malloc
+
+    restart_with_objects_in_malloc()
+
 import argparse
 import copy
 import json

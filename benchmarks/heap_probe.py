@@ -5,8 +5,10 @@
 
 Each line of OUT.jsonl: seconds since start; glibc's `mallinfo2()` (`in_use`: bytes malloc has handed out and
 not had back, small blocks and mmapped ones; `heap`: bytes of the arenas plus mmapped blocks, what malloc holds
-from the kernel; `mmapped`: those blocks alone); Python's allocated blocks; the live objects gc tracks, and the
-ten most common types.
+from the kernel; `mmapped`: those blocks alone); Python's allocated blocks; pymalloc's own arenas (`pymalloc`:
+objects of up to 512 bytes live in 1 MiB arenas that Python mmaps itself, outside mallinfo, and gives back only
+when a whole arena is empty: `arenas_bytes` held, `allocated_bytes` in live blocks); the live objects gc tracks,
+and the ten most common types.
 benchmarks/soak.py starts the server through it with `--heap-probe`.
 """
 
@@ -15,8 +17,11 @@ from __future__ import annotations
 import ctypes
 import gc
 import json
+import os
+import re
 import runpy
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -29,12 +34,33 @@ class MallInfo2(ctypes.Structure):
                  "keepcost")]
 
 
+PYMALLOC_FIELDS = {"arenas_bytes": re.compile(r"^\d+ arenas \* \d+ bytes/arena\s+=\s+([\d,]+)$", re.MULTILINE),
+                   "allocated_bytes": re.compile(r"^# bytes in allocated blocks\s+=\s+([\d,]+)$", re.MULTILINE)}
+
+
+def pymalloc_stats() -> dict:
+    """pymalloc's arenas from `sys._debugmallocstats()`, which prints to the C stderr: fd 2 goes to a file for the
+    call (the server's own stderr lines in those milliseconds go there too).  Empty under PYTHONMALLOC=malloc."""
+    with tempfile.TemporaryFile("w+") as capture:
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        text = capture.read()
+    found = {key: pattern.search(text) for key, pattern in PYMALLOC_FIELDS.items()}
+    return {key: int(m.group(1).replace(",", "")) for key, m in found.items()} if all(found.values()) else {}
+
+
 def heap_sample(libc, started: float) -> dict:
     info = libc.mallinfo2()
     objects = gc.get_objects()
     types = Counter(type(o).__name__ for o in objects)
     return {"s": round(time.time() - started, 1), "in_use": info.uordblks + info.hblkhd,
-            "heap": info.arena + info.hblkhd, "mmapped": info.hblkhd, "python_blocks": sys.getallocatedblocks(), "gc_objects": len(objects),
+            "heap": info.arena + info.hblkhd, "mmapped": info.hblkhd, "python_blocks": sys.getallocatedblocks(), "pymalloc": pymalloc_stats(), "gc_objects": len(objects),
             "top_types": dict(types.most_common(10))}
 
 

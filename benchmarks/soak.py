@@ -18,9 +18,10 @@ fails.  The growth compares levels, the median of the last ten minutes' samples 
 after the warm-up: memory swings by about 100 MB as the garbage collector frees request cycles, so two single
 samples measure the swing.  With `--heap-probe` the server runs under benchmarks/heap_probe.py, and each sample
 also holds the bytes malloc has handed out and not had back (`malloc_in_use`) and the live Python objects:
-memory in use that stays flat while RSS grows is the allocator keeping freed pages, not a leak.  Every sample
-splits RssAnon by where it lives (`anon_by_region`: malloc's heaps, libraries' pages, other maps).  MALLOC_ARENA_MAX
-and other environment variables reach the server as set; the summary records MALLOC_ARENA_MAX.
+memory in use that stays flat while RSS grows is the allocator keeping freed pages, not a leak, and pymalloc's
+arenas (`pymalloc`: held against in live blocks).  Every sample splits RssAnon by where it lives
+(`anon_by_region`: malloc's heaps, libraries' pages, other maps).  MALLOC_ARENA_MAX, PYTHONMALLOC and other
+environment variables reach the server as set; the summary records the allocator's (`allocator_env`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from conftest import free_port, make_member, wait_for_server, write_manifest  # 
 from vision_ensemble.config import TEMP_FILE_MAX_AGE_S  # noqa: E402
 from vision_ensemble.plots import plt, save  # noqa: E402
 
+ALLOCATOR_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "PYTHONMALLOC")  # recorded in the summary
 ENDPOINTS = ("api_multipart", "api_base64", "gradio_classify", "gradio_threshold")
 IMAGE_BAD = ("corrupt", "empty", "oversized", "wrong_type", "huge_pixels")
 CSV_BAD = ("malformed_csv", "empty", "one_class", "non_numeric", "wrong_type")
@@ -250,7 +252,7 @@ def sample(process: psutil.Process, temp_root: Path, rows: list, since: float, s
                 "temp_oldest_s": round(oldest_s), "latency_ms": latency,
                 "outcomes": dict(Counter(r[3] for r in window)), "requests": len(window),
                 **({"malloc_in_use": heap["in_use"], "malloc_heap": heap["heap"], "malloc_mmapped": heap["mmapped"],
-                    "python_blocks": heap["python_blocks"], "gc_objects": heap["gc_objects"],
+                    "python_blocks": heap["python_blocks"], "pymalloc": heap.get("pymalloc", {}), "gc_objects": heap["gc_objects"],
                     "top_types": heap["top_types"]} if heap else {})}
 
 
@@ -308,6 +310,10 @@ def plot(samples: list[dict], path: Path) -> None:
         ax.plot(minutes, [(r["malloc_main"] + r["malloc_threads"]) / 2**20 for r in regions], ":",
                 label="anon: malloc's heaps")
         ax.plot(minutes, [r["other"] / 2**20 for r in regions], ":", label="anon: other maps")
+    if all(s.get("pymalloc") for s in samples):
+        ax.plot(minutes, [s["pymalloc"]["arenas_bytes"] / 2**20 for s in samples], "--", label="pymalloc's arenas")
+        ax.plot(minutes, [s["pymalloc"]["allocated_bytes"] / 2**20 for s in samples], "--",
+                label="pymalloc: live blocks")
     ax.set(title="server memory", ylabel="MiB", ylim=(0, None))
     ax.legend()
     ax = axes[0, 1]
@@ -402,6 +408,9 @@ def main():
                   f"{s['temp_bytes'] / 2**20:.1f} MiB, "
                   + (f"malloc in use {s['malloc_in_use'] / 2**20:.0f} MiB, {s['gc_objects']} objects, "
                      if "gc_objects" in s else "")
+                  + (f"pymalloc {s['pymalloc']['arenas_bytes'] / 2**20:.0f} MiB "
+                     f"({s['pymalloc']['allocated_bytes'] / 2**20:.0f} live), " if s.get("pymalloc") else "")
+                  + "anon " + ", ".join(f"{k} {v / 2**20:.0f}" for k, v in s["anon_by_region"].items()) + " MiB, "
                   + f"{s['requests']} requests {s['outcomes']}, p50 "
                   + ", ".join(f"{k} {v['p50']:.0f}" for k, v in s["latency_ms"].items()), flush=True)
     finally:
@@ -419,7 +428,7 @@ def main():
     # Gradio logs a traceback for every gr.Error too; only the others are the server failing.
     tracebacks = log_file.read_text().split("Traceback (most recent call last):")[1:]
     verdict["server_log_tracebacks_not_gr_error"] = sum("gradio.exceptions.Error:" not in t for t in tracebacks)
-    summary = {"args": vars(args), "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX"), "checks": verdict,
+    summary = {"args": vars(args), "allocator_env": {k: os.environ.get(k) for k in ALLOCATOR_ENV}, "checks": verdict,
                "samples": samples}
     (out / "soak.json").write_text(json.dumps(summary, indent=1))
     plot(samples, out / "soak.png")

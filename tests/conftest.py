@@ -281,10 +281,10 @@ def running_app(manifest: Path, log_file: Path, **extra_env: str):
 
 @pytest.fixture(scope="session")
 def app_without_weights(tmp_path_factory):
-    """(url, log file) of one app.py started without an ensemble, shared by the tests of that state."""
+    """(url, log file, pid) of one app.py started without an ensemble, shared by the tests of that state."""
     root = tmp_path_factory.mktemp("no_weights")
     process, url = start_app(root / "missing.json", root / "app.log")
-    yield url, root / "app.log"
+    yield url, root / "app.log", process.pid
     process.terminate()
     process.wait(timeout=30)
 

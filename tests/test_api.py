@@ -190,7 +190,7 @@ def test_openapi_docs_describe_the_contract(server):
 
 
 def test_without_an_ensemble_the_api_answers_503(app_without_weights):
-    url, _ = app_without_weights
+    url, _, _ = app_without_weights
     with httpx.Client(base_url=url, timeout=60) as http:
         response = post_file(http, CAT)
         assert response.status_code == 503 and "No model weights are loaded" in response.json()["error"]

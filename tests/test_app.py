@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -116,7 +118,7 @@ def test_without_weights_the_app_starts_and_the_threshold_tab_works(app_without_
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
-    url, log_file = app_without_weights
+    url, log_file, _ = app_without_weights
     client = Client(url, verbose=False)
     with pytest.raises(AppError, match="No model weights are loaded"):
         client.predict(handle_file(str(EXAMPLES / "cifar10_cat.png")), api_name="/classify")
@@ -124,6 +126,14 @@ def test_without_weights_the_app_starts_and_the_threshold_tab_works(app_without_
                          1, 1, 1, 0.9, 0.9, api_name="/optimize_threshold")
     assert "Best threshold" in out[0]
     assert "no ensemble loaded" in log_file.read_text()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or "PYTHONMALLOC" in os.environ,
+                    reason="glibc's malloc; a PYTHONMALLOC already set is kept")
+def test_the_server_runs_with_python_objects_in_malloc(app_without_weights):
+    url, _, pid = app_without_weights
+    assert httpx.get(url + "api/health", timeout=30).status_code == 503  # the process started is the one serving
+    assert b"PYTHONMALLOC=malloc" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")  # restarted with it
 
 
 @needs_chromium
