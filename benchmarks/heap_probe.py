@@ -60,7 +60,8 @@ def heap_sample(libc, started: float) -> dict:
     objects = gc.get_objects()
     types = Counter(type(o).__name__ for o in objects)
     return {"s": round(time.time() - started, 1), "in_use": info.uordblks + info.hblkhd,
-            "heap": info.arena + info.hblkhd, "mmapped": info.hblkhd, "python_blocks": sys.getallocatedblocks(), "pymalloc": pymalloc_stats(), "gc_objects": len(objects),
+            "heap": info.arena + info.hblkhd, "mmapped": info.hblkhd, "python_blocks": sys.getallocatedblocks(),
+            "pymalloc": pymalloc_stats(), "gc_objects": len(objects),
             "top_types": dict(types.most_common(10))}
 
 

@@ -252,7 +252,8 @@ def sample(process: psutil.Process, temp_root: Path, rows: list, since: float, s
                 "temp_oldest_s": round(oldest_s), "latency_ms": latency,
                 "outcomes": dict(Counter(r[3] for r in window)), "requests": len(window),
                 **({"malloc_in_use": heap["in_use"], "malloc_heap": heap["heap"], "malloc_mmapped": heap["mmapped"],
-                    "python_blocks": heap["python_blocks"], "pymalloc": heap.get("pymalloc", {}), "gc_objects": heap["gc_objects"],
+                    "python_blocks": heap["python_blocks"], "pymalloc": heap.get("pymalloc", {}),
+                    "gc_objects": heap["gc_objects"],
                     "top_types": heap["top_types"]} if heap else {})}
 
 

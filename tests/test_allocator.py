@@ -125,7 +125,7 @@ print(os.environ.get("PYTHONMALLOC"), os.getpid(), peak - base, rss_anon_mb() - 
 """
 
 
-def small_objects_held(**env: str) -> tuple[str, int, int, int]:
+def small_objects_held(**env: str) -> tuple[str, int, int]:
     process = subprocess.Popen([sys.executable, "-c", SMALL_OBJECTS], env={**ENV, **env}, cwd=REPO,
                                stdout=subprocess.PIPE, text=True)
     out, _ = process.communicate(timeout=60)
