@@ -1,12 +1,17 @@
 """The package's shape: each floor of the data flow imports only the floors below it, and no module imports
-itself back through others.  Read from the source with `ast`, lazy imports inside functions included."""
+itself back through others (read from the source with `ast`, lazy imports inside functions included); and the
+entry points start without the heavy libraries only one option needs (a real interpreter's sys.modules)."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
-from conftest import REPO
+import pytest
+
+from conftest import ENV, REPO
 
 PACKAGE = REPO / "vision_ensemble"
 # Lowest first: a module may import its own floor and those before it, never one after it.
@@ -100,3 +105,28 @@ def test_the_checks_catch_a_planted_circle_and_a_lazy_upward_import():
                                        "vision_ensemble.serving.predict (floor 6)"]
     assert import_circles(planted) == ["vision_ensemble.model.member -> vision_ensemble.serving.predict -> "
                                        "vision_ensemble.model.member"]
+
+
+# Libraries that only one option or one button needs: up to a second or so of every start each (BENCHMARKS.md:
+# start-up).
+OPTIONAL = ("pytorch_grad_cam", "captum", "sklearn", "cleanlab", "onnxruntime", "mlflow", "optuna", "imagehash",
+            "datasets")
+LOAD_ENTRY_POINTS = """
+import importlib.util, sys
+names, paths = sys.argv[1].split(","), sys.argv[2:]
+for path in paths:
+    spec = importlib.util.spec_from_file_location(path.replace("/", "_").removesuffix(".py"), path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+print(",".join(name for name in names if name in sys.modules))
+"""
+
+
+@pytest.mark.slow
+def test_entry_points_start_without_the_libraries_only_an_option_needs():
+    """Loading train/, evaluation/ and app.py (all their imports, not a run) leaves grad-cam, Captum, scikit-learn,
+    cleanlab, ONNX Runtime, MLflow, Optuna, imagehash and `datasets` to the code that uses them."""
+    result = subprocess.run([sys.executable, "-c", LOAD_ENTRY_POINTS, ",".join(OPTIONAL), "train/finetune.py",
+                             "evaluation/evaluate.py", "evaluation/thresholds.py", "app.py"],
+                            env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "", f"imported at start-up: {result.stdout.strip()}"

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from captum.robust import FGSM, PGD
 from tqdm.auto import tqdm
 
 from ..config import ATTACK_EPSILONS_255, DEFAULT_ATTACK_SAMPLES, GALLERY_ERRORS, PGD_STEPS, TOP_CONFUSIONS
@@ -44,6 +43,8 @@ def _correct(model: SoftVote, pixels: torch.Tensor, labels: torch.Tensor) -> int
 def attack_accuracies(model: SoftVote, pixels: torch.Tensor, labels: torch.Tensor, epsilons: list[float],
                       pgd_steps: int = PGD_STEPS, batch_size: int = 64, progress=None) -> dict[str, list[float]]:
     """Top-1 (%) under untargeted FGSM and PGD (L-inf, no random start) at each radius; radius 0 is clean."""
+    from captum.robust import FGSM, PGD  # here: only --diagnose pays for importing Captum
+
     fgsm = FGSM(model, _per_sample_nll, lower_bound=0.0, upper_bound=1.0)
     pgd = PGD(model, _per_sample_nll, lower_bound=0.0, upper_bound=1.0)
     # Captum leaves pixels whose gradient is under 1e-6 alone; a confident, correct prediction has gradients that

@@ -16,8 +16,6 @@ import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pytorch_grad_cam import GradCAM
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
 from ..config import GRADCAM_MIN_GRID
 from ..data import BatchTransform
@@ -50,6 +48,10 @@ def class_heatmaps(model: torch.nn.Module, transform: BatchTransform, image: tor
                    classes: list[int]) -> np.ndarray:
     """Grad-CAM of each class in `classes` for one uint8 (3, H, W) image: (len(classes), H, W) in [0, 1],
     zero where the member's centre crop does not reach."""
+    # Imported here: grad-cam brings scikit-learn (1 s of every evaluate.py and app.py start, BENCHMARKS.md).
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
     layer, reshape = target_layer(model, transform.size)
     x = transform(image[None]).expand(len(classes), -1, -1, -1)  # one row per class: one forward, one backward
     cam = GradCAM(model, [layer], reshape_transform=reshape)
