@@ -97,13 +97,12 @@ d = load_dataset(sys.argv[1], cache_size=int(sys.argv[2])); print('decoded', len
         "$DATA" "$CACHE_SIZE"
 }
 
-throughput() {  # throughput [train_throughput.py options]: each member alone on the GPU, results in throughput.jsonl
-    local model
-    for model in $MODELS; do
-        logged python3 benchmarks/train_throughput.py --model "$model" --data-dir "$DATA" --cache-size "$CACHE_SIZE" \
-            --json "$OUT/throughput.jsonl" --paths ceiling,ours "${THROUGHPUT_ARGS[@]}" "$@" ||
-            say "throughput $model failed"
-    done
+throughput() {  # throughput [train_throughput.py options]: each member alone on the GPU, one after another in
+    # one process (one start, one decoded dataset on the device), results in throughput.jsonl
+    # shellcheck disable=SC2086  # MODELS is a list of names
+    logged python3 benchmarks/train_throughput.py --model $MODELS --data-dir "$DATA" --cache-size "$CACHE_SIZE" \
+        --json "$OUT/throughput.jsonl" --paths ceiling,ours "${THROUGHPUT_ARGS[@]}" "$@" ||
+        say "throughput: a model failed (its line above)"
 }
 
 summarise() {  # summarise RUN WALL_S: summary.json from metrics.jsonl (wall time, img/s mean and peak, memory)
@@ -189,13 +188,8 @@ student() {  # the student, distilled from the members' predictions.npz (their t
 }
 
 extras() {  # for minutes left after `all`: the torchvision baseline, then each member compiled
-    local model
     throughput --paths ceiling,ours,torchvision --workers 16
-    for model in $MODELS; do
-        logged python3 benchmarks/train_throughput.py --model "$model" --data-dir "$DATA" --cache-size "$CACHE_SIZE" \
-            --json "$OUT/throughput.jsonl" --paths ceiling,ours --compile "${THROUGHPUT_ARGS[@]}" ||
-            say "compiled throughput $model failed"
-    done
+    throughput --compile
 }
 
 ensemble() {  # ensemble [FOLDER]: unpack the returned MODEL.tar.gz into $RUNS, then the report into $RESULTS (CPU)

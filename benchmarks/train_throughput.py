@@ -12,6 +12,7 @@ batch size and model arguments default to the model's training recipe (vision_en
     python benchmarks/train_throughput.py --model vit_small_patch16_224 --compile
     python benchmarks/train_throughput.py --model seresnet50 --img-size 224 --batch-size 256
     python benchmarks/train_throughput.py --model efficientnet_b0 --paths ceiling,ours --json out.jsonl  # 1. and 2.
+    python benchmarks/train_throughput.py --model seresnet50 efficientnet_b0 --paths ceiling,ours  # one after another
 """
 
 from __future__ import annotations
@@ -70,9 +71,53 @@ def run(model, optimizer, batches, prepare, steps, warmup, device, dtype) -> flo
     return steps * x.shape[0] / (time.perf_counter() - start)
 
 
-def main():
+def measure(args, name: str, data, device: torch.device) -> dict:
+    """One model's images/s through each of `args.paths` (and its peak GPU memory), printed as they come."""
+    recipe = recipe_config({"model": name, "img_size": args.img_size, "batch_size": args.batch_size,
+                            "model_kwargs": args.model_kwargs})
+    img_size, batch_size, model_kwargs = recipe.img_size or 224, recipe.batch_size, recipe.model_kwargs
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    model = timm.create_model(name, num_classes=10, **model_kwargs).to(device)
+    model = model.to(memory_format=torch.channels_last).train()
+    cfg = timm.data.resolve_data_config({}, model=model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    if args.compile:  # every path runs the same compiled model; the first warm-up steps compile it
+        model = torch.compile(model)
+    eval_like = BatchTransform((3, img_size, img_size), cfg["mean"], cfg["std"], channels_last=True)
+    train_tf = BatchTransform((3, img_size, img_size), cfg["mean"], cfg["std"], train=True, channels_last=True)
+    device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    print(f"{name} {model_kwargs or ''} at {img_size} px, batch {batch_size}, {dtype}, {device_name}"
+          f"{', torch.compile' if args.compile else ''}")
+    paths = {  # name: (batches, preparation on the device, label)
+        "ceiling": (lambda: batches_synthetic(batch_size, img_size, device), eval_like,
+                    "ceiling (synthetic, on device)"),
+        "ours": (lambda: batches_device_resident(data, batch_size, device), train_tf, "device-resident pipeline"),
+        "torchvision": (lambda: torchvision_pipeline(data, img_size, batch_size, device, args.workers,
+                                                     cfg["mean"], cfg["std"]),
+                        lambda x: x.contiguous(memory_format=torch.channels_last),
+                        f"torchvision DataLoader ({args.workers} workers)"),
+    }
+    result = {"model": name, "img_size": img_size, "batch_size": batch_size, "device": device_name,
+              "compile": args.compile, "steps": args.steps}
+    for path in args.paths.split(","):
+        batches, prepare, label = paths[path]
+        result[path] = run(model, optimizer, batches(), prepare, args.steps, args.warmup, device, dtype)
+        share = "" if path == "ceiling" or "ceiling" not in result else \
+            f" ({100 * result[path] / result['ceiling']:.0f}% of ceiling)"
+        print(f"{label + ':':32s} {result[path]:,.0f} img/s{share}")
+    if device.type == "cuda":
+        result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        print(f"peak GPU memory: {result['peak_gpu_memory_gib']:.1f} GiB")
+    return result
+
+
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="seresnet50")
+    p.add_argument("--model", nargs="+", default=["seresnet50"],
+                   help="one or more timm models, measured one after another in this process (one start-up, one "
+                        "decoded dataset); one that fails is reported and the next one runs")
     p.add_argument("--model-kwargs", type=json.loads, help="timm.create_model arguments (default: the recipe's)")
     p.add_argument("--img-size", type=int, help="default: the recipe's, else 224")
     p.add_argument("--batch-size", type=int, help="default: the recipe's")
@@ -84,51 +129,28 @@ def main():
     p.add_argument("--cache-dir")
     p.add_argument("--cache-size", type=int, help="decoded-cache size (default: as finetune.py picks for --img-size)")
     p.add_argument("--paths", default="ceiling,ours,torchvision", help="which of the three input paths to time")
-    p.add_argument("--json", help="append the results as one JSON line to this file")
+    p.add_argument("--json", help="append the results as one JSON line per model to this file")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
-    recipe = recipe_config({"model": args.model, "img_size": args.img_size, "batch_size": args.batch_size,
-                            "model_kwargs": args.model_kwargs})
-    args.img_size, args.batch_size, args.model_kwargs = recipe.img_size or 224, recipe.batch_size, recipe.model_kwargs
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    data = load_dataset(args.data_dir, args.cache_dir, cache_size=args.cache_size or default_cache_size(args.img_size))
-    model = timm.create_model(args.model, num_classes=10, **args.model_kwargs).to(device)
-    model = model.to(memory_format=torch.channels_last).train()
-    cfg = timm.data.resolve_data_config({}, model=model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    if args.compile:  # every path runs the same compiled model; the first warm-up steps compile it
-        model = torch.compile(model)
-    eval_like = BatchTransform((3, args.img_size, args.img_size), cfg["mean"], cfg["std"], channels_last=True)
-    train_tf = BatchTransform((3, args.img_size, args.img_size), cfg["mean"], cfg["std"], train=True,
-                              channels_last=True)
-    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    print(f"{args.model} {args.model_kwargs or ''} at {args.img_size} px, batch {args.batch_size}, {dtype}, {name}"
-          f"{', torch.compile' if args.compile else ''}")
-    paths = {  # name: (batches, preparation on the device, label)
-        "ceiling": (lambda: batches_synthetic(args.batch_size, args.img_size, device), eval_like,
-                    "ceiling (synthetic, on device)"),
-        "ours": (lambda: batches_device_resident(data, args.batch_size, device), train_tf, "device-resident pipeline"),
-        "torchvision": (lambda: torchvision_pipeline(data, args.img_size, args.batch_size, device, args.workers,
-                                                     cfg["mean"], cfg["std"]),
-                        lambda x: x.contiguous(memory_format=torch.channels_last),
-                        f"torchvision DataLoader ({args.workers} workers)"),
-    }
-    result = {"model": args.model, "img_size": args.img_size, "batch_size": args.batch_size, "device": name,
-              "compile": args.compile, "steps": args.steps}
-    for path in args.paths.split(","):
-        batches, prepare, label = paths[path]
-        result[path] = run(model, optimizer, batches(), prepare, args.steps, args.warmup, device, dtype)
-        share = "" if path == "ceiling" or "ceiling" not in result else \
-            f" ({100 * result[path] / result['ceiling']:.0f}% of ceiling)"
-        print(f"{label + ':':32s} {result[path]:,.0f} img/s{share}")
-    if device.type == "cuda":
-        result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-        print(f"peak GPU memory: {result['peak_gpu_memory_gib']:.1f} GiB")
-    if args.json:
-        with open(args.json, "a") as f:
-            f.write(json.dumps(result) + "\n")
+    largest = max(recipe_config({"model": name, "img_size": args.img_size}).img_size or 224 for name in args.model)
+    data = load_dataset(args.data_dir, args.cache_dir, cache_size=args.cache_size or default_cache_size(largest))
+    failed = []
+    for name in args.model:
+        try:
+            result = measure(args, name, data, device)
+        except Exception as error:  # noqa: BLE001 (an out-of-memory or a model that does not build: say, go on)
+            print(f"{name} failed: {type(error).__name__}: {error}", file=sys.stderr)
+            failed.append(name)
+            continue
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # the next model starts from an empty cache, as in a process of its own
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(result) + "\n")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
