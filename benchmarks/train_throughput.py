@@ -71,10 +71,8 @@ def run(model, optimizer, batches, prepare, steps, warmup, device, dtype) -> flo
     return steps * x.shape[0] / (time.perf_counter() - start)
 
 
-def measure(args, name: str, data, device: torch.device) -> dict:
+def measure(args, name: str, recipe, data, device: torch.device) -> dict:
     """One model's images/s through each of `args.paths` (and its peak GPU memory), printed as they come."""
-    recipe = recipe_config({"model": name, "img_size": args.img_size, "batch_size": args.batch_size,
-                            "model_kwargs": args.model_kwargs})
     img_size, batch_size, model_kwargs = recipe.img_size or 224, recipe.batch_size, recipe.model_kwargs
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if device.type == "cuda":
@@ -133,12 +131,14 @@ def main() -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
     device = torch.device(args.device)
-    largest = max(recipe_config({"model": name, "img_size": args.img_size}).img_size or 224 for name in args.model)
+    recipes = {name: recipe_config({"model": name, "img_size": args.img_size, "batch_size": args.batch_size,
+                                    "model_kwargs": args.model_kwargs}) for name in args.model}
+    largest = max(recipe.img_size or 224 for recipe in recipes.values())
     data = load_dataset(args.data_dir, args.cache_dir, cache_size=args.cache_size or default_cache_size(largest))
     failed = []
-    for name in args.model:
+    for name, recipe in recipes.items():
         try:
-            result = measure(args, name, data, device)
+            result = measure(args, name, recipe, data, device)
         except Exception as error:  # noqa: BLE001 (an out-of-memory or a model that does not build: say, go on)
             print(f"{name} failed: {type(error).__name__}: {error}", file=sys.stderr)
             failed.append(name)
