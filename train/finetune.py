@@ -33,7 +33,8 @@ from timm.models import get_pretrained_cfg
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
-from vision_ensemble.config import DEFAULT_CROP_PCT, TrainConfig, build_parser, default_cache_size, recipe_config
+from vision_ensemble.config import (DEFAULT_CROP_PCT, WHITENING_IMAGES, TrainConfig, build_parser, default_cache_size,
+                                    recipe_config)
 from vision_ensemble.data import (BalancedSampler, BatchTransform, DataError, DeviceImageDataset, choose_augment,
                                   device_loader, fits_on_device, load_dataset, stream_loader, subset_indices,
                                   train_transform)
@@ -46,7 +47,7 @@ from vision_ensemble.plots import plot_training_curves
 from vision_ensemble.training.batch_size import OutOfMemory, fit_batch_size
 from vision_ensemble.training.distill import Distillation
 from vision_ensemble.training.distributed import (DistributedError, check_launch, checkpoint_dirs, choose_layout,
-                                                  is_writer, resume_dir, save_checkpoint)
+                                                  cpu_threads, is_writer, resume_dir, save_checkpoint)
 from vision_ensemble.training.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
 from vision_ensemble.training.imbalance import WeightedSoftTargetCrossEntropy, balanced_class_weights
 from vision_ensemble.training.time_budget import TimeBudget, cosine_schedule, predictions_eval_ratio
@@ -117,6 +118,8 @@ def train(argv=None) -> int:
         project_dir=str(output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
+    if not on_gpu:
+        torch.set_num_threads(cpu_threads(cfg.cpu_threads))
     set_seed(cfg.seed)
     print_main = accelerator.print
     check_launch(accelerator)
@@ -168,6 +171,10 @@ def train(argv=None) -> int:
         model = model.to(memory_format=torch.channels_last)
     train_augment = train_transform(cfg, data_config)
     eval_transform = BatchTransform.from_data_config(data_config, channels_last=cfg.channels_last)
+    if hasattr(model, "init_whitening") and not (cfg.pretrained or cfg.pretrained_path or cfg.resume):
+        # airbench's data-dependent stem: the 2x2 patch covariance of a seeded sample of the training images
+        sample = np.sort(np.random.default_rng(cfg.seed).permutation(len(train_arrays))[:WHITENING_IMAGES])
+        model.init_whitening(eval_transform(torch.from_numpy(train_arrays.gather(sample)).permute(0, 3, 1, 2)))
 
     # MixUp/CutMix pair samples within a batch, so train batches have a fixed, even size.
     batch_size = min(cfg.batch_size, len(train_arrays) // accelerator.num_processes) // 2 * 2
@@ -194,8 +201,12 @@ def train(argv=None) -> int:
     # --- optimisation: timm's AdamW at a rate scaled to the global batch, warmup + cosine per step, ------------
     # MixUp/CutMix + label smoothing, EMA
     cfg.global_batch_size = batch_size * accelerator.num_processes
-    cfg.effective_lr, cfg.lr_scale = scaled_lr(cfg.lr, cfg.global_batch_size, cfg.lr_base_size, cfg.lr_scale)
-    optimizer = create_optimizer(model, cfg, cfg.effective_lr)
+    cfg.effective_lr, cfg.lr_scale = scaled_lr(cfg.lr, cfg.global_batch_size, cfg.lr_base_size, cfg.lr_scale,
+                                                cfg.opt)
+    try:
+        optimizer = create_optimizer(model, cfg, cfg.effective_lr)
+    except ValueError as exc:  # an unknown --opt, or options that contradict each other
+        raise ModelError(str(exc)) from None
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     steps_per_epoch = len(train_loader)
     scheduler, warmup_epochs = cosine_schedule(optimizer, cfg, steps_per_epoch)

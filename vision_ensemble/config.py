@@ -151,6 +151,9 @@ TOP_CONFUSIONS = 10
 # --- training for a time (--time-limit) -------------------------------------------------------------
 
 TIME_LIMIT_PROBE_STEPS = 300  # a first epoch longer than this is measured on its first steps alone
+#: Models with a data-dependent first layer (airbench's patch whitening, `init_whitening`) set it from this many
+#: training images before the first step.
+WHITENING_IMAGES = 5000
 
 # --- training recipes ------------------------------------------------------------------------------
 
@@ -163,6 +166,14 @@ RECIPES: dict[str, dict] = {
     # The default student (DEFAULT_STUDENT): 6.6M parameters (12.6 MiB in fp16), 2.3 ms per image on 2 CPU cores
     # at 64 px through ONNX Runtime (BENCHMARKS.md), trained as the CNN members are.
     "regnetx_008": dict(img_size=64, epochs=30, batch_size=512, lr=2e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=2),
+    # airbench's CIFAR network and recipe (vision_ensemble/model/airbench.py; BENCHMARKS.md "The CPU-trained
+    # ensemble"): Nesterov SGD at airbench94's rate (1.5 for a batch of 1024, momentum 0.85, weight decay 2e-3 per
+    # step at the peak), BatchNorm biases at 64x the rate, label smoothing 0.2, flip + 2 px translation, no
+    # MixUp/CutMix (a short run does not recover their cost), bf16 autocast (2x fp32 on a CPU with native bf16).
+    **{name: dict(img_size=32, epochs=15, batch_size=1024, opt="sgd", momentum=0.85, lr=1.5, lr_base_size=1024,
+                  weight_decay=1.33e-3, norm_bias_lr_scale=64.0, warmup_epochs=2, label_smoothing=0.2,
+                  mixup_alpha=0.0, cutmix_alpha=0.0, crop_padding=2, mixed_precision="bf16")
+       for name in ("airbench_s", "airbench_m", "airbench_l")},
     "vit_small_patch16_224": dict(
         img_size=32, epochs=30, batch_size=512, lr=1e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=3,
         model_kwargs={"img_size": 32, "patch_size": 4},
@@ -192,9 +203,12 @@ class TrainConfig:
     lr: float | None = field(default=None, metadata={"help": "peak learning rate (AdamW) for a global batch of --lr-base-size; the run's rate follows its global batch (--lr-scale)"})
     lr_base_size: int | None = field(default=None, metadata={"help": "global batch size that --lr is given for (default 256, as timm; a recipe's own lr is given at its batch, 512)"})
     lr_scale: str = field(default="auto", metadata={"help": "how the rate follows the global batch, as timm's train.py: lr * (global_batch / lr_base_size) for linear, its square root for sqrt; auto: sqrt for Adam-family optimizers, linear otherwise; none: --lr as given"})
+    opt: str = field(default="adamw", metadata={"help": "optimizer, any of timm's (create_optimizer_v2): adamw, sgd (Nesterov momentum), lamb, ..."})
+    momentum: float = field(default=0.9, metadata={"help": "momentum of momentum optimizers (sgd)"})
+    norm_bias_lr_scale: float = field(default=1.0, metadata={"help": "learning-rate multiplier of the normalisation layers' biases (airbench: 64, with their scale fixed they train faster)"})
     layer_decay: float | None = field(default=None, metadata={"help": "layer-wise lr decay (timm create_optimizer_v2): each layer group below the head trains at this factor times the rate of the one above, e.g. 0.75"})
     freeze: str = field(default="none", metadata={"help": "none: train everything; backbone: only the classifier (linear probe); stages:N: the last N stages (timm's coarse parameter groups, model.group_matcher(coarse=True): ResNet layer1-4, EfficientNet blocks.0-6, ViT blocks) plus the head. Frozen parameters leave the optimizer; frozen BatchNorm layers keep their running statistics"})
-    weight_decay: float | None = field(default=None, metadata={"help": "AdamW weight decay"})
+    weight_decay: float | None = field(default=None, metadata={"help": "weight decay (timm's: not on biases and normalisation layers)"})
     warmup_epochs: int | None = field(default=None, metadata={"help": "linear warmup epochs before the cosine decay"})
     min_lr: float = field(default=1e-6, metadata={"help": "final learning rate of the cosine schedule"})
     mixup_alpha: float = field(default=0.8, metadata={"help": "MixUp alpha (0 disables)"})
@@ -213,6 +227,7 @@ class TrainConfig:
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format"})
     mixed_precision: str | None = field(default=None, metadata={"help": "no|bf16|fp16 (default: bf16 on GPU, no on CPU)"})
+    cpu_threads: int | None = field(default=None, metadata={"help": "CPU threads per training process (default: the cores this process may use divided among the machine's processes; accelerate launch otherwise leaves one thread each)"})
     seed: int = field(default=DEFAULT_SEED, metadata={"help": "random seed (data split, init, augmentation)"})
     data_dir: str = field(default=CIFAR10_NAME, metadata={"help": "'cifar10' (torchvision download), an image-folder tree, a .tar.gz/.zip of one, a `datasets` save_to_disk folder, parquet files (folder or glob), or a Hub dataset id such as uoft-cs/cifar10"})
     cache_dir: str | None = field(default=None, metadata={"help": "decoded-dataset cache (default: $VISION_ENSEMBLE_CACHE or ~/.cache/vision_ensemble)"})

@@ -16,10 +16,7 @@ from timm.optim import create_optimizer_v2
 
 from ..config import TrainConfig
 
-OPTIMIZER = "adamw"
-
-
-def scaled_lr(lr: float, global_batch_size: int, lr_base_size: int, rule: str, optimizer: str = OPTIMIZER) -> tuple[float, str]:
+def scaled_lr(lr: float, global_batch_size: int, lr_base_size: int, rule: str, optimizer: str = "adamw") -> tuple[float, str]:
     """timm train.py's rule: lr * ratio, ratio = global batch / base batch, square-rooted for Adam-family
     (and LAMB) optimizers under 'auto'.  Returns the rate and the rule used."""
     if rule == "auto":
@@ -72,7 +69,27 @@ def keep_frozen_norms_in_eval(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def norm_bias_groups(model: torch.nn.Module, weight_decay: float, lr_scale: float) -> list[dict]:
+    """timm's weight-decay groups (none on biases and 1-d parameters) with the normalisation layers' biases in a
+    third group trained at `lr_scale` times the rate (`lr_scale` is applied by timm's schedulers)."""
+    norm_biases = {id(m.bias) for m in model.modules()
+                   if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm, torch.nn.LayerNorm))
+                   and m.bias is not None}
+    groups = {"decay": [], "no_decay": [], "norm_bias": []}
+    for p in model.parameters():
+        if p.requires_grad:
+            groups["norm_bias" if id(p) in norm_biases else "decay" if p.ndim > 1 else "no_decay"].append(p)
+    return [dict(params=groups["decay"], weight_decay=weight_decay), dict(params=groups["no_decay"], weight_decay=0.0),
+            dict(params=groups["norm_bias"], weight_decay=0.0, lr_scale=lr_scale)]
+
+
 def create_optimizer(model: torch.nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
-    """timm's AdamW over the trainable parameters only (timm's param-group helpers skip requires_grad=False),
-    with per-group `lr_scale` under `--layer-decay` (applied by timm's schedulers)."""
-    return create_optimizer_v2(model, OPTIMIZER, lr=lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay)
+    """timm's `--opt` over the trainable parameters only (timm's param-group helpers skip requires_grad=False),
+    with per-group `lr_scale` under `--layer-decay` or `--norm-bias-lr-scale` (applied by timm's schedulers)."""
+    params = model
+    if cfg.norm_bias_lr_scale != 1:
+        if cfg.layer_decay is not None:
+            raise ValueError("--layer-decay and --norm-bias-lr-scale each set per-group rates: choose one")
+        params = norm_bias_groups(model, cfg.weight_decay, cfg.norm_bias_lr_scale)
+    return create_optimizer_v2(params, cfg.opt, lr=lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum,
+                               layer_decay=cfg.layer_decay)
