@@ -13,4 +13,5 @@ training/    fine-tuning strategies (freeze, layer decay, lr scaling) and experi
 evaluation/  ensemble, calibration, report, predictions.npz, Grad-CAM, diagnostics, threshold optimizer
 serving/     one prediction path for the Space and its JSON API; ONNX export of the ensemble
 labeling/    label your own images: labels.csv store, queue, export; the labelling app
+cli          the `vision-ensemble` command: one subcommand per step, each an entry point's own parser and main
 """

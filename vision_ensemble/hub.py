@@ -1,5 +1,5 @@
-"""Publish and fetch: push a model folder to the Hugging Face Hub, resolve a member to a local folder,
-and generate model cards from the top-level `model_card.md`.
+"""Publish and fetch: push a model folder to the Hugging Face Hub (`vision-ensemble push`), resolve a member to a
+local folder, and generate model cards from the top-level `model_card.md`.
 
 `model_card.md` is an ordinary Markdown page with one marked results section; a member's card (the
 README.md of its Hub repo) is that page with the member's card metadata and numbers filled in.
@@ -7,9 +7,11 @@ README.md of its Hub repo) is that page with the member's card metadata and numb
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from .config import CIFAR10_NAME
@@ -53,6 +55,27 @@ def push_folder(folder: str | Path, repo_id: str, private: bool = False) -> str:
     except Exception as exc:  # offline, no token, no permission: all reported in one line
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         raise HubError(("HF_HUB_OFFLINE=1 is set; " if offline else "") + f"could not reach the Hub ({_reason(exc)})") from None
+
+
+def main(argv=None) -> int:
+    """`vision-ensemble push FOLDER REPO_ID`: publish a folder a run did not push (no network then, or no
+    --push-to-hub), with the errors as one line and exit status 2."""
+    parser = argparse.ArgumentParser(prog="vision-ensemble push",
+                                     description="Push a model folder (a run's best/) to the Hugging Face Hub: its "
+                                                 "JSON files, safetensors weights and README.md, never pickles.")
+    parser.add_argument("folder", type=Path, help="the exported model folder, e.g. runs/seresnet50/best")
+    parser.add_argument("repo_id", help="<owner>/<name> on the Hub; created when missing")
+    parser.add_argument("--private", action="store_true", help="create the repo private")
+    args = parser.parse_args(argv)
+    if not (args.folder / "config.json").is_file():
+        print(f"error: {args.folder} is not a model folder (no config.json in it)", file=sys.stderr)
+        return 2
+    try:
+        print(f"pushed to {push_folder(args.folder, args.repo_id, args.private)}")
+    except HubError as exc:
+        print(f"error: not pushed: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def resolve_member(source: str, base_dir: str | Path | None = None) -> Path:
