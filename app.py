@@ -1,7 +1,7 @@
 """The Space: top-3 predictions of the ensemble (or of the student distilled from it) for an uploaded image, and
 a decision-threshold optimizer.
 
-    python app.py                                  # student/ (the shipped student), or $VISION_ENSEMBLE_MANIFEST
+    python app.py                                  # models/cifar10 (the shipped ensemble), or $VISION_ENSEMBLE_MANIFEST
     python app.py --manifest results/ensemble.json --port 7860
     python app.py --manifest owner/ensemble-repo   # a Hub repo holding ensemble.json
 
@@ -52,13 +52,12 @@ log = logging.getLogger("vision_ensemble.app")
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE / "examples"
 AUTO = "(auto)"
-NO_MODELS = ("**No model weights are loaded.** By default the app serves `student/`, a student distilled from the "
-             "ensemble (README: *Distil a student*; `python evaluation/evaluate.py --models ... --student ... "
-             "--output-dir results/` writes it as `results/student/`), or point it at an ensemble manifest: train members with "
-             "`accelerate launch train/finetune.py`, write `ensemble.json` with `python evaluation/evaluate.py "
-             "--models ... --output-dir results/`, then start `python app.py --manifest results/ensemble.json` "
-             "(or set `VISION_ENSEMBLE_MANIFEST` to that path or to a Hub repo id holding `ensemble.json`). "
-             "The threshold tab works without weights.")
+NO_MODELS = ("**No model weights are loaded.** By default the app serves `models/cifar10/`, the CIFAR-10 ensemble shipped "
+             "in the repository (`bash train/cifar10_cpu.sh` trains and writes it again; `git checkout models/` restores "
+             "it), or point it at another ensemble manifest: train members with `accelerate launch train/finetune.py`, "
+             "write `ensemble.json` with `python evaluation/evaluate.py --models ... --output-dir results/`, then start "
+             "`python app.py --manifest results/ensemble.json` (or set `VISION_ENSEMBLE_MANIFEST` to that path or to a "
+             "Hub repo id holding `ensemble.json`). The threshold tab works without weights.")
 NO_WEIGHTS = "No model weights are loaded; see the note on this tab for how to point the app at them."
 
 
@@ -325,7 +324,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--manifest", default=os.environ.get("VISION_ENSEMBLE_MANIFEST", DEFAULT_MANIFEST),
                         help="ensemble.json path, a folder holding it, or a Hub repo id (env VISION_ENSEMBLE_MANIFEST); "
-                             "default: the distilled student shipped in student/")
+                             "default: the CIFAR-10 ensemble shipped in models/cifar10/")
     parser.add_argument("--runtime", choices=["onnx", "torch"], default=os.environ.get("VISION_ENSEMBLE_RUNTIME", "onnx"),
                         help="run the networks with ONNX Runtime (fp32, ~1.5x faster on CPU) or eager PyTorch")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))

@@ -5,8 +5,9 @@
    MixUp/CutMix (timm `Mixup`), exactly as train/finetune.py does;
 3. the standard pipeline: torchvision ImageFolder + CPU transforms + DataLoader workers.
 
-Same model, resolution, batch, precision (bf16 autocast on GPU), channels_last, AdamW step; resolution,
-batch size and model arguments default to the model's training recipe (vision_ensemble/config.py).
+Same model, resolution, batch, precision (bf16 autocast on GPU, and on CPU where the recipe asks for it),
+channels_last, the recipe's optimizer step and MixUp/CutMix (none where the recipe has none); resolution, batch size
+and model arguments default to the model's training recipe (vision_ensemble/config.py).
 
     python benchmarks/train_throughput.py --model seresnet50            # its recipe: 64 px, batch 512
     python benchmarks/train_throughput.py --model vit_small_patch16_224 --compile
@@ -33,6 +34,8 @@ from timm.loss import SoftTargetCrossEntropy
 
 from vision_ensemble.config import default_cache_size, recipe_config
 from vision_ensemble.data import BatchTransform, DeviceImageDataset, device_loader, load_dataset
+from vision_ensemble.model import airbench  # noqa: F401 (registers airbench_* with timm)
+from vision_ensemble.training.finetuning import create_optimizer
 
 from loader_throughput import torchvision_pipeline  # the same baseline pipeline in both benchmarks
 
@@ -50,9 +53,12 @@ def batches_device_resident(data, batch_size, device):
         yield from loader
 
 
-def run(model, optimizer, batches, prepare, steps, warmup, device, dtype) -> float:
-    loss_fn = SoftTargetCrossEntropy()
-    mixup = Mixup(mixup_alpha=0.8, cutmix_alpha=1.0, label_smoothing=0.1, num_classes=10)
+def run(model, optimizer, batches, prepare, steps, warmup, device, dtype, recipe) -> float:
+    mixup = None
+    if recipe.mixup_alpha > 0 or recipe.cutmix_alpha > 0:
+        mixup = Mixup(mixup_alpha=recipe.mixup_alpha, cutmix_alpha=recipe.cutmix_alpha,
+                      label_smoothing=recipe.label_smoothing, num_classes=10)
+    loss_fn = SoftTargetCrossEntropy() if mixup else torch.nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
     for i in range(warmup + steps):
         if i == warmup:
             if device.type == "cuda":
@@ -60,7 +66,7 @@ def run(model, optimizer, batches, prepare, steps, warmup, device, dtype) -> flo
             start = time.perf_counter()
         x, y = next(batches)
         x = prepare(x)
-        x, target = mixup(x, y)
+        x, target = mixup(x, y) if mixup else (x, y)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss = loss_fn(model(x), target)
         loss.backward()
@@ -74,17 +80,18 @@ def run(model, optimizer, batches, prepare, steps, warmup, device, dtype) -> flo
 def measure(args, name: str, recipe, data, device: torch.device) -> dict:
     """One model's images/s through each of `args.paths` (and its peak GPU memory), printed as they come."""
     img_size, batch_size, model_kwargs = recipe.img_size or 224, recipe.batch_size, recipe.model_kwargs
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = torch.bfloat16 if device.type == "cuda" or recipe.mixed_precision == "bf16" else torch.float32
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model = timm.create_model(name, num_classes=10, **model_kwargs).to(device)
     model = model.to(memory_format=torch.channels_last).train()
     cfg = timm.data.resolve_data_config({}, model=model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = create_optimizer(model, recipe, 1e-4)
     if args.compile:  # every path runs the same compiled model; the first warm-up steps compile it
         model = torch.compile(model)
     eval_like = BatchTransform((3, img_size, img_size), cfg["mean"], cfg["std"], channels_last=True)
-    train_tf = BatchTransform((3, img_size, img_size), cfg["mean"], cfg["std"], train=True, channels_last=True)
+    train_tf = BatchTransform((3, img_size, img_size), cfg["mean"], cfg["std"], train=True,
+                              crop_padding=recipe.crop_padding, channels_last=True)
     device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"{name} {model_kwargs or ''} at {img_size} px, batch {batch_size}, {dtype}, {device_name}"
           f"{', torch.compile' if args.compile else ''}")
@@ -101,7 +108,7 @@ def measure(args, name: str, recipe, data, device: torch.device) -> dict:
               "compile": args.compile, "steps": args.steps}
     for path in args.paths.split(","):
         batches, prepare, label = paths[path]
-        result[path] = run(model, optimizer, batches(), prepare, args.steps, args.warmup, device, dtype)
+        result[path] = run(model, optimizer, batches(), prepare, args.steps, args.warmup, device, dtype, recipe)
         share = "" if path == "ceiling" or "ceiling" not in result else \
             f" ({100 * result[path] / result['ceiling']:.0f}% of ceiling)"
         print(f"{label + ':':32s} {result[path]:,.0f} img/s{share}")

@@ -166,14 +166,27 @@ def evaluated(ensemble_dir, cifar10, cifar10_archive, cache_root):
 
 
 @pytest.mark.slow
-def test_evaluate_refuses_a_level_its_validation_split_cannot_calibrate(ensemble_dir, cifar10, cifar10_archive,
-                                                                      cache_root):
-    result = subprocess.run([sys.executable, str(REPO / "evaluation" / "evaluate.py"), "--models",
-                             str(ensemble_dir / "member_a"), "--data-dir", str(cifar10_archive), "--cache-dir",
-                             str(cache_root), "--max-eval-samples", "20", "--coverage", "0.99"],
-                            capture_output=True, text=True, cwd=REPO)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "error: 20 validation images cannot calibrate 99% coverage: it needs at least 99" in result.stderr
+def test_evaluate_reports_everything_but_the_sets_a_small_validation_split_cannot_calibrate(
+        ensemble_dir, cifar10, cifar10_archive, cache_root, tmp_path):
+    """20 validation images cannot calibrate 99% coverage: the report has everything else, says why the sets are
+    left out, and the manifest holds no rule (the app then shows no set); a level outside (0, 1) is refused."""
+    from vision_ensemble.hub import results_markdown
+
+    command = [sys.executable, str(REPO / "evaluation" / "evaluate.py"), "--models", str(ensemble_dir / "member_a"),
+               "--data-dir", str(cifar10_archive), "--cache-dir", str(cache_root), "--max-eval-samples", "20",
+               "--output-dir", str(tmp_path)]
+    result = subprocess.run([*command, "--coverage", "0.99"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    why = "20 validation images cannot calibrate 99% coverage: it needs at least 99"
+    assert f"note: no conformal prediction sets: {why}" in result.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["conformal_skipped"].startswith(why) and "conformal" not in report
+    assert report["test_images"] == 20 and 0 <= report["ensemble"]["top1"] <= 100
+    assert "conformal" not in json.loads((tmp_path / "ensemble.json").read_text())
+    assert f"No conformal prediction sets: {why}" in results_markdown(report)
+    refused = subprocess.run([*command, "--coverage", "1.5"], capture_output=True, text=True, cwd=REPO)
+    assert refused.returncode == 2 and "--coverage 1.5: give a share between 0 and 1" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 @pytest.mark.slow

@@ -182,12 +182,13 @@ def test_evaluate_reports_the_student_and_writes_a_one_member_manifest(student_f
 
 
 @pytest.mark.slow
-def test_app_without_manifest_serves_the_student_folder(student_folder, tmp_path):
-    """`python app.py` from a checkout with student/ in place: /api/predict and the Classify tab answer with it."""
+def test_app_without_manifest_serves_the_folder_in_models_cifar10(student_folder, tmp_path):
+    """`python app.py` from a checkout whose models/cifar10/ holds a student's folder (its ensemble.json and report):
+    /api/predict and the Classify tab answer with it."""
     import httpx
     from gradio_client import Client, handle_file
 
-    shutil.copytree(student_folder / "student", tmp_path / "student")
+    shutil.copytree(student_folder / "student", tmp_path / "models" / "cifar10")
     port, log_file = free_port(), tmp_path / "app.log"
     process = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--host", "127.0.0.1", "--port", str(port)],
                                cwd=tmp_path, env={**ENV, "GRADIO_ANALYTICS_ENABLED": "False"},

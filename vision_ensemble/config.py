@@ -57,9 +57,9 @@ MAX_IMAGE_PIXELS = 40_000_000  # larger images (decompression bombs) are refused
 #: Uploads to the Space and to POST /api/predict (VISION_ENSEMBLE_MAX_UPLOAD_BYTES overrides it, e.g. in tests).
 MAX_UPLOAD_BYTES = int(os.environ.get("VISION_ENSEMBLE_MAX_UPLOAD_BYTES", 20 * 1024 * 1024))
 MAX_CSV_ROWS = 20_000_000
-#: The app's default (a path, a folder holding ensemble.json, or a Hub repo id): the distilled student shipped
-#: in the repository (`evaluation/evaluate.py --student` writes the folder), relative to where the app runs.
-DEFAULT_MANIFEST = "student"
+#: The app's default (a path, a folder holding ensemble.json, or a Hub repo id): the CIFAR-10 ensemble trained on a
+#: 2-core CPU and shipped in the repository (train/cifar10_cpu.sh writes it), relative to where the app runs.
+DEFAULT_MANIFEST = "models/cifar10"
 LATENCY_THREADS = 2  # CPU threads of the batch-1 latency evaluate.py reports: a free CPU Space's 2 cores
 DEFAULT_BOOTSTRAP_REPLICATES = 1000  # the threshold tab's "confidence intervals" box; the CLI's --bootstrap N
 DEFAULT_BOOTSTRAP_CONFIDENCE = 0.95

@@ -255,6 +255,8 @@ def results_markdown(report: dict) -> str:
         lines += uncertainty_markdown(report["uncertainty"])
     if "conformal" in report:
         lines += conformal_markdown(report["conformal"])
+    elif "conformal_skipped" in report:
+        lines.append(f"\nNo conformal prediction sets: {report['conformal_skipped']}.")
     if "diagnostics" in report:
         lines += diagnostics_markdown(report["diagnostics"])
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from ..config import DEFAULT_CONFORMAL_SCORE, DEFAULT_COVERAGE, UNCERTAINTY_FLAG
 from ..plots import confusion_matrix_figure, coverage_figure, reliability_figure, save
 from .calibration import (apply_temperature, calibration_bins, expected_calibration_error, fit_temperature, nll,
                           topk_accuracy)
-from .conformal import ConformalRule, calibrate, conformal_summary, ranked_set
+from .conformal import ConformalRule, calibrate, calibration_problem, conformal_summary, ranked_set
 from .ensemble import Ensemble, UncertaintyRule, fit_weights, manifest_dict
 
 
@@ -66,7 +66,10 @@ def evaluate_ensemble(members: list[MemberPredictions], val_labels: np.ndarray, 
     predicted = calibrated.argmax(axis=1)
     uncertainty = UncertaintyRule.choose(val_calibrated, val_labels, flagged_accuracy)
     flagged = uncertainty.flags(calibrated, test_member)
-    conformal, calibration_scores = calibrate(val_calibrated, val_labels, coverage, conformal_score)
+    # Too few validation images for the level leave the sets out (said in the report), not the whole evaluation.
+    skipped = calibration_problem(len(val_labels), coverage, conformal_score)
+    conformal, calibration_scores = (None, None) if skipped else calibrate(val_calibrated, val_labels, coverage,
+                                                                           conformal_score)
     labels = range(len(class_names))
     report = {
         **(context or {}), "date": time.strftime("%Y-%m-%d"), "val_images": len(val_labels),
@@ -92,8 +95,12 @@ def evaluate_ensemble(members: list[MemberPredictions], val_labels: np.ndarray, 
             "test_fire_rate": float(flagged.mean()),
             "test_flagged_top1": _accuracy(predicted[flagged], test_labels[flagged]),
             "test_unflagged_top1": _accuracy(predicted[~flagged], test_labels[~flagged])},
-        "conformal": conformal_summary(conformal, calibration_scores, calibrated, test_labels, class_names, flagged),
     }
+    if conformal is None:
+        report["conformal_skipped"] = skipped
+    else:
+        report["conformal"] = conformal_summary(conformal, calibration_scores, calibrated, test_labels, class_names,
+                                                flagged)
     return EnsembleEvaluation(report, weights, temperature, uncertainty, raw, calibrated, conformal)
 
 
