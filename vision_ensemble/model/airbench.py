@@ -68,6 +68,7 @@ class AirbenchNet(nn.Module):
         whiten_width = 2 * in_chans * whiten_kernel ** 2
         self.stem = nn.Conv2d(in_chans, whiten_width, whiten_kernel, padding=0, bias=True)
         self.stem.weight.requires_grad_(False)  # set from the data by init_whitening, then fixed
+        nn.init.zeros_(self.stem.bias)  # the whitened patches start centred on what the covariance saw
         self.stem_act = nn.GELU()
         channels = [whiten_width, *widths]
         self.stages = nn.Sequential(*(ConvGroup(c_in, c_out) for c_in, c_out in zip(channels, channels[1:])))
