@@ -106,7 +106,9 @@ def test_layer_decay_scales_each_groups_lr_below_the_head():
 def test_lr_follows_the_global_batch_as_timm_and_recipes_keep_their_rate():
     for model_name, recipe in RECIPES.items():
         cfg = recipe_config({"model": model_name})
-        assert scaled_lr(cfg.lr, 512, cfg.lr_base_size, cfg.lr_scale) == (recipe["lr"], "sqrt")
+        # At its own batch a recipe runs at its rate: square-root scaling for AdamW, linear for SGD (airbench)
+        assert scaled_lr(cfg.lr, recipe["batch_size"], cfg.lr_base_size, cfg.lr_scale, cfg.opt) == \
+            (recipe["lr"], "linear" if cfg.opt == "sgd" else "sqrt")
     # A rate given on the command line is at --lr-base-size (default 256), not at the recipe's batch.
     assert recipe_config({"model": "efficientnet_b0", "lr": 1e-3}).lr_base_size == 256
     assert recipe_config({"model": "efficientnet_b0", "lr": 1e-3, "lr_base_size": 64}).lr_base_size == 64
