@@ -198,7 +198,8 @@ def train(argv=None) -> int:
                                      num_workers=cfg.num_workers, with_indices=bool(cfg.teacher), sampler=sampler)
         val_loader = stream_loader(val_arrays, cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers)
 
-    # --- optimisation: timm's --opt (AdamW unless the recipe says) at a rate scaled to the global batch, warmup + cosine per step, ------------
+    # --- optimisation: timm's --opt (AdamW unless the recipe says) at a rate scaled to the global batch, -------
+    # warmup + cosine per step,
     # MixUp/CutMix + label smoothing, EMA
     cfg.global_batch_size = batch_size * accelerator.num_processes
     cfg.effective_lr, cfg.lr_scale = scaled_lr(cfg.lr, cfg.global_batch_size, cfg.lr_base_size, cfg.lr_scale,
