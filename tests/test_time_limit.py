@@ -15,7 +15,8 @@ import torch
 from conftest import FINETUNE, run
 from vision_ensemble.config import default_cache_size
 from vision_ensemble.training import time_budget
-from vision_ensemble.training.time_budget import TAIL_FIXED_S, TimeBudget, fit_epochs, predictions_eval_ratio
+from vision_ensemble.evaluation.predictions import prediction_images
+from vision_ensemble.training.time_budget import TAIL_FIXED_S, TimeBudget, fit_epochs
 
 MIN_LR = 1e-6  # TrainConfig.min_lr: where the cosine schedule ends
 
@@ -55,6 +56,10 @@ class CpuAccelerator:
     device = torch.device("cpu")
 
 
+# The predictions after training: 600 images of 0.01 s (TimeBudget times them on the model when it decides).
+SIX_SECOND_TAIL = {"tail_images": 600, "time_prediction": lambda: 0.01}
+
+
 @pytest.fixture
 def clock(monkeypatch):
     fake = FakeClock()
@@ -64,7 +69,7 @@ def clock(monkeypatch):
 
 def test_a_long_first_epoch_is_decided_on_its_first_probe_steps(clock):
     # Started 20 s ago; 1000 steps of 0.5 s per epoch, 10 evaluation batches; predictions cost 6 evaluations.
-    budget = TimeBudget(60, CpuAccelerator(), steps_per_epoch=1000, eval_batches=10, tail_eval_ratio=6,
+    budget = TimeBudget(60, CpuAccelerator(), steps_per_epoch=1000, eval_batches=10, **SIX_SECOND_TAIL,
                         probe_steps=100, started_at=clock.now - 20)
     decided = []
     for step in range(1, 1001):
@@ -74,9 +79,9 @@ def test_a_long_first_epoch_is_decided_on_its_first_probe_steps(clock):
     assert budget.step_s == pytest.approx(0.5)
     eval_s = 10 * 0.5  # estimated: one training step per evaluation batch
     expected = fit_epochs(3600 * (1 - time_budget.MARGIN), 20 + 3 + 99 * 0.5, 0.5, 1000, eval_s,
-                          6 * eval_s + TAIL_FIXED_S, 100, 0)
+                          6 + TAIL_FIXED_S, 100, 0)
     assert decided[99] == expected == budget.epochs == 6
-    assert budget.after_epoch(1, eval_s=4.0) is None  # decided once
+    assert budget.after_epoch(1) is None  # decided once
 
 
 def run_epoch(budget, clock, epoch, steps=50, first_step_s=0.2, step_s=0.2, end_s=3.0):
@@ -84,11 +89,11 @@ def run_epoch(budget, clock, epoch, steps=50, first_step_s=0.2, step_s=0.2, end_
         clock.now += first_step_s if step == 1 else step_s
         assert budget.after_step(step) is None
     clock.now += end_s  # evaluation 1 s, export and checkpoint 2 s
-    return budget.after_epoch(epoch, eval_s=1.0)
+    return budget.after_epoch(epoch)
 
 
 def test_short_epochs_are_decided_on_the_second_epoch_measured_whole(clock):
-    budget = TimeBudget(10, CpuAccelerator(), steps_per_epoch=50, eval_batches=4, tail_eval_ratio=6,
+    budget = TimeBudget(10, CpuAccelerator(), steps_per_epoch=50, eval_batches=4, **SIX_SECOND_TAIL,
                         started_at=clock.now - 30)
     assert run_epoch(budget, clock, 1, first_step_s=2.0, end_s=8.0) is None  # one-off costs: not the plan's basis
     epochs = run_epoch(budget, clock, 2)
@@ -103,7 +108,7 @@ def test_short_epochs_are_decided_on_the_second_epoch_measured_whole(clock):
 
 @pytest.mark.parametrize("step_s", [0.1, 0.3])  # the other process stops sharing the cores, or starts
 def test_epochs_that_change_pace_after_the_decision_are_replanned_to_end_on_time(clock, step_s):
-    budget = TimeBudget(10, CpuAccelerator(), steps_per_epoch=50, eval_batches=4, tail_eval_ratio=6,
+    budget = TimeBudget(10, CpuAccelerator(), steps_per_epoch=50, eval_batches=4, **SIX_SECOND_TAIL,
                         started_at=clock.now - 30)
     run_epoch(budget, clock, 1, first_step_s=2.0, end_s=8.0)
     planned = count = run_epoch(budget, clock, 2)
@@ -126,7 +131,7 @@ def test_epochs_that_change_pace_after_the_decision_are_replanned_to_end_on_time
 # the spell), or 10 steps (5-s epochs, 6 s in the spell, thirty of them).
 @pytest.mark.parametrize(("steps", "spell_step_s", "spell"), [(50, 0.4, range(10, 20)), (10, 0.3, range(10, 40))])
 def test_a_slow_spell_that_passes_leaves_no_time_unused(clock, steps, spell_step_s, spell):
-    budget = TimeBudget(10, CpuAccelerator(), steps_per_epoch=steps, eval_batches=4, tail_eval_ratio=6,
+    budget = TimeBudget(10, CpuAccelerator(), steps_per_epoch=steps, eval_batches=4, **SIX_SECOND_TAIL,
                         started_at=clock.now - 30)
     run_epoch(budget, clock, 1, steps, first_step_s=2.0, end_s=8.0)
     planned = count = run_epoch(budget, clock, 2, steps)
@@ -147,8 +152,26 @@ def test_a_slow_spell_that_passes_leaves_no_time_unused(clock, steps, spell_step
     assert budget.budget_s - 1.5 * epoch_s <= end <= budget.budget_s, (end, replans)
 
 
+def test_the_predictions_are_timed_once_and_the_timing_is_not_an_epoch(clock):
+    timings = []
+
+    def time_prediction():  # 5 s on the clock, 0.02 s an image
+        timings.append(clock.now)
+        clock.now += 5.0
+        return 0.02
+
+    budget = TimeBudget(10, CpuAccelerator(), steps_per_epoch=50, eval_batches=4, tail_images=1000,
+                        time_prediction=time_prediction, started_at=clock.now - 30)
+    run_epoch(budget, clock, 1, first_step_s=2.0, end_s=8.0)
+    epochs = run_epoch(budget, clock, 2)
+    assert len(timings) == 1 and budget.tail_s == pytest.approx(1000 * 0.02 + TAIL_FIXED_S)
+    assert budget.step_s == pytest.approx(0.2)  # the 5 s of timing after epoch 1 are not in epoch 2's steps
+    elapsed = 30 + (2 + 49 * 0.2 + 8) + 5 + (50 * 0.2 + 3)
+    assert epochs == fit_epochs(600 * (1 - time_budget.MARGIN), elapsed, 0.2, 50, 3.0, 20 + TAIL_FIXED_S, 100, 2)
+
+
 def test_a_budget_for_fewer_than_three_epochs_is_decided_after_the_first(clock):
-    budget = TimeBudget(1, CpuAccelerator(), steps_per_epoch=50, eval_batches=4, tail_eval_ratio=6,
+    budget = TimeBudget(1, CpuAccelerator(), steps_per_epoch=50, eval_batches=4, **SIX_SECOND_TAIL,
                         started_at=clock.now - 30)
     assert run_epoch(budget, clock, 1) == 1  # 43 s spent, 12 s of predictions: no second 13 s epoch fits
     assert "holds only the epoch that measured it" in budget.describe()
@@ -203,8 +226,8 @@ def test_a_time_limited_run_ends_on_time_with_its_schedule_completed(decoded, ci
     # The tail kept for the predictions counts every image they cover (the training images' too).
     with np.load(tmp_path / "predictions.npz") as npz:
         predicted = sum(len(npz[name]) for name in npz.files if "_probs" in name)
-    data, cfg = SimpleNamespace(test=range(10_000)), SimpleNamespace(max_eval_samples=128)
-    assert predicted == predictions_eval_ratio(data, cfg, train_images=1024, val_images=128) * 128
+    data, cfg = SimpleNamespace(val=range(5_000), test=range(10_000)), SimpleNamespace(max_eval_samples=128)
+    assert predicted == 2 * prediction_images(data, cfg, train_images=1024)
 
 
 @pytest.mark.slow

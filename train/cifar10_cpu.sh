@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10.tar.gz}
 RUNS=${RUNS:-$HOME/runs/cifar10-cpu}
-MINUTES=${MINUTES:-30}
+MINUTES=${MINUTES:-60}
 PY=${PY:-python}
 
 member() {  # member SEED

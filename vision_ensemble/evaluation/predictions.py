@@ -11,6 +11,7 @@ code `evaluate.py --models` runs, so both give the same report.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -82,6 +83,25 @@ def split_probabilities(predict, arrays: ImageArrays, indices: np.ndarray, chunk
     return np.concatenate([np.asarray(predict(torch.from_numpy(arrays.gather(indices[start:start + chunk]))
                                               .permute(0, 3, 1, 2)))
                            for start in range(0, len(indices), chunk)])
+
+
+def prediction_images(data: DecodedDataset, cfg: TrainConfig, train_images: int) -> int:
+    """How many images `save_predictions` predicts, each with and without flip: the training images the run
+    trained on (a student's soft targets; 45,000 of CIFAR-10's 55,000), val and the same-sized test subset;
+    none without a test split."""
+    if data.test is None:
+        return 0
+    return train_images + sum(min(len(split), cfg.max_eval_samples or len(split)) for split in (data.val, data.test))
+
+
+def seconds_per_predicted_image(member: Member, images: torch.Tensor, batch_size: int) -> float:
+    """The pace of `save_predictions` per image (with and without flip), timed on `images` (uint8 NCHW) through
+    the same `Member.probabilities`; for `--time-limit`, which keeps that time free at the end of a run."""
+    member.probabilities(images[:8])  # one-off costs (oneDNN's kernels for the first shapes) are not the pace
+    start = time.perf_counter()
+    for flip in (False, True):
+        member.probabilities(images, flip, batch_size)
+    return (time.perf_counter() - start) / len(images)
 
 
 def save_predictions(path: str | Path, model_folder: str | Path, data: DecodedDataset, cfg: TrainConfig,

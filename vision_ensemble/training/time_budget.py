@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import psutil
 import torch
@@ -54,15 +55,6 @@ def fit_epochs(budget_s: float, elapsed_s: float, step_s: float, steps_per_epoch
     return max(1, math.floor(left / (steps_per_epoch * step_s + epoch_end_s)))
 
 
-def predictions_eval_ratio(data, cfg: TrainConfig, train_images: int, val_images: int) -> float:
-    """The final predictions' cost in per-epoch evaluations: val, the same-sized test subset and the training
-    images the run trained on (a student's soft targets), each with and without flip (none without a test split).
-    On CIFAR-10 the training images are 90,000 of the 110,000 predictions."""
-    if data.test is None:
-        return 0.0
-    return 2 * (train_images + val_images + min(len(data.test), cfg.max_eval_samples or len(data.test))) / val_images
-
-
 class TimeBudget:
     """The run's clock for `--time-limit`; finetune.py calls `after_step` after each training step and
     `after_epoch` after each checkpoint.  Both return the number of epochs when they decide it, else None.
@@ -73,20 +65,24 @@ class TimeBudget:
     decided on at its end, after its evaluation, export and checkpoint, so those costs are measured (finetune.py
     then writes that checkpoint again, holding the count); a longer one mid-epoch, its evaluation estimated as one
     training step per evaluation batch (twice the images, no backward pass) and its checkpoint not counted.  The
-    work after the loop (the best model's predictions on val and test, with and without flip) is estimated from the
-    evaluation time scaled by the images it covers, plus TAIL_FIXED_S."""
+    work after the loop (the best model's predictions on val, test and the training images, with and without flip)
+    is `tail_images` times `time_prediction()`, the seconds an image of them takes on their own path, measured when
+    the count is decided (in fp32: the loop's evaluation under bf16 autocast ran 3x faster on the CPU, and a tail
+    scaled from it ended 60-minute runs 4 minutes late), plus TAIL_FIXED_S."""
 
-    def __init__(self, minutes: float, accelerator, steps_per_epoch: int, eval_batches: int, tail_eval_ratio: float,
+    def __init__(self, minutes: float, accelerator, steps_per_epoch: int, eval_batches: int, tail_images: int,
+                 time_prediction: Callable[[], float],
                  probe_steps: int = TIME_LIMIT_PROBE_STEPS, started_at: float | None = None):
         self.limit_s = minutes * 60
         self.budget_s = self.limit_s * (1 - MARGIN)
         self.started_at = psutil.Process().create_time() if started_at is None else started_at
         self.accelerator = accelerator
-        self.steps_per_epoch, self.eval_batches, self.tail_eval_ratio = steps_per_epoch, eval_batches, tail_eval_ratio
+        self.steps_per_epoch, self.eval_batches = steps_per_epoch, eval_batches
+        self.tail_images, self.time_prediction = tail_images, time_prediction
         self.probe_steps = min(probe_steps, steps_per_epoch)
         self.loop_started = self.first_step_end = self.train_end = time.time()
         self.epoch_end = self.last_epoch_s = None
-        self.step_s = self.epoch_end_s = self.tail_s = None
+        self.step_s = self.epoch_end_s = self.tail_s = self.prediction_s = None
         self.epochs = self.decided_after = None
         self.epoch_ends: dict[int, float] = {}
         self.pace = None  # seconds an epoch, as planned
@@ -113,11 +109,10 @@ class TimeBudget:
             self.step_s = (now - self.first_step_end) / (step - 1) if step > 1 else now - self.loop_started
             self.train_end = now
             if step < self.steps_per_epoch:  # a long epoch: decide now, its end estimated
-                eval_s = self.eval_batches * self.step_s
-                return self._decide(eval_s, eval_s, steps_done=step, epochs_ended=0)
+                return self._decide(self.eval_batches * self.step_s, steps_done=step, epochs_ended=0)
         return None
 
-    def after_epoch(self, epoch: int, eval_s: float, export_s: float = 0.0) -> int | None:
+    def after_epoch(self, epoch: int, export_s: float = 0.0) -> int | None:
         """Call after each epoch's checkpoint with its evaluation and export times; decides after the first epoch
         (when its steps were all probed), or after the second when at least 3 epochs fit: the first epoch carries
         one-off costs, so the second, whole, is measured instead.  The export of a new best model is left out of
@@ -130,9 +125,9 @@ class TimeBudget:
             return self._replan(epoch)
         if epoch == 2:
             self.step_s = (self.train_end - previous) / self.steps_per_epoch
-        epochs = self._decide(eval_s, self.epoch_end - self.train_end - export_s, self.steps_per_epoch * epoch, epoch)
+        epochs = self._decide(self.epoch_end - self.train_end - export_s, self.steps_per_epoch * epoch, epoch)
         if epoch == 1 and epochs >= 3:
-            self.epochs = None
+            self.epochs, self.epoch_end = None, time.time()  # the second epoch's time leaves out the tail's probe
             return None
         self.decided_after = epoch
         return epochs
@@ -159,10 +154,12 @@ class TimeBudget:
         self.replanned, self.epochs, self.pace = (epoch, self.epochs, self.pace), fitted, pace
         return fitted
 
-    def _decide(self, eval_s: float, epoch_end_s: float, steps_done: int, epochs_ended: int) -> int:
+    def _decide(self, epoch_end_s: float, steps_done: int, epochs_ended: int) -> int:
         self.epoch_end_s = epoch_end_s
         self.pace = self.steps_per_epoch * self.step_s + epoch_end_s
-        self.tail_s = self.tail_eval_ratio * eval_s + TAIL_FIXED_S
+        if self.prediction_s is None:  # measured once
+            self.prediction_s = self.time_prediction() if self.tail_images else 0.0
+        self.tail_s = self.tail_images * self.prediction_s + TAIL_FIXED_S
         epochs = fit_epochs(self.budget_s, self.elapsed(), self.step_s, self.steps_per_epoch, epoch_end_s,
                             self.tail_s, steps_done, epochs_ended)
         # Each rank timed itself; the main process's count is the one everybody runs.
