@@ -102,14 +102,15 @@ def _upload_path(payload) -> str | None:
     return payload.get("path") if isinstance(payload, dict) else payload
 
 
-def _read_upload(image) -> np.ndarray:
-    """The uploaded image's pixels, or a gr.Error with the same message POST /api/predict gives."""
+def _read_upload(image, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The uploaded image's pixels (resized to cover `size`: the ensemble's `source_size`), or a gr.Error with the
+    same message POST /api/predict gives."""
     path = _upload_path(image)
     if not path or not os.path.isfile(path):
         raise gr.Error("Upload an image first.")
     try:  # the size first, before reading the file
         check_upload_size(os.path.getsize(path))
-        return decode_upload(Path(path).read_bytes())
+        return decode_upload(Path(path).read_bytes(), size)
     except InputError as exc:
         raise gr.Error(str(exc)) from None
 
@@ -119,7 +120,7 @@ def make_classify(ensemble: Ensemble | None, version: str = ""):
         """Image -> (top-3 calibrated probabilities, each member's top-3, uncertainty hint and timing)."""
         if ensemble is None:
             raise gr.Error(NO_WEIGHTS)
-        pixels = _read_upload(image)
+        pixels = _read_upload(image, ensemble.source_size)
         try:
             prediction = predict_image(ensemble, pixels, DEFAULT_TOP_K, version)
         except Exception:  # never a stack trace in the UI; the server log keeps it
@@ -128,9 +129,8 @@ def make_classify(ensemble: Ensemble | None, version: str = ""):
         rows = [[m.source, ", ".join(f"{c.label} {c.probability:.2f}" for c in m.top_k), "yes" if m.agrees else "no"]
                 for m in prediction.members]
         agree = sum(m.agrees for m in prediction.members)
-        timing = (f"{prediction.latency_ms:.0f} ms for {len(rows)} members on {pixels.shape[1]}x{pixels.shape[0]} px "
-                  f"input; {agree} of {len(rows)} members agree with the ensemble's top class. "
-                  f"Model version `{prediction.model_version}`.")
+        timing = (f"{prediction.latency_ms:.0f} ms for {len(rows)} members; {agree} of {len(rows)} members agree with "
+                  f"the ensemble's top class. Model version `{prediction.model_version}`.")
         if prediction.prediction_set is not None:
             timing = f"**Prediction set:** {set_sentence(prediction.prediction_set, prediction.coverage)}.\n\n{timing}"
         if prediction.hint:

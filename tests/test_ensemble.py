@@ -142,3 +142,28 @@ def test_evaluate_cli_writes_report_manifest_and_plots(members, cifar10, cifar10
     missing = run_in_process(REPO / "evaluation" / "evaluate.py", "--models", tmp_path / "nope", "--data-dir",
                              cifar10_archive, "--cache-dir", cache_root, check=False)
     assert missing.returncode == 2 and "nope" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_source_size_keeps_what_every_member_sees_of_a_photo(members):
+    from vision_ensemble.images import load_rgb
+
+    ensemble = Ensemble([Member.load(str(m)) for m in members])
+    crops = [m.data_config["crop_pct"] or 1.0 for m in ensemble.members]
+    side = max(int(s // c) for s, c in zip((32, 48), crops))
+    assert ensemble.source_size == (side, side)
+    # A 1600x1200 photo (a smooth scene: the two resizes differ only by interpolation), decoded whole or straight
+    # to source_size: every member gets nearly the same input, so nearly the same answer.
+    y, x = np.mgrid[0:1200, 0:1600]
+    photo = np.stack([(x / 7) % 255, (y / 5) % 255, ((x + y) / 11) % 255], axis=2).astype(np.uint8)
+    from io import BytesIO
+
+    from PIL import Image
+    buffer = BytesIO()
+    Image.fromarray(photo).save(buffer, format="JPEG", quality=95)
+    whole = load_rgb(buffer.getvalue())
+    small = load_rgb(buffer.getvalue(), size=ensemble.source_size)
+    assert small.shape == (side, side, 3)
+    for member in ensemble.members:
+        a = member.transform(torch.from_numpy(whole).permute(2, 0, 1)[None])
+        b = member.transform(torch.from_numpy(small).permute(2, 0, 1)[None])
+        assert a.shape == b.shape and (a - b).abs().mean() < 0.05  # normalised units; a misplaced crop is ~1

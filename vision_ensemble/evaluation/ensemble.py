@@ -6,6 +6,7 @@ serves evaluation and the app; `SoftVote` is that computation as one differentia
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,6 +114,16 @@ class Ensemble:
         self.tta_flip = tta_flip
         self.uncertainty = uncertainty or UncertaintyRule()
         self.conformal = conformal  # the calibrated prediction-set rule; None in manifests written before it
+
+    @property
+    def source_size(self) -> tuple[int, int]:
+        """(height, width) an image is decoded to before the members' own preprocessing (`load_rgb(..., size=)`):
+        the largest resize of any member (timm's eval geometry: shorter side to input / crop_pct), as a centred
+        square, so every member's resize and centre crop keeps the part of the photo it would keep of the
+        original.  A 12-MP photo then costs a draft-mode decode and holds kilobytes, not 36 MB, in a queue."""
+        side = max(math.floor(max(m.data_config["input_size"][-2:]) / float(m.data_config.get("crop_pct") or 1.0))
+                   for m in self.members)
+        return side, side
 
     def use_onnxruntime(self, folder: str | Path) -> None:
         for member in self.members:

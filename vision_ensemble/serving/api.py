@@ -161,7 +161,7 @@ def create_api(ensemble: Ensemble | None, status: str, runtime: str, version: st
             raise ApiError(400, f"top_k must be at most {len(ensemble.class_names)} (the number of classes).")
 
         def run() -> Prediction:
-            return predict_image(ensemble, decode_upload(data), top_k, version or "")
+            return predict_image(ensemble, decode_upload(data, ensemble.source_size), top_k, version or "")
 
         try:
             return await anyio.to_thread.run_sync(run, limiter=limiter)

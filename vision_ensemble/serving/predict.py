@@ -47,12 +47,13 @@ def check_upload_size(n_bytes: int, limit: int = MAX_UPLOAD_BYTES) -> None:
         raise InputError(400, "Could not use this file: the file is empty.")
 
 
-def decode_upload(data: bytes, limit: int = MAX_UPLOAD_BYTES) -> np.ndarray:
-    """(H, W, 3) uint8 pixels of an uploaded file, or InputError: 413 too large, 415 not an image, 400 corrupt,
-    empty or too many pixels."""
+def decode_upload(data: bytes, size: tuple[int, int] | None = None, limit: int = MAX_UPLOAD_BYTES) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of an uploaded file (resized to cover `size` and centre-cropped, as `load_rgb`: the
+    ensemble's `source_size`), or InputError: 413 too large, 415 not an image, 400 corrupt, empty or too many
+    pixels."""
     check_upload_size(len(data), limit)
     try:
-        return load_rgb(data)
+        return load_rgb(data, size=size)
     except ImageError as exc:
         raise InputError(415 if isinstance(exc, UnsupportedImageError) else 400, f"Could not use this file: {exc}.") from None
 
