@@ -70,8 +70,9 @@ def test_onnxruntime_members_match_eager_pytorch(members, cifar10, tmp_path):
 def test_fitted_weights_prefer_the_better_member():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, 500)
-    good = np.full((500, 5), 0.05)
-    good[np.arange(500), labels] = 0.8
+    good = np.full((500, 5), 0.05)  # right on 85% of the images (a perfect member would make any weights fit)
+    peaks = np.where(rng.random(500) < 0.85, labels, (labels + rng.integers(1, 5, 500)) % 5)
+    good[np.arange(500), peaks] = 0.8
     bad = rng.dirichlet(np.ones(5), 500)
     weights = fit_weights(np.stack([bad, good]), labels)
     assert weights.sum() == pytest.approx(1) and weights[1] > 0.9
@@ -167,3 +168,19 @@ def test_source_size_keeps_what_every_member_sees_of_a_photo(members):
         a = member.transform(torch.from_numpy(whole).permute(2, 0, 1)[None])
         b = member.transform(torch.from_numpy(small).permute(2, 0, 1)[None])
         assert a.shape == b.shape and (a - b).abs().mean() < 0.05  # normalised units; a misplaced crop is ~1
+
+
+def test_fitted_weights_prefer_an_under_confident_better_member_to_a_confident_worse_one():
+    # Label smoothing leaves members under-confident; the weights are fitted with the temperature, so the more
+    # accurate member wins (fitted on the raw mix's NLL, the confident 75% member took all the weight).
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 5, 2000)
+
+    def member(accuracy, peak):
+        probs = np.full((2000, 5), (1 - peak) / 4)
+        right = np.where(rng.random(2000) < accuracy, labels, (labels + rng.integers(1, 5, 2000)) % 5)
+        probs[np.arange(2000), right] = peak
+        return probs
+
+    weights = fit_weights(np.stack([member(0.75, 0.9), member(0.85, 0.4)]), labels)
+    assert weights[1] > 0.5, weights

@@ -175,18 +175,25 @@ class Ensemble:
 
 
 def fit_weights(member_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Soft-voting weights on the simplex (softmax-parameterised) minimising the validation NLL."""
+    """Soft-voting weights on the simplex (softmax-parameterised) minimising the validation NLL of the mix after
+    temperature scaling, fitted jointly with the temperature (the weights alone favoured the more confident member,
+    not the more accurate one: label-smoothed CIFAR members are under-confident, and a 90.3%-val member got weight
+    0 beside an 89.96% one)."""
     from scipy.optimize import minimize  # not at import: training and the Space import this module and never fit
     m = member_probs.shape[0]
     if m == 1:
         return np.ones(1)
-    picked = member_probs[:, np.arange(len(labels)), labels]  # (M, N): each member's prob of the true class
+    log_probs = np.log(np.clip(member_probs, 1e-12, None))
+    rows = np.arange(len(labels))
 
-    def loss(z):
+    def loss(params):
+        z, log_t = params[:m], params[m]
         w = np.exp(z - z.max())
         w /= w.sum()
-        return -np.mean(np.log(np.clip(w @ picked, 1e-12, None)))
+        mixed = np.log(np.clip(np.tensordot(w, np.exp(log_probs), axes=1), 1e-12, None)) / np.exp(log_t)
+        mixed -= mixed.max(axis=1, keepdims=True)
+        return -np.mean(mixed[rows, labels] - np.log(np.exp(mixed).sum(axis=1)))
 
-    z = minimize(loss, np.zeros(m), method="L-BFGS-B").x
+    z = minimize(loss, np.zeros(m + 1), method="L-BFGS-B").x[:m]
     w = np.exp(z - z.max())
     return w / w.sum()
