@@ -27,8 +27,11 @@ CAT, SHIP = EXAMPLES / "cifar10_cat.png", EXAMPLES / "cifar10_ship.png"
 
 
 def in_process(manifest, image_path):
-    """The evaluation code's answer: (calibrated probabilities, member probabilities) for one image file."""
-    return Ensemble.from_manifest(manifest).predict(torch.from_numpy(load_rgb(image_path)).permute(2, 0, 1)[None])
+    """The evaluation code's answer: (calibrated probabilities, member probabilities) for one image file, decoded
+    as the server decodes uploads (to the ensemble's source_size)."""
+    ensemble = Ensemble.from_manifest(manifest)
+    pixels = load_rgb(image_path, size=ensemble.source_size)
+    return ensemble.predict(torch.from_numpy(pixels).permute(2, 0, 1)[None])
 
 
 @pytest.fixture(scope="module")
