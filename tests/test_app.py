@@ -45,7 +45,7 @@ def test_classify_gives_the_evaluation_codes_top3(app, ensemble_dir):
     assert all(0 <= c["confidence"] <= 1 for c in label["confidences"])
     assert label == second[0]
     reference = Ensemble.from_manifest(ensemble_dir / "ensemble.json")
-    probs, _ = reference.predict(torch.from_numpy(load_rgb(image)).permute(2, 0, 1)[None])
+    probs, _ = reference.predict(torch.from_numpy(load_rgb(image, size=reference.source_size)).permute(2, 0, 1)[None])
     top3 = np.argsort(-probs[0])[:3]
     assert [c["label"] for c in label["confidences"]] == [reference.class_names[i] for i in top3]
     # The app serves through ONNX Runtime; evaluation runs eager PyTorch: same numbers to float precision.
