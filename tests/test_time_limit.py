@@ -68,7 +68,7 @@ def clock(monkeypatch):
 
 
 def test_a_long_first_epoch_is_decided_on_its_first_probe_steps(clock):
-    # Started 20 s ago; 1000 steps of 0.5 s per epoch, 10 evaluation batches; predictions cost 6 evaluations.
+    # Started 20 s ago; 1000 steps of 0.5 s per epoch, 10 evaluation batches; predictions cost 6 s.
     budget = TimeBudget(60, CpuAccelerator(), steps_per_epoch=1000, eval_batches=10, **SIX_SECOND_TAIL,
                         probe_steps=100, started_at=clock.now - 20)
     decided = []

@@ -15,7 +15,7 @@ import torch
 
 from ..config import UNCERTAINTY_FLAGGED_ACCURACY, UNCERTAINTY_MIN_AGREEMENT
 from ..model import Member, ModelError
-from .calibration import apply_temperature
+from .calibration import apply_temperature, nll
 from .conformal import ConformalRule
 
 MANIFEST_VERSION = 1
@@ -183,16 +183,11 @@ def fit_weights(member_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     m = member_probs.shape[0]
     if m == 1:
         return np.ones(1)
-    log_probs = np.log(np.clip(member_probs, 1e-12, None))
-    rows = np.arange(len(labels))
 
     def loss(params):
         z, log_t = params[:m], params[m]
         w = np.exp(z - z.max())
-        w /= w.sum()
-        mixed = np.log(np.clip(np.tensordot(w, np.exp(log_probs), axes=1), 1e-12, None)) / np.exp(log_t)
-        mixed -= mixed.max(axis=1, keepdims=True)
-        return -np.mean(mixed[rows, labels] - np.log(np.exp(mixed).sum(axis=1)))
+        return nll(apply_temperature(np.tensordot(w / w.sum(), member_probs, axes=1), np.exp(log_t)), labels)
 
     z = minimize(loss, np.zeros(m + 1), method="L-BFGS-B").x[:m]
     w = np.exp(z - z.max())

@@ -113,7 +113,7 @@ class TimeBudget:
         return None
 
     def after_epoch(self, epoch: int, export_s: float = 0.0) -> int | None:
-        """Call after each epoch's checkpoint with its evaluation and export times; decides after the first epoch
+        """Call after each epoch's checkpoint with its export time; decides after the first epoch
         (when its steps were all probed), or after the second when at least 3 epochs fit: the first epoch carries
         one-off costs, so the second, whole, is measured instead.  The export of a new best model is left out of
         the per-epoch cost: it happens in most early epochs and few late ones (counted in every epoch, it ended
