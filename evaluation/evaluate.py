@@ -41,7 +41,7 @@ from accelerate import Accelerator
 from vision_ensemble.config import (CIFAR10_NAME, CONFORMAL_SCORES, DEFAULT_ATTACK_SAMPLES, DEFAULT_CONFORMAL_SCORE,
                                     DEFAULT_COVERAGE, DEFAULT_SEED, DEFAULT_VAL_SIZE, EVAL_BATCH_PIXELS, PGD_STEPS,
                                     UNCERTAINTY_FLAGGED_ACCURACY, default_cache_size)
-from vision_ensemble.data import DataError, load_dataset
+from vision_ensemble.data import DataError, common_split_seed, load_dataset
 from vision_ensemble.evaluation.conformal import calibration_problem
 from vision_ensemble.evaluation.diagnostics import diagnose
 from vision_ensemble.evaluation.ensemble import Ensemble
@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-size", type=int, help="decoded-cache image size, as for training (default: from the "
                    "members' input size and crop_pct, e.g. 224 -> 256)")
     p.add_argument("--val-size", type=float, default=DEFAULT_VAL_SIZE, help="must match training's split")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="split seed; must match training's")
+    p.add_argument("--split-seed", type=int, help="the train/val split's seed (default: the members', from their "
+                   "training_args.json; members trained on different splits are refused)")
     p.add_argument("--output-dir", type=Path, default=Path("results"), help="where report.json etc. go")
     p.add_argument("--tta", action="store_true", help="average predictions over the image and its mirror")
     p.add_argument("--equal-weights", action="store_true", help="do not fit soft-voting weights on val")
@@ -126,11 +127,13 @@ def main(argv=None) -> int:
         student = Member.load(args.student, device=inference_device) if args.student else None
         models = members + ([student] if student else [])
         class_names = Ensemble(models).class_names  # checks that the models agree
+        split_seed = common_split_seed({m.source: m.training_args for m in models}, args.split_seed)
+        split_seed = DEFAULT_SEED if split_seed is None else split_seed
         cache_size = args.cache_size or max(  # as training's default, so its cache is reused
             default_cache_size(max(m.data_config["input_size"][1:]), m.data_config.get("crop_pct", 1.0))
             for m in models)
         data = load_dataset(args.data_dir, args.cache_dir, args.val_size if args.val_size < 1 else int(args.val_size),
-                            args.seed, cache_size)
+                            split_seed, cache_size)
         if data.test is None:
             raise DataError(f"{args.data_dir} has no test/ split to evaluate on")
         if class_names != data.class_names:
@@ -142,7 +145,7 @@ def main(argv=None) -> int:
 
     largest = max(m.data_config["input_size"][1] * m.data_config["input_size"][2] for m in models)
     batch_size = args.batch_size or max(1, EVAL_BATCH_PIXELS // largest)
-    val, test = (evaluation_split(split, args.max_eval_samples, args.seed) for split in (data.val, data.test))
+    val, test = (evaluation_split(split, args.max_eval_samples, split_seed) for split in (data.val, data.test))
     val_labels, test_labels = val.labels, test.labels
     if problem := calibration_problem(len(val_labels), args.coverage, args.conformal):
         print(f"note: no conformal prediction sets: {problem}", file=sys.stderr)
@@ -170,14 +173,14 @@ def main(argv=None) -> int:
     if args.label_issues:  # first: report.json and the card count the flagged labels
         written += report_label_issues(evaluation.report, {
             "val": (np.stack([p.val_probs for p in predictions]), val_labels,
-                    split_files(data.val, args.max_eval_samples, args.seed), as_batch(val)),
+                    split_files(data.val, args.max_eval_samples, split_seed), as_batch(val)),
             "test": (np.stack([p.test_probs for p in predictions]), test_labels,
-                     split_files(data.test, args.max_eval_samples, args.seed), as_batch(test))},
+                     split_files(data.test, args.max_eval_samples, split_seed), as_batch(test))},
             evaluation.weights, evaluation.temperature, args.output_dir)
     written = write_outputs(evaluation, predictions, test_labels, args.output_dir) + written
     if args.diagnose:
         written += diagnose(evaluation.report, ensemble, as_batch(test), test_labels, evaluation.test_calibrated,
-                            args.output_dir, args.attack_samples, args.pgd_steps, args.seed)
+                            args.output_dir, args.attack_samples, args.pgd_steps, split_seed)
     if student is not None:  # last: the latency runs move the networks to the CPU
         latency = {"ensemble": batch1_latency_ms(ensemble, as_batch(test)),
                    "student": batch1_latency_ms(Ensemble([student], tta_flip=args.tta), as_batch(test))}

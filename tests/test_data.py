@@ -171,3 +171,15 @@ def test_extreme_aspect_shortcut_matches_the_full_resize():
     ours = BatchTransform((3, 64, 64), (0, 0, 0), (1 / 255,) * 3, "bicubic")(images)
     full = torch.nn.functional.interpolate(images, size=(64, 3200), mode="bicubic", align_corners=False).clamp(0, 255)
     torch.testing.assert_close(ours, full[..., :, 1568:1632], atol=5.0, rtol=0)  # of 255, at the crop edges
+
+
+def test_common_split_seed_is_the_members_split_and_refuses_a_mixture():
+    from vision_ensemble.data import DataError, common_split_seed
+    assert common_split_seed({"a": {"seed": 4, "split_seed": 0}, "b": {"seed": 5, "split_seed": 0}}) == 0
+    assert common_split_seed({"a": {"seed": 2}, "foreign": {}}) == 2  # before split_seed: the split was by seed
+    assert common_split_seed({"foreign": {}}, requested=7) == 7
+    assert common_split_seed({"foreign": {}}) is None
+    with pytest.raises(DataError, match="a: split seed 0, b: split seed 1"):
+        common_split_seed({"a": {"seed": 0}, "b": {"seed": 1}})
+    with pytest.raises(DataError, match="--split-seed 1"):
+        common_split_seed({"a": {"split_seed": 0}}, requested=1)

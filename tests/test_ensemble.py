@@ -184,3 +184,25 @@ def test_fitted_weights_prefer_an_under_confident_better_member_to_a_confident_w
 
     weights = fit_weights(np.stack([member(0.75, 0.9), member(0.85, 0.4)]), labels)
     assert weights[1] > 0.5, weights
+
+
+def test_evaluate_refuses_members_trained_on_different_splits(members, tmp_path, cifar10_archive, cache_root):
+    """A member trained on split seed 1 has trained on some of split 0's validation images: ensembled with a
+    split-0 member, calibrated and weighted on split 0, its scores would be inflated. Members from before
+    split_seed existed split by seed."""
+    import shutil
+    folders = []
+    for name, args in (("old", {"seed": 0}), ("new", {"seed": 3, "split_seed": 1})):
+        folder = shutil.copytree(members[0], tmp_path / name)
+        (folder / "training_args.json").write_text(json.dumps(args))
+        folders.append(folder)
+    assert Member.load(str(folders[1])).training_args == {"seed": 3, "split_seed": 1}
+    refused = run_in_process(REPO / "evaluation" / "evaluate.py", "--models", *folders, "--data-dir", cifar10_archive,
+                             "--cache-dir", cache_root, "--output-dir", tmp_path / "out", check=False)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "different train/val splits" in refused.stderr and "split seed 1" in refused.stderr
+    assert not (tmp_path / "out" / "report.json").exists()
+    asked = run_in_process(REPO / "evaluation" / "evaluate.py", "--models", folders[0], "--split-seed", "2",
+                           "--data-dir", cifar10_archive, "--cache-dir", cache_root, "--output-dir", tmp_path / "out",
+                           check=False)
+    assert asked.returncode == 2 and "--split-seed 2" in asked.stderr

@@ -134,7 +134,7 @@ def train(argv=None) -> int:
         pretrained_cfg.crop_pct if pretrained_cfg else DEFAULT_CROP_PCT)
     # No barrier around it: the processes that do not build wait on the cache's lock, not in a collective whose
     # timeout (NCCL: 10 minutes) a long first decode would exceed.
-    data = load_dataset(cfg.data_dir, cfg.cache_dir, cfg.val_size, cfg.seed, cache_size)
+    data = load_dataset(cfg.data_dir, cfg.cache_dir, cfg.val_size, cfg.split_seed, cache_size)
     checked = cfg.data_check or cfg.strict_data  # under a file lock: one process checks, the rest read its report
     data_report, report_dir = check_cache(cfg.data_dir, data.cache_dir, cache_size) if checked else (None, None)
     if data_report is not None:
@@ -146,7 +146,7 @@ def train(argv=None) -> int:
                             f"{', '.join(leaked)}; see {report_dir / 'datacheck.html'}): remove them, or train "
                             "without --strict-data")
     train_subset = subset_indices(len(data.train), cfg.max_train_samples, cfg.seed)
-    val_subset = subset_indices(len(data.val), cfg.max_eval_samples, cfg.seed)
+    val_subset = subset_indices(len(data.val), cfg.max_eval_samples, cfg.split_seed)  # as evaluate.py picks
     train_arrays = data.train if train_subset is None else data.train.subset(train_subset)
     val_arrays = data.val if val_subset is None else data.val.subset(val_subset)
     num_classes = len(data.class_names)

@@ -14,13 +14,13 @@ from .cache import DecodedDataset, ImageArrays, load_dataset, prepare_cache, tre
 from .loaders import (BalancedSampler, DeviceImageDataset, MemmapImageDataset, device_loader, fits_on_device,
                       stream_loader)
 from .sources import IMAGE_EXTENSIONS, DataError, find_tree_root, fingerprint, scan_image_folder
-from .split import load_split, stratified_split, subset_indices
+from .split import common_split_seed, load_split, stratified_split, subset_indices
 from .transforms import BatchTransform, PhotoTrainTransform, choose_augment, train_transform
 
 __all__ = [
     "IMAGE_EXTENSIONS", "BalancedSampler", "BatchTransform",
     "DataError", "DecodedDataset", "DeviceImageDataset", "ImageArrays",
-    "MemmapImageDataset", "PhotoTrainTransform", "choose_augment", "device_loader", "find_tree_root", "fingerprint",
+    "MemmapImageDataset", "PhotoTrainTransform", "choose_augment", "common_split_seed", "device_loader", "find_tree_root", "fingerprint",
     "fits_on_device", "load_dataset", "load_split", "prepare_cache", "scan_image_folder", "stratified_split",
     "stream_loader", "subset_indices", "train_transform",
     "tree_root_of",

@@ -36,6 +36,28 @@ def subset_indices(total: int, n: int | None, seed: int) -> np.ndarray | None:
     return np.sort(np.random.default_rng(seed).permutation(total)[:n])
 
 
+def common_split_seed(training_args: dict[str, dict], requested: int | None = None) -> int | None:
+    """The split seed that members (name -> their training_args.json) were trained on, which their evaluation must
+    use: validated and calibrated on another split, a member is scored on images it trained on.
+
+    Runs from before `split_seed` was an option split by `seed`. Members without training args (a foreign timm
+    folder) say nothing. Raises DataError when the members' splits differ, or `requested` differs from theirs;
+    returns `requested` when no member says (None when neither does).
+    """
+    seeds = {name: args.get("split_seed", args.get("seed")) for name, args in training_args.items()}
+    known = {name: seed for name, seed in seeds.items() if seed is not None}
+    if len(set(known.values())) > 1:
+        raise DataError("the members were trained on different train/val splits ("
+                        + ", ".join(f"{name}: split seed {seed}" for name, seed in known.items())
+                        + "), so each has trained on images another is validated on: train them with the same "
+                          "--split-seed")
+    if known and requested is not None and requested not in known.values():
+        raise DataError(f"--split-seed {requested}, but the members were trained on split seed "
+                        f"{next(iter(known.values()))}: evaluated on another split, their validation images "
+                        "include ones they trained on")
+    return next(iter(known.values()), requested)
+
+
 def load_split(cache_dir: Path, labels: np.ndarray, val_size: float | int, seed: int) -> tuple[np.ndarray, Path]:
     """Validation indices, read from (or first written to) a split file beside the cache."""
     split_file = cache_dir / f"split-seed{seed}-val{val_size:g}.json"

@@ -112,8 +112,8 @@ def save_predictions(path: str | Path, model_folder: str | Path, data: DecodedDa
     if data.test is None:
         return None
     member = Member.load(str(model_folder), device=device)
-    val_images, val_labels = evaluation_batch(data.val, cfg.max_eval_samples, cfg.seed)
-    test_images, test_labels = evaluation_batch(data.test, cfg.max_eval_samples, cfg.seed)
+    val_images, val_labels = evaluation_batch(data.val, cfg.max_eval_samples, cfg.split_seed)
+    test_images, test_labels = evaluation_batch(data.test, cfg.max_eval_samples, cfg.split_seed)
     probs = {f"{split}_probs{'_flip' if flip else ''}": member.probabilities(images, flip, batch_size).numpy()
              for split, images in (("val", val_images), ("test", test_images)) for flip in (False, True)}
     train_keep = subset_indices(len(data.train), cfg.max_train_samples, cfg.seed)  # the images the run trained on
@@ -126,7 +126,7 @@ def save_predictions(path: str | Path, model_folder: str | Path, data: DecodedDa
         "format": FORMAT_VERSION, "source": source, "data_config": member.data_config,
         "class_names": member.class_names, "data_dir": str(cfg.data_dir),
         "split": {"data_fingerprint": data_fingerprint(data),
-                  "split_file": data.split_file.name, "seed": cfg.seed, "val_size": cfg.val_size,
+                  "split_file": data.split_file.name, "seed": cfg.split_seed, "val_size": cfg.val_size,
                   "max_eval_samples": cfg.max_eval_samples},
         "metrics": json.loads((Path(model_folder) / "metrics.json").read_text()),
         "training_args": asdict(cfg),

@@ -6,6 +6,7 @@ Members trained at different resolutions ensemble correctly because each one res
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ class Member:
     model: torch.nn.Module
     data_config: dict
     class_names: list[str]
+    training_args: dict = field(default_factory=dict)  # its training_args.json, when the folder has one
     transform: BatchTransform = field(init=False)
     session: object = field(default=None, init=False)  # an ONNX Runtime session, when serving through ORT
 
@@ -52,7 +54,9 @@ class Member:
         except (ModelError, RuntimeError) as exc:
             raise ModelError(f"member '{source}': {exc}") from None
         # channels_last: a CPU runs convolutions 1.8x faster in it (airbench_s, fp32, 2 cores: 578 against 320 img/s)
-        member = cls(source, model.to(device, memory_format=torch.channels_last), data_config, class_names)
+        args_file = folder / "training_args.json"
+        training_args = json.loads(args_file.read_text()) if args_file.is_file() else {}
+        member = cls(source, model.to(device, memory_format=torch.channels_last), data_config, class_names, training_args)
         member.transform.channels_last = True
         return member
 
