@@ -179,10 +179,12 @@ def test_a_budget_for_fewer_than_three_epochs_is_decided_after_the_first(clock):
 
 @pytest.fixture(scope="module")
 def decoded(cifar10_archive, cache_root):
-    """The cache the runs read (64 px for a 32 px model), built before any clock starts."""
+    """The cache the runs read (64 px for a 32 px model) and its data check, made before any clock starts."""
     from vision_ensemble.data import prepare_cache
+    from vision_ensemble.data.check import check_cache
 
-    prepare_cache(cifar10_archive, cache_root, default_cache_size(32))
+    size = default_cache_size(32)
+    check_cache(cifar10_archive, prepare_cache(cifar10_archive, cache_root, size), size)
 
 
 def read_rows(out):
@@ -196,6 +198,7 @@ def time_limited_args(archive, cache_root, out, minutes, *extra):
 
 
 @pytest.mark.slow
+@pytest.mark.wall_clock
 def test_a_time_limited_run_ends_on_time_with_its_schedule_completed(decoded, cifar10_archive, cache_root, tmp_path):
     minutes = 1.0  # the start-up (imports, the cache, the model) takes 4-10 s of it on the loaded 2-core CPU
     start = time.time()
@@ -231,6 +234,7 @@ def test_a_time_limited_run_ends_on_time_with_its_schedule_completed(decoded, ci
 
 
 @pytest.mark.slow
+@pytest.mark.wall_clock
 def test_two_processes_agree_on_the_count_and_a_resume_keeps_it(decoded, cifar10_archive, cache_root, tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
               "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", FINETUNE]
