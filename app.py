@@ -40,8 +40,8 @@ from vision_ensemble.evaluation.explain import explain_members
 from vision_ensemble.evaluation.thresholds import (OBJECTIVES, ObjectiveParams, ThresholdError, comparison_rows,
                                                    curve_figures, detect_columns, optimize, read_table, results_table,
                                                    scored_labels_from_table)
-from vision_ensemble.hub import (MODEL_CARD, HubError, answering_markdown, fill_results, results_markdown,
-                                 split_front_matter)
+from vision_ensemble.hub import (MODEL_CARD, HubError, answering_markdown, fill_results, resolve_manifest,
+                                 results_markdown, split_front_matter)
 from vision_ensemble.model import ModelError
 from vision_ensemble.serving.allocator import fix_mmap_threshold, limit_malloc_arenas, trim_periodically
 from vision_ensemble.serving.api import create_api
@@ -65,11 +65,8 @@ NO_WEIGHTS = "No model weights are loaded; see the note on this tab for how to p
 
 def load_ensemble(spec: str, runtime: str = "onnx") -> tuple[Ensemble | None, str, dict | None]:
     """(ensemble or None, a status line, the evaluation report beside the manifest if there is one)."""
-    path = Path(spec)
     try:
-        if not path.exists() and spec.count("/") == 1 and not spec.startswith((".", "/")):
-            from huggingface_hub import hf_hub_download  # a Hub repo holding ensemble.json and report.json
-            path = Path(hf_hub_download(spec, "ensemble.json"))
+        path = resolve_manifest(spec)
         start = time.perf_counter()
         ensemble = Ensemble.from_manifest(path)
         if runtime == "onnx":
@@ -77,8 +74,7 @@ def load_ensemble(spec: str, runtime: str = "onnx") -> tuple[Ensemble | None, st
     except (ModelError, HubError, OSError, ValueError) as exc:
         log.warning("no ensemble loaded from %s: %s", spec, exc)
         return None, f"no ensemble loaded from `{spec}`: {exc}", None
-    folder = path if path.is_dir() else path.parent
-    report_file = folder / "report.json"
+    report_file = path.parent / "report.json"
     report = json.loads(report_file.read_text()) if report_file.exists() else None
     for m in ensemble.members:
         log.info("loaded member %s (input %s)", m.source, m.data_config["input_size"])

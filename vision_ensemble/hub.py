@@ -97,6 +97,30 @@ def resolve_member(source: str, base_dir: str | Path | None = None) -> Path:
         raise HubError(f"{source}: not a local folder, and the Hub download failed ({_reason(exc)})") from None
 
 
+def resolve_manifest(spec: str | Path) -> Path:
+    """An ensemble named by its ensemble.json, a folder holding one, or a Hub repo id holding one (downloaded
+    with the report beside it), as the local ensemble.json path."""
+    from huggingface_hub import hf_hub_download
+
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        path = path / "ensemble.json"
+    if path.exists() or str(spec).count("/") != 1 or str(spec).startswith((".", "/", "~")):
+        if not path.is_file():
+            raise HubError(f"{spec}: no ensemble.json there (give an ensemble.json, a folder holding one, or a Hub "
+                           "repo id)")
+        return path
+    try:
+        manifest = Path(hf_hub_download(str(spec), "ensemble.json"))
+    except Exception as exc:
+        raise HubError(f"{spec}: not a local ensemble, and the Hub download failed ({_reason(exc)})") from None
+    try:
+        hf_hub_download(str(spec), "report.json")  # the evaluation beside it, when the repo has one
+    except Exception:
+        pass
+    return manifest
+
+
 def fill_results(card_text: str, results_markdown: str) -> str:
     """Replace the marked results section of a card with `results_markdown`."""
     start, end = card_text.find(RESULTS_START), card_text.find(RESULTS_END)

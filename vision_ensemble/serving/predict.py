@@ -1,8 +1,9 @@
-"""One prediction path for the Space's Classify tab and the JSON API: the same input checks and messages, the
-same top-k, member answers, prediction set, uncertainty hint, model version and timing.
+"""One prediction path for the Space's Classify tab, the JSON API and batch prediction: the same input checks
+and messages, the same top-k, member answers, prediction set, uncertainty hint, model version and timing.
 
 `decode_upload` turns uploaded bytes into pixels or raises `InputError` carrying the HTTP status the API
-answers with (the UI shows the same message); `predict_image` runs the ensemble on one image.
+answers with (the UI shows the same message); `predict_batch` runs the ensemble on a batch (`predict_image`
+on one image, in a slot of the server).
 """
 
 from __future__ import annotations
@@ -100,29 +101,39 @@ def _top(probs: np.ndarray, names: list[str], k: int) -> list[LabelProbability]:
     return [LabelProbability(label=names[i], probability=float(probs[i])) for i in np.argsort(-probs)[:k]]
 
 
+def predict_batch(ensemble: Ensemble, images: torch.Tensor, top_k: int = DEFAULT_TOP_K,
+                  model_version: str = "") -> list[Prediction]:
+    """The ensemble's answers for a uint8 NCHW batch (images decoded to `ensemble.source_size`): the one
+    prediction path of the Space, the JSON API, `vision-ensemble predict` and the Python API. `latency_ms` is
+    the batch's time divided among its images."""
+    start = time.perf_counter()
+    probs, member_probs = ensemble.predict(images)
+    latency_ms = (time.perf_counter() - start) * 1000 / max(1, len(images))
+    names, rule = ensemble.class_names, ensemble.conformal
+    uncertain = ensemble.uncertainty.flags(probs, member_probs)
+    coverage = rule.coverage if rule is not None else None
+    answers = []
+    for i, p in enumerate(probs):
+        top = int(p.argmax())
+        prediction_set = ranked_set(rule, p, names) if rule is not None else None
+        members = []
+        for member, q in zip(ensemble.members, member_probs[:, i]):
+            best = int(q.argmax())
+            members.append(MemberAnswer(source=member.source, label=names[best], probability=float(q[best]),
+                                        agrees=best == top, top_k=_top(q, names, top_k)))
+        answers.append(Prediction(
+            top_k=_top(p, names, top_k), members=members, prediction_set=prediction_set, coverage=coverage,
+            uncertain=bool(uncertain[i]),
+            hint=uncertainty_hint(len(names), prediction_set, coverage) if uncertain[i] else None,
+            model_version=model_version, latency_ms=round(latency_ms, 2)))
+    return answers
+
+
 def predict_image(ensemble: Ensemble, pixels: np.ndarray, top_k: int = DEFAULT_TOP_K,
                   model_version: str = "") -> Prediction:
-    """The ensemble's answer for one (H, W, 3) uint8 image."""
-    images = torch.from_numpy(pixels).permute(2, 0, 1)[None]
+    """The ensemble's answer for one (H, W, 3) uint8 image, in one of the server's INFERENCE_SLOTS."""
     with INFERENCE_SLOTS:
-        start = time.perf_counter()
-        probs, member_probs = ensemble.predict(images)
-        latency_ms = (time.perf_counter() - start) * 1000
-    names = ensemble.class_names
-    uncertain = bool(ensemble.uncertainty.flags(probs, member_probs)[0])
-    top = int(probs[0].argmax())
-    rule = ensemble.conformal
-    prediction_set = ranked_set(rule, probs[0], names) if rule is not None else None
-    coverage = rule.coverage if rule is not None else None
-    members = []
-    for member, p in zip(ensemble.members, member_probs[:, 0]):
-        best = int(p.argmax())
-        members.append(MemberAnswer(source=member.source, label=names[best], probability=float(p[best]),
-                                    agrees=best == top, top_k=_top(p, names, top_k)))
-    return Prediction(top_k=_top(probs[0], names, top_k), members=members, prediction_set=prediction_set,
-                      coverage=coverage, uncertain=uncertain,
-                      hint=uncertainty_hint(len(names), prediction_set, coverage) if uncertain else None,
-                      model_version=model_version, latency_ms=round(latency_ms, 2))
+        return predict_batch(ensemble, torch.from_numpy(pixels).permute(2, 0, 1)[None], top_k, model_version)[0]
 
 
 # --- what is being served -----------------------------------------------------------------------------
