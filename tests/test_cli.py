@@ -11,11 +11,12 @@ import pytest
 from conftest import ENV, REPO
 
 CLI = [sys.executable, "-m", "vision_ensemble.cli"]
-COMMANDS = ["label", "check", "train", "sweep", "evaluate", "thresholds", "export", "push", "serve"]
+COMMANDS = ["label", "check", "train", "sweep", "evaluate", "predict", "thresholds", "export", "push", "serve"]
 # Each command as its entry point runs on its own, and the name its usage line gives it there.
 ENTRY_POINTS = {"label": ["-m", "vision_ensemble.labeler"], "check": ["-m", "vision_ensemble.datacheck"],
                 "train": ["train/finetune.py"], "sweep": ["-m", "vision_ensemble.sweep"],
-                "evaluate": ["evaluation/evaluate.py"], "thresholds": ["evaluation/thresholds.py"],
+                "evaluate": ["evaluation/evaluate.py"], "predict": ["-m", "vision_ensemble.serving.batch"],
+                "thresholds": ["evaluation/thresholds.py"],
                 "export": ["-m", "vision_ensemble.onnx_export"], "serve": ["app.py"]}
 WIDE = {"COLUMNS": "10000"}  # no wrapping: the two helps differ in the program's name only, not where lines break
 

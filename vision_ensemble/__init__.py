@@ -11,7 +11,18 @@ model/       timm creation and export in timm's Hub format; a member (network + 
              or through ONNX Runtime
 training/    fine-tuning strategies (freeze, layer decay, lr scaling) and experiment tracking
 evaluation/  ensemble, calibration, report, predictions.npz, Grad-CAM, diagnostics, threshold optimizer
-serving/     one prediction path for the Space and its JSON API; ONNX export of the ensemble
+serving/     one prediction path for the Space, its JSON API and batch prediction (`vision-ensemble predict`,
+             `load`); ONNX export of the ensemble
 labeling/    label your own images: labels.csv store, queue, export; the labelling app
 cli          the `vision-ensemble` command: one subcommand per step, each an entry point's own parser and main
 """
+
+
+def __getattr__(name: str):
+    """`from vision_ensemble import load`: the Python API, imported when first asked for (`import vision_ensemble`
+    and `vision-ensemble --help` stay free of torch)."""
+    if name in ("load", "Classifier"):
+        from .serving import batch
+
+        return getattr(batch, name)
+    raise AttributeError(f"module 'vision_ensemble' has no attribute {name!r}")

@@ -63,6 +63,7 @@ COMMANDS = {
     "train": Command("train/finetune.py", before=single_process),
     "sweep": Command("vision_ensemble.training.sweep", "Hyperparameter sweeps with Optuna over train/finetune.py."),
     "evaluate": Command("evaluation/evaluate.py"),
+    "predict": Command("vision_ensemble.serving.batch"),
     "thresholds": Command("evaluation/thresholds.py"),
     "export": Command("vision_ensemble.serving.onnx_export"),
     "push": Command("vision_ensemble.hub", "Push a model folder (a run's best/) to the Hugging Face Hub."),
