@@ -1,6 +1,6 @@
 #!/bin/bash
-# The README's "Several GPUs and machines" commands, run on one CPU machine: two simulated machines of two gloo
-# processes each on localhost (accelerate launch --multi_gpu starts gloo processes where there is no GPU).
+# The commands of docs/distributed.md ("Several GPUs and machines"), run on one CPU machine: two simulated machines
+# of two gloo processes each on localhost (accelerate launch --multi_gpu starts gloo processes where there is no GPU).
 #   examples/two_nodes_on_cpu.sh [DATA (default ../shared/data/cifar10.tar.gz)] [WORK FOLDER (default /tmp/two_nodes)]
 # 1. the command-line form, one shared run folder and cache; 2. the --config_file form, node-local folders;
 # 3. the sbatch script's srun line with SLURM's variables set by hand, run twice: the second continues the first.

@@ -54,7 +54,7 @@ if XDIST_WORKER:
 
 
 # pytest-xdist (pyproject: `-n 2 --dist loadfile`) hands out whole files in collection order, the next one to the
-# first worker free: the longest files go first (measured one by one, README: test timings), so the short ones fill
+# first worker free: the longest files go first (measured one by one, BENCHMARKS.md: the test suite), so the short ones fill
 # in around them at the end rather than one long file running alone while the other worker idles.
 LONGEST_FIRST = ["test_gpu_session.py", "test_time_limit.py", "test_multinode.py", "test_tracking.py",
                  "test_photo_data.py", "test_train.py", "test_labeler.py", "test_sweep.py", "test_distill.py"]

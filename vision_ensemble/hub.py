@@ -18,6 +18,7 @@ from .config import CIFAR10_NAME
 
 MODEL_CARD = Path(__file__).resolve().parents[1] / "model_card.md"
 SPACE_README = MODEL_CARD.parent / "README.md"  # the Space's card: its front matter configures the Space
+SHIPPED_REPORT = MODEL_CARD.parent / "results" / "cifar10" / "report.json"  # the shipped ensemble's evaluation
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "README.md"]  # what a member needs; never pickles
 CARD_TASK, CARD_LICENSE = "image-classification", "apache-2.0"
@@ -284,6 +285,57 @@ def results_markdown(report: dict) -> str:
     if "diagnostics" in report:
         lines += diagnostics_markdown(report["diagnostics"])
     return "\n".join(lines)
+
+
+def weights_mb(source: str, root: Path) -> float | None:
+    """Megabytes (10^6 bytes) of the safetensors weights of a member folder `source` (relative to `root`); None for a
+    member that is not a folder there (a Hub repo)."""
+    folder = root / source
+    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
+    return sum(f.stat().st_size for f in files) / 1e6 if files else None
+
+
+def readme_results_markdown(report: dict, root: Path = MODEL_CARD.parent) -> str:
+    """The README's results table, from an evaluation report: each member, the ensemble and the distilled student if
+    any, with test top-1, ECE, the mean size of the conformal prediction sets, the batch-1 latency when the report
+    measured it, and the size of the weights (the safetensors files under `root`); any number of members.
+    `fill_results` writes it into the README's marked section."""
+    e, conformal, student = report["ensemble"], report.get("conformal"), report.get("student")
+    timed = student is not None and student.get("latency_ms") is not None
+    columns = ["model", "test top-1 (%)", "ECE (%)"]
+    columns += [f"{conformal['coverage']:.0%} prediction set (classes, mean)"] if conformal else []
+    columns += ["latency (ms per image, 2 CPU threads)"] if timed else []
+    columns += ["weights (MB)"]
+
+    def row(name: str, top1: str, ece: str, set_size: str = "", latency: str = "", size: float | None = None) -> str:
+        cells = [name, top1, ece] + ([set_size] if conformal else []) + ([latency] if timed else [])
+        return "| " + " | ".join(cells + ["" if size is None else f"{size:.1f}"]) + " |"
+
+    sizes = [weights_mb(m["source"], root) for m in report["members"]]
+    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
+    lines += [row(f"`{Path(m['source']).name if size else m['source']}`", f"{m['top1']:.2f}", f"{m['ece'] * 100:.2f}",
+                  size=size) for m, size in zip(report["members"], sizes)]
+    count = len(sizes)
+    lines.append(row(f"**ensemble** ({count} member{'s, soft voting' if count > 1 else ''}, calibrated)",
+                     f"**{e['top1']:.2f}**", f"{e['ece_calibrated'] * 100:.2f}",
+                     f"{conformal['test']['mean_set_size']:.2f}" if conformal else "",
+                     f"{student['ensemble_latency_ms']:.1f}" if timed and student["ensemble_latency_ms"] else "",
+                     None if None in sizes else sum(sizes)))
+    if student:
+        lines.append(row(f"**student** `{Path(student['source']).name}` (one network distilled from the ensemble)",
+                         f"{student['top1']:.2f}", f"{student['ece_calibrated'] * 100:.2f}",
+                         latency=f"{student['latency_ms']:.1f}" if timed else "",
+                         size=weights_mb(student["source"], root)))
+    notes = [f"{hub_dataset(report['data_dir'])[1]}'s test split, {report['test_images']:,} images"
+             + (" (flip TTA: each prediction averages the image and its mirror)" if report["tta_flip"] else "")
+             + f", evaluated on {report['device']} on {report['date']}. ECE is the expected calibration error: the "
+             f"members' before calibration, the ensemble's after its temperature ({e['ece_uncalibrated'] * 100:.2f} "
+             "before)" + (", the student's after its own" if student else "") + "."]
+    if conformal:
+        notes.append(f"The ensemble's {conformal['coverage']:.0%} prediction sets held the true class for "
+                     f"{conformal['test']['coverage'] * 100:.1f}% of the test images.")
+    notes.append("Weights: the safetensors files in the repository.")
+    return "\n".join(lines) + "\n\n" + " ".join(notes)
 
 
 def _ms(value: float | None) -> str:
