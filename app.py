@@ -6,7 +6,8 @@ a decision-threshold optimizer.
     python app.py --manifest owner/ensemble-repo   # a Hub repo holding ensemble.json
 
 API endpoints (stable names for gradio_client): /classify, /explain, /inspect_csv, /optimize_threshold.
-JSON API on the same server: POST /api/predict, GET /api/health, OpenAPI docs at /docs.
+JSON API on the same server: POST /api/predict, GET /api/health, OpenAPI docs at /docs; Prometheus metrics at
+/metrics.  The Classify tab and POST /api/predict share --slots predictions at once and --queue more waiting.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ import numpy as np
 import torch
 import uvicorn
 
-from vision_ensemble.config import (CLASSIFY_CONCURRENCY, DEFAULT_BOOTSTRAP_REPLICATES, DEFAULT_MANIFEST, DEFAULT_TOP_K,
-                                    KEEP_ALIVE_S, MAX_CSV_ROWS, MAX_UPLOAD_BYTES, TEMP_FILE_MAX_AGE_S,
-                                    TEMP_SWEEP_EVERY_S)
+from vision_ensemble.config import (ADMISSION_QUEUE, CLASSIFY_CONCURRENCY, DEFAULT_BOOTSTRAP_REPLICATES,
+                                    DEFAULT_MANIFEST, DEFAULT_TOP_K, FORWARDED_ALLOW_IPS, KEEP_ALIVE_S, MAX_CSV_ROWS,
+                                    MAX_UPLOAD_BYTES, TEMP_FILE_MAX_AGE_S, TEMP_SWEEP_EVERY_S, WAITING_PER_CLIENT)
 from vision_ensemble.evaluation.conformal import set_sentence
 from vision_ensemble.evaluation.ensemble import Ensemble
 from vision_ensemble.evaluation.explain import explain_members
@@ -44,8 +45,10 @@ from vision_ensemble.hub import (MODEL_CARD, HubError, answering_markdown, fill_
                                  results_markdown, split_front_matter)
 from vision_ensemble.model import ModelError
 from vision_ensemble.serving.allocator import fix_mmap_threshold, limit_malloc_arenas, trim_periodically
-from vision_ensemble.serving.api import create_api
-from vision_ensemble.serving.predict import InputError, check_upload_size, decode_upload, model_version, predict_image
+from vision_ensemble.serving.admission import Admission, Busy
+from vision_ensemble.serving.api import client_address, create_api
+from vision_ensemble.serving.metrics import Metrics
+from vision_ensemble.serving.predict import InputError, decode_upload, model_version, predict_image
 from vision_ensemble.serving.tempfiles import sweep_temp_files
 
 log = logging.getLogger("vision_ensemble.app")
@@ -98,30 +101,45 @@ def _upload_path(payload) -> str | None:
     return payload.get("path") if isinstance(payload, dict) else payload
 
 
-def _read_upload(image, size: tuple[int, int] | None = None) -> np.ndarray:
-    """The uploaded image's pixels (resized to cover `size`: the ensemble's `source_size`), or a gr.Error with the
-    same message POST /api/predict gives."""
+def _uploaded_file(image) -> str:
     path = _upload_path(image)
     if not path or not os.path.isfile(path):
         raise gr.Error("Upload an image first.")
-    try:  # the size first, before reading the file
-        check_upload_size(os.path.getsize(path))
-        return decode_upload(Path(path).read_bytes(), size)
+    return path
+
+
+def _read_upload(image) -> np.ndarray:
+    """The uploaded image's pixels, or a gr.Error with the same message POST /api/predict gives."""
+    try:
+        return decode_upload(_uploaded_file(image))
     except InputError as exc:
         raise gr.Error(str(exc)) from None
 
 
-def make_classify(ensemble: Ensemble | None, version: str = ""):
-    def classify(image):
-        """Image -> (top-3 calibrated probabilities, each member's top-3, uncertainty hint and timing)."""
+def make_classify(ensemble: Ensemble | None, admission: Admission, metrics: Metrics, version: str = ""):
+    async def classify(image, request: gr.Request):
+        """Image -> (top-3 calibrated probabilities, each member's top-3, uncertainty hint and timing), through the
+        admission POST /api/predict shares: when it is full, a plain "busy" at once."""
         if ensemble is None:
             raise gr.Error(NO_WEIGHTS)
-        pixels = _read_upload(image, ensemble.source_size)
+        path = _uploaded_file(image)
+        start, status = time.perf_counter(), 500
         try:
-            prediction = predict_image(ensemble, pixels, DEFAULT_TOP_K, version)
+            with admission.place(client_address(request)):
+                pixels = await admission.decode(decode_upload, path, ensemble.source_size)
+                prediction = await admission.run(predict_image, ensemble, pixels, DEFAULT_TOP_K, version)
+            status = 200
+        except Busy as exc:
+            status = 503
+            raise gr.Error(str(exc), title="Busy", print_exception=False) from None  # a crowd, not a fault
+        except InputError as exc:
+            status = exc.status
+            raise gr.Error(str(exc)) from None
         except Exception:  # never a stack trace in the UI; the server log keeps it
-            log.exception("prediction failed for a %sx%s image", pixels.shape[1], pixels.shape[0])
+            log.exception("prediction failed for %s", path)
             raise gr.Error("The prediction failed on the server; the details are in its log.") from None
+        finally:
+            metrics.observe("classify", status, time.perf_counter() - start)
         rows = [[m.source, ", ".join(f"{c.label} {c.probability:.2f}" for c in m.top_k), "yes" if m.agrees else "no"]
                 for m in prediction.members]
         agree = sum(m.agrees for m in prediction.members)
@@ -236,7 +254,8 @@ def threshold_intervals(result, params, progress):
 
 # --- layout --------------------------------------------------------------------------------------------
 
-def build_demo(ensemble: Ensemble | None, status: str, report: dict | None, version: str = "") -> gr.Blocks:
+def build_demo(ensemble: Ensemble | None, status: str, report: dict | None, admission: Admission, metrics: Metrics,
+               version: str = "") -> gr.Blocks:
     with gr.Blocks(title="Vision Ensemble") as demo:
         gr.Markdown("# Vision Ensemble\nAn ensemble of timm backbones trained on CIFAR-10, and a decision-threshold "
                     "optimizer for any binary classifier's scores.")
@@ -258,8 +277,11 @@ def build_demo(ensemble: Ensemble | None, status: str, report: dict | None, vers
             example_files = sorted(str(p) for p in EXAMPLES.glob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
             if example_files:
                 gr.Examples(example_files, inputs=image)
-            classify_button.click(make_classify(ensemble, version), inputs=image, outputs=[label, members, timing],
-                                  api_name="classify", preprocess=False, concurrency_limit=CLASSIFY_CONCURRENCY)
+            # As many at once as the admission takes on: it, not Gradio's queue, decides who waits and who is told
+            # the server is busy.
+            classify_button.click(make_classify(ensemble, admission, metrics, version), inputs=image,
+                                  outputs=[label, members, timing], api_name="classify", preprocess=False,
+                                  concurrency_limit=admission.capacity)
             explain_button.click(make_explain(ensemble), inputs=image, outputs=[explanations, explain_timing],
                                  api_name="explain", preprocess=False, concurrency_limit=1)
         with gr.Tab("Threshold optimization"):
@@ -325,7 +347,15 @@ def main(argv=None) -> None:
                         help="run the networks with ONNX Runtime (fp32, ~1.5x faster on CPU) or eager PyTorch")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--slots", type=int, default=int(os.environ.get("VISION_ENSEMBLE_SLOTS", CLASSIFY_CONCURRENCY)),
+                        help="predictions at once, the Classify tab's and the JSON API's together (env "
+                             "VISION_ENSEMBLE_SLOTS)")
+    parser.add_argument("--queue", type=int, default=int(os.environ.get("VISION_ENSEMBLE_QUEUE", ADMISSION_QUEUE)),
+                        help="requests that may wait beyond the running ones; the next is told the server is busy "
+                             "(the API: 503 with Retry-After) (env VISION_ENSEMBLE_QUEUE)")
     args = parser.parse_args(argv)
+    if args.slots < 1 or args.queue < 0:
+        parser.error(f"--slots {args.slots} --queue {args.queue}: give at least 1 slot and a queue of 0 or more")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     limit_malloc_arenas()  # before the server's worker threads start: memory stays flat over weeks
     fix_mmap_threshold()
@@ -333,16 +363,21 @@ def main(argv=None) -> None:
     ensemble, status, report = load_ensemble(args.manifest, args.runtime)
     log.info(status)
     version = model_version(ensemble) if ensemble is not None else None
-    demo = build_demo(ensemble, status, report, version or "")
+    # One admission and one set of metrics for the Classify tab and the JSON API.
+    admission = Admission(args.slots, args.queue, WAITING_PER_CLIENT)
+    metrics = Metrics(admission, ensemble)
+    demo = build_demo(ensemble, status, report, admission, metrics, version or "")
     demo.queue(default_concurrency_limit=CLASSIFY_CONCURRENCY, max_size=64)
     # Uploads and results are deleted after TEMP_FILE_MAX_AGE_S (not by delete_cache: see serving/tempfiles.py).
     sweep_temp_files(demo, gr.utils.get_upload_folder(), TEMP_SWEEP_EVERY_S, TEMP_FILE_MAX_AGE_S)
     trim_periodically()  # freed memory between live blocks goes back to the kernel (serving/allocator.py)
     # One server: the JSON API's routes (and /docs) first, the Space mounted at / behind them.
-    app = gr.mount_gradio_app(create_api(ensemble, status, args.runtime, version), demo, path="/",
+    app = gr.mount_gradio_app(create_api(ensemble, status, args.runtime, version, admission, metrics), demo, path="/",
                               max_file_size=MAX_UPLOAD_BYTES, show_error=True, allowed_paths=[str(EXAMPLES)])
-    log.info("serving the Space at http://%s:%d/ and the JSON API at /api/predict (docs at /docs)", args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S)
+    log.info("serving the Space at http://%s:%d/ and the JSON API at /api/predict (docs at /docs); %d slot(s), %d "
+             "more may wait", args.host, args.port, args.slots, args.queue)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S,
+                forwarded_allow_ips=FORWARDED_ALLOW_IPS)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,10 @@ def test_headless_chromium_renders_every_tab(app, tmp_path):
 
 def test_threshold_figures_are_drawn_one_call_at_a_time():
     """matplotlib is not thread-safe: two threshold calls at once failed once in the soak hour (BENCHMARKS.md)."""
-    demo = _script(str(REPO / "app.py")).build_demo(None, "no ensemble", None)
+    from vision_ensemble.serving.admission import Admission
+    from vision_ensemble.serving.metrics import Metrics
+
+    admission = Admission(slots=2, queue=16, waiting_per_client=1)
+    demo = _script(str(REPO / "app.py")).build_demo(None, "no ensemble", None, admission, Metrics(admission, None))
     limits = {fn.api_name: fn.concurrency_limit for fn in demo.fns.values()}
     assert limits["optimize_threshold"] == 1 and limits["classify"] > 1

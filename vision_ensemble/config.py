@@ -66,6 +66,21 @@ DEFAULT_BOOTSTRAP_CONFIDENCE = 0.95
 DEFAULT_BOOTSTRAP_SEED = 0
 BOOTSTRAP_CHUNK = 50  # replicates per parallel kernel call: the progress bar's step
 CLASSIFY_CONCURRENCY = 2  # predictions at once, in the Classify tab and in POST /api/predict alike
+#: Admission (serving/admission.py), shared by POST /api/predict and the Classify tab: past CLASSIFY_CONCURRENCY
+#: running requests at most ADMISSION_QUEUE wait (python app.py --slots/--queue, VISION_ENSEMBLE_SLOTS/_QUEUE); the
+#: next is refused at once (503 and Retry-After).  Sized from a p99 budget of 10 s on 2 cores: the last one admitted
+#: waits for (slots + queue) / slots = 9 predictions of about 0.3 s (the heaviest ensemble measured, three members at
+#: 224 px on 2 loaded cores, BENCHMARKS.md), 2.7 s, a third of the budget: the rest is left to the cores' work of
+#: receiving the crowd's uploads.  The shipped 32 px ensemble predicts in milliseconds and waits far less.
+ADMISSION_QUEUE = 16
+#: One client address may hold every slot and this many waiting places, no more: a script cannot fill the queue
+#: ahead of every browser (VISION_ENSEMBLE_WAITING_PER_CLIENT overrides it, e.g. to measure the rule).
+WAITING_PER_CLIENT = int(os.environ.get("VISION_ENSEMBLE_WAITING_PER_CLIENT", 1))
+#: Proxies whose X-Forwarded-For names the client (uvicorn's setting; its FORWARDED_ALLOW_IPS overrides it).  On a
+#: Hugging Face Space (SPACE_ID set) every request comes through the Space's proxy: without trusting it, all clients
+#: would share its address and so one client's share of the queue.  A client can forge the header: that defeats the
+#: per-client rule, not the bound on the queue.
+FORWARDED_ALLOW_IPS = os.environ.get("FORWARDED_ALLOW_IPS", "*" if os.environ.get("SPACE_ID") else "127.0.0.1")
 DEFAULT_TOP_K = 3
 #: Evaluation batches hold this many input pixels (500 images at 64 px, 40 at 224 px): the members' activations,
 #: not the split's size, then set evaluate.py's memory (about 1.3 GB anonymous at 224 px, BENCHMARKS.md).

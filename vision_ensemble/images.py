@@ -9,6 +9,7 @@ import io
 import math
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
@@ -59,7 +60,7 @@ def fit_and_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     return image.crop((left, top, left + w, top + h))
 
 
-def load_rgb(source: str | Path | bytes | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS,
+def load_rgb(source: str | Path | bytes | BinaryIO | Image.Image, max_pixels: int = MAX_IMAGE_PIXELS,
              size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode `source` to an (H, W, 3) uint8 array, or raise ImageError saying why not.
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -114,6 +116,8 @@ class Ensemble:
         self.tta_flip = tta_flip
         self.uncertainty = uncertainty or UncertaintyRule()
         self.conformal = conformal  # the calibrated prediction-set rule; None in manifests written before it
+        # Called with (member source, seconds) after each member's part of a prediction: the server's /metrics.
+        self.member_timer: Callable[[str, float], None] | None = None
 
     @property
     def source_size(self) -> tuple[int, int]:
@@ -134,7 +138,13 @@ class Ensemble:
 
     def member_probabilities(self, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
         """(members, N, classes) probabilities for a uint8 NCHW batch."""
-        return np.stack([m.probabilities(images, self.tta_flip, batch_size).numpy() for m in self.members])
+        probs = []
+        for m in self.members:
+            start = time.perf_counter()
+            probs.append(m.probabilities(images, self.tta_flip, batch_size).numpy())
+            if self.member_timer is not None:
+                self.member_timer(m.source, time.perf_counter() - start)
+        return np.stack(probs)
 
     def combine(self, member_probs: np.ndarray, calibrated: bool = True) -> np.ndarray:
         probs = np.tensordot(self.weights, member_probs, axes=1)

@@ -1,8 +1,10 @@
-"""The JSON API served beside the Space on one FastAPI app: `POST /api/predict` and `GET /api/health`.
+"""The JSON API served beside the Space on one FastAPI app: `POST /api/predict`, `GET /api/health`, `GET /metrics`.
 
-Bad input gets a 4xx with `{"error": "..."}` carrying the Classify tab's message; predictions run in worker
-threads (at most `CLASSIFY_CONCURRENCY` at once, shared with the tab) so the event loop Gradio's queue
-also runs on is never blocked.  OpenAPI docs at /docs.
+Bad input gets a 4xx with `{"error": "..."}` carrying the Classify tab's message.  Every prediction goes through the
+admission the tab shares (serving/admission.py): past its queue a request is answered 503 with Retry-After at once,
+before its body is read.  An admitted body streams into a temporary file (past 1 MB), is decoded to the ensemble's
+small input as soon as it has arrived, and waits for a slot as pixels.  Decoding and predictions run in worker
+threads, so the event loop Gradio's queue also runs on is never blocked.  OpenAPI docs at /docs.
 """
 
 from __future__ import annotations
@@ -10,23 +12,34 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import tempfile
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, BinaryIO
 
-import anyio
+import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect
 
-from ..config import CLASSIFY_CONCURRENCY, DEFAULT_TOP_K, MAX_UPLOAD_BYTES
+from ..config import ADMISSION_QUEUE, CLASSIFY_CONCURRENCY, DEFAULT_TOP_K, MAX_UPLOAD_BYTES, WAITING_PER_CLIENT
 from ..evaluation.ensemble import Ensemble
+from .admission import Admission, Busy
+from .metrics import Metrics
 from .predict import InputError, Prediction, check_upload_size, decode_upload, package_versions, predict_image
 
 log = logging.getLogger("vision_ensemble.serving.api")
 
 #: A request body may exceed the image by base64's 4/3 and the multipart/JSON framing, not more.
 MAX_BODY_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + 64 * 1024
+SPOOL_BYTES = 1024 * 1024  # a JSON body past this waits in a temporary file, as Starlette spools multipart files
+#: HTTP has no code for it; nginx's "client closed request", for /metrics only (no one receives the answer).
+CLIENT_CLOSED = 499
 
 
 class ErrorResponse(BaseModel):
@@ -44,6 +57,13 @@ class MemberInfo(BaseModel):
     input_size: list[int] = Field(description="the member's (channels, height, width) input")
 
 
+class QueueDepth(BaseModel):
+    running: int = Field(description="predictions running now (the Classify tab's and the API's)")
+    waiting: int = Field(description="requests taken on and not yet running: receiving, decoding or waiting for a slot")
+    capacity: int = Field(description="requests taken on at once, running and waiting; past it POST /api/predict "
+                                      "answers 503")
+
+
 class Health(BaseModel):
     status: str = Field(description="'ok', or 'unavailable' when no ensemble is loaded (HTTP 503)")
     detail: str = Field(description="how the ensemble was loaded, or why it was not")
@@ -51,20 +71,22 @@ class Health(BaseModel):
     model_version: str | None
     members: list[MemberInfo]
     class_names: list[str]
+    queue: QueueDepth
     versions: dict[str, str | None] = Field(description="package versions: this project, timm, torch, gradio, ...")
 
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status = status
 
 
 ERRORS = {status: {"model": ErrorResponse, "description": description} for status, description in (
     (400, "corrupt or empty image, too many pixels, bad base64 or JSON, bad top_k"),
     (413, "the image (or the request body) is larger than the upload limit"),
     (415, "not an image file, or a body that is neither multipart/form-data nor JSON"),
-    (503, "no ensemble is loaded"))}
+    (503, "no ensemble is loaded, or the server is busy: its Retry-After header says in how many seconds to try "
+          "again"))}
 
 REQUEST_BODY = {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
@@ -73,103 +95,148 @@ REQUEST_BODY = {"required": True, "content": {
     "application/json": {"schema": PredictJSON.model_json_schema()}}}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as more than `limit` bytes have streamed in."""
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+def client_address(request) -> str:
+    """The address a request (Starlette's or Gradio's) came from: uvicorn takes it from X-Forwarded-For when a
+    trusted proxy sent it (config.FORWARDED_ALLOW_IPS)."""
+    return request.client.host if request.client else ""
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def limited(request: Request, limit: int) -> Request:
+    """`request`, its body refused with 413 as soon as more than `limit` bytes have streamed in."""
+    received = 0
+
+    async def receive():
+        nonlocal received
+        message = await request.receive()
+        received += len(message.get("body", b""))
+        if received > limit:
             check_upload_size(MAX_UPLOAD_BYTES + 1)  # the upload limit's 413 message
-        chunks.append(chunk)
-    return b"".join(chunks)
+        return message
+
+    return Request(request.scope, receive)
 
 
-async def image_from_request(request: Request) -> tuple[bytes, int]:
-    """(image bytes, top_k) from a multipart upload (field `image`) or a JSON body with base64 `image`."""
+@asynccontextmanager
+async def received_upload(request: Request) -> AsyncIterator[tuple[str, BinaryIO, object]]:
+    """The body, spooled (in memory up to 1 MB, then in a temporary file, closed when the block ends), as
+    ("multipart", the image file, the form's top_k) or ("json", the JSON document, None); 413 as soon as it outgrows
+    MAX_BODY_BYTES, 415 for another content type."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         check_upload_size(MAX_UPLOAD_BYTES + 1)  # refused before anything is read
+    body = limited(request, MAX_BODY_BYTES)
     if content_type == "multipart/form-data":
-        try:  # files past 1 MB are spooled to disk by Starlette, not held in memory
-            form = await request.form(max_files=1, max_fields=1)
+        try:
+            form = await body.form(max_files=1, max_fields=1)
         except (MultiPartException, HTTPException) as exc:
             raise ApiError(400, f"Could not read the multipart form: {getattr(exc, 'detail', None) or exc}.") from None
-        upload, top_k = form.get("image"), form.get("top_k", DEFAULT_TOP_K)
-        if not isinstance(upload, UploadFile):
-            raise ApiError(400, "Send the image as the multipart file field 'image'.")
-        check_upload_size(upload.size if upload.size is not None else 0)
-        data = await upload.read()
-    elif content_type == "application/json":
-        body = await read_body(request, MAX_BODY_BYTES)
         try:
-            payload = PredictJSON.model_validate_json(body)
+            upload = form.get("image")
+            if not isinstance(upload, UploadFile):
+                raise ApiError(400, "Send the image as the multipart file field 'image'.")
+            yield "multipart", upload.file, form.get("top_k", DEFAULT_TOP_K)
+        finally:
+            await form.close()
+    elif content_type == "application/json":
+        spool = UploadFile(tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES))
+        try:
+            async for chunk in body.stream():
+                await spool.write(chunk)
+            await spool.seek(0)
+            yield "json", spool.file, None
+        finally:
+            await spool.close()
+    else:
+        raise ApiError(415, "Send the image as multipart/form-data (field 'image') or as JSON "
+                            '{"image": "<base64>"}.')
+
+
+def decode_request(kind: str, body: BinaryIO, top_k: object, num_classes: int,
+                   size: tuple[int, int]) -> tuple[np.ndarray, int]:
+    """(the image's pixels decoded to `size`, top_k) from a received body (`received_upload`), or ApiError or
+    InputError: run in a worker thread, a JSON body's base64 being decoded in memory."""
+    if kind == "json":
+        try:
+            payload = PredictJSON.model_validate_json(body.read())
         except ValueError:
             raise ApiError(400, 'Send JSON {"image": "<base64 of the image file>", "top_k": 3}.') from None
         try:
-            data = base64.b64decode(payload.image, validate=True)
+            image = base64.b64decode(payload.image, validate=True)
         except (binascii.Error, ValueError):
             raise ApiError(400, "The 'image' field is not valid base64.") from None
         top_k = payload.top_k
     else:
-        raise ApiError(415, "Send the image as multipart/form-data (field 'image') or as JSON "
-                            '{"image": "<base64>"}.')
+        image = body
     try:
         top_k = int(top_k)
         if top_k < 1:
             raise ValueError
     except (TypeError, ValueError):
         raise ApiError(400, "top_k must be a positive whole number.") from None
-    return data, top_k
+    if top_k > num_classes:
+        raise ApiError(400, f"top_k must be at most {num_classes} (the number of classes).")
+    return decode_upload(image, size), top_k
 
 
-def create_api(ensemble: Ensemble | None, status: str, runtime: str, version: str | None) -> FastAPI:
-    """The FastAPI app (Gradio is mounted onto it by app.py)."""
+def create_api(ensemble: Ensemble | None, status: str, runtime: str, version: str | None,
+               admission: Admission | None = None, metrics: Metrics | None = None) -> FastAPI:
+    """The FastAPI app (Gradio is mounted onto it by app.py); `admission` and `metrics` are shared with the Classify
+    tab (by default the config's limits and fresh counts)."""
     api = FastAPI(title="Vision Ensemble API", version=package_versions()["vision-ensemble"] or "dev",
                   description="Top-k classes of an image from the calibrated ensemble of timm backbones the "
                               "Space serves, with each member's answer and an uncertainty flag.")
-    # At most this many API predictions hold a worker thread; INFERENCE_SLOTS caps them together with the tab.
-    limiter = anyio.CapacityLimiter(CLASSIFY_CONCURRENCY)
-
-    @api.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError):
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
-
-    @api.exception_handler(InputError)
-    async def input_error(request: Request, exc: InputError):
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+    admission = admission or Admission(CLASSIFY_CONCURRENCY, ADMISSION_QUEUE, WAITING_PER_CLIENT)
+    metrics = metrics or Metrics(admission, ensemble)
+    versions = package_versions()  # read once: the health check answers from memory, at once under any load
 
     @api.get("/api/health", response_model=Health, responses={503: {"model": Health}})
-    def health():
+    async def health():
         members = ensemble.members if ensemble is not None else []
         body = Health(status="ok" if members else "unavailable", detail=status, runtime=runtime,
                       model_version=version, class_names=ensemble.class_names if members else [],
                       members=[MemberInfo(source=m.source, input_size=list(m.data_config["input_size"]))
                                for m in members],
-                      versions=package_versions())
+                      queue=QueueDepth(running=admission.running, waiting=admission.waiting,
+                                       capacity=admission.capacity),
+                      versions=versions)
         return JSONResponse(body.model_dump(), status_code=200 if members else 503)
+
+    @api.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics():
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    async def answer(request: Request) -> Prediction:
+        if ensemble is None:
+            raise ApiError(503, "No model weights are loaded; start the server with --manifest pointing at an "
+                                "ensemble.json.")
+        with admission.place(client_address(request)):
+            async with received_upload(request) as (kind, body, top_k):
+                pixels, top_k = await admission.decode(decode_request, kind, body, top_k,
+                                                       len(ensemble.class_names), ensemble.source_size)
+            return await admission.run(predict_image, ensemble, pixels, top_k, version or "")
 
     @api.post("/api/predict", response_model=Prediction, responses=ERRORS,
               openapi_extra={"requestBody": REQUEST_BODY})
     async def predict(request: Request):
         """Classify one image: multipart field `image`, or JSON `{"image": "<base64>", "top_k": 3}`."""
-        if ensemble is None:
-            raise ApiError(503, "No model weights are loaded; start the server with --manifest pointing at an "
-                                "ensemble.json.")
-        data, top_k = await image_from_request(request)
-        if top_k > len(ensemble.class_names):
-            raise ApiError(400, f"top_k must be at most {len(ensemble.class_names)} (the number of classes).")
-
-        def run() -> Prediction:
-            return predict_image(ensemble, decode_upload(data, ensemble.source_size), top_k, version or "")
-
+        start = time.perf_counter()
         try:
-            return await anyio.to_thread.run_sync(run, limiter=limiter)
-        except InputError:
-            raise
+            response = JSONResponse((await answer(request)).model_dump())
+        except Busy as exc:
+            response = error_response(503, str(exc), {"Retry-After": str(exc.retry_after_s)})
+        except (ApiError, InputError) as exc:
+            response = error_response(exc.status, str(exc))
+        except ClientDisconnect:  # gone before its upload arrived: no one to answer
+            response = Response(status_code=CLIENT_CLOSED)
         except Exception:  # never a stack trace to the client; the server log keeps it
             log.exception("prediction failed")
-            raise ApiError(500, "The prediction failed on the server; the details are in its log.") from None
+            response = error_response(500, "The prediction failed on the server; the details are in its log.")
+        metrics.observe("api", response.status_code, time.perf_counter() - start)
+        return response
 
     return api
-

@@ -1,30 +1,29 @@
 """One prediction path for the Space's Classify tab, the JSON API and batch prediction: the same input checks
 and messages, the same top-k, member answers, prediction set, uncertainty hint, model version and timing.
 
-`decode_upload` turns uploaded bytes into pixels or raises `InputError` carrying the HTTP status the API
+`decode_upload` turns an uploaded file into pixels or raises `InputError` carrying the HTTP status the API
 answers with (the UI shows the same message); `predict_batch` runs the ensemble on a batch (`predict_image`
-on one image, in a slot of the server).
+on one image: the server runs it in a slot of its admission, serving/admission.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import threading
+import os
 import time
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
-from ..config import CLASSIFY_CONCURRENCY, DEFAULT_TOP_K, MAX_UPLOAD_BYTES
+from ..config import DEFAULT_TOP_K, MAX_UPLOAD_BYTES
 from ..evaluation.conformal import ranked_set, set_words
 from ..evaluation.ensemble import Ensemble
 from ..images import ImageError, UnsupportedImageError, load_rgb
-
-#: Shared by the UI handler and the API: never more than this many predictions at once on the CPU.
-INFERENCE_SLOTS = threading.BoundedSemaphore(CLASSIFY_CONCURRENCY)
 
 _NUMBER_WORDS = dict(enumerate("zero one two three four five six seven eight nine ten eleven twelve".split()))
 
@@ -48,13 +47,24 @@ def check_upload_size(n_bytes: int, limit: int = MAX_UPLOAD_BYTES) -> None:
         raise InputError(400, "Could not use this file: the file is empty.")
 
 
-def decode_upload(data: bytes, size: tuple[int, int] | None = None, limit: int = MAX_UPLOAD_BYTES) -> np.ndarray:
-    """(H, W, 3) uint8 pixels of an uploaded file (resized to cover `size` and centre-cropped, as `load_rgb`: the
-    ensemble's `source_size`), or InputError: 413 too large, 415 not an image, 400 corrupt, empty or too many
-    pixels."""
-    check_upload_size(len(data), limit)
+def upload_size(upload: bytes | str | Path | BinaryIO) -> int:
+    if isinstance(upload, bytes):
+        return len(upload)
+    if isinstance(upload, (str, Path)):
+        return os.path.getsize(upload)
+    size = upload.seek(0, os.SEEK_END)
+    upload.seek(0)
+    return size
+
+
+def decode_upload(upload: bytes | str | Path | BinaryIO, size: tuple[int, int] | None = None,
+                  limit: int = MAX_UPLOAD_BYTES) -> np.ndarray:
+    """(H, W, 3) uint8 pixels of an uploaded file (its bytes, its path, or the open file: read as it is decoded)
+    resized to cover `size` and centre-cropped, as `load_rgb` (the ensemble's `source_size`), or InputError: 413 too
+    large, 415 not an image, 400 corrupt, empty or too many pixels."""
+    check_upload_size(upload_size(upload), limit)
     try:
-        return load_rgb(data, size=size)
+        return load_rgb(upload, size=size)
     except ImageError as exc:
         raise InputError(415 if isinstance(exc, UnsupportedImageError) else 400, f"Could not use this file: {exc}.") from None
 
@@ -131,9 +141,8 @@ def predict_batch(ensemble: Ensemble, images: torch.Tensor, top_k: int = DEFAULT
 
 def predict_image(ensemble: Ensemble, pixels: np.ndarray, top_k: int = DEFAULT_TOP_K,
                   model_version: str = "") -> Prediction:
-    """The ensemble's answer for one (H, W, 3) uint8 image, in one of the server's INFERENCE_SLOTS."""
-    with INFERENCE_SLOTS:
-        return predict_batch(ensemble, torch.from_numpy(pixels).permute(2, 0, 1)[None], top_k, model_version)[0]
+    """The ensemble's answer for one (H, W, 3) uint8 image (the server runs it in one of its admission's slots)."""
+    return predict_batch(ensemble, torch.from_numpy(pixels).permute(2, 0, 1)[None], top_k, model_version)[0]
 
 
 # --- what is being served -----------------------------------------------------------------------------
