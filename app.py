@@ -75,8 +75,10 @@ def load_ensemble(spec: str, runtime: str = "onnx") -> tuple[Ensemble | None, st
         if runtime == "onnx":
             ensemble.use_onnxruntime(tempfile.mkdtemp(prefix="vision-ensemble-onnx-"))
     except (ModelError, HubError, OSError, ValueError) as exc:
-        log.warning("no ensemble loaded from %s: %s", spec, exc)
-        return None, f"no ensemble loaded from `{spec}`: {exc}", None
+        shipped = Path(spec).expanduser().resolve().is_relative_to(HERE / "models")
+        restore = " `git checkout -- models/` restores the shipped ensemble." if shipped else ""
+        log.warning("no ensemble loaded from %s: %s.%s", spec, exc, restore)
+        return None, f"no ensemble loaded from `{spec}`: {exc}.{restore}", None
     report_file = path.parent / "report.json"
     report = json.loads(report_file.read_text()) if report_file.exists() else None
     for m in ensemble.members:
@@ -377,8 +379,9 @@ def main(argv=None) -> None:
     sweep_temp_files(demo, gr.utils.get_upload_folder(), TEMP_SWEEP_EVERY_S, TEMP_FILE_MAX_AGE_S)
     trim_periodically()  # freed memory between live blocks goes back to the kernel (serving/allocator.py)
     # One server: the JSON API's routes (and /docs) first, the Space mounted at / behind them.
-    app = gr.mount_gradio_app(create_api(ensemble, status, args.runtime, version, admission, metrics), demo, path="/",
-                              max_file_size=MAX_UPLOAD_BYTES, show_error=True, allowed_paths=[str(EXAMPLES)])
+    api = create_api(ensemble, status, args.runtime, version, admission, metrics, report)
+    app = gr.mount_gradio_app(api, demo, path="/", max_file_size=MAX_UPLOAD_BYTES, show_error=True,
+                              allowed_paths=[str(EXAMPLES)])
     log.info("serving the Space at http://%s:%d/ and the JSON API at /api/predict (docs at /docs); %d slot(s), %d "
              "more may wait", args.host, args.port, args.slots, args.queue)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S,

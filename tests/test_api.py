@@ -215,3 +215,18 @@ def test_an_idle_keep_alive_connection_outlives_the_clients_own(server):
     conn.request("GET", "/api/health")  # a closed connection: RemoteDisconnected or a reset here
     assert conn.getresponse().status == 200 and conn.sock is first
     conn.close()
+
+
+def test_health_gives_the_measured_accuracy_of_each_member_from_the_report(api_dir):
+    from fastapi.testclient import TestClient
+
+    from vision_ensemble.serving.api import create_api
+
+    ensemble = Ensemble.from_manifest(api_dir / "ensemble.json")
+    # evaluate.py names the members by the paths it was given; the manifest beside the report, relative to itself
+    report = {"members": [{"source": "runs/x/member_a", "top1": 61.5}, {"source": "member_b", "top1": 62.25}],
+              "ensemble": {"top1": 64.0}}
+    for given, members, whole in ((report, [61.5, 62.25], 64.0), (None, [None, None], None)):
+        with TestClient(create_api(ensemble, "loaded", "torch", "v", report=given)) as client:
+            body = client.get("/api/health").json()
+        assert [m["test_top1"] for m in body["members"]] == members and body["test_top1"] == whole

@@ -93,7 +93,10 @@ def test_mismatched_classes_and_corrupt_weights_name_the_member(members, tmp_pat
         Ensemble([Member.load(str(members[0])), Member.load(str(other))])
     broken = make_member(tmp_path / "broken", 3, 32)
     (broken / "model.safetensors").write_bytes(b"garbage" * 100)
-    with pytest.raises(ModelError, match="member '.*broken'.*could not load the weights"):
+    with pytest.raises(ModelError, match="member '.*broken'.*broken/model.safetensors: could not load the weights"):
+        Member.load(str(broken))
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match="broken/model.safetensors is missing"):
         Member.load(str(broken))
     with pytest.raises(ModelError, match="member 'no/such-repo'"):
         Member.load("no/such-repo")

@@ -39,3 +39,7 @@ def test_the_space_reads_the_same_report_as_results():
     manifest = json.loads((SHIPPED / "ensemble.json").read_text())
     assert all((SHIPPED / m["source"] / "model.safetensors").is_file() for m in manifest["members"])
     assert np.isclose(sum(m["weight"] for m in manifest["members"]), 1.0)
+    from vision_ensemble.serving.api import measured_top1  # what /api/health says of each member
+
+    members, ensemble = measured_top1(json.loads(REPORT.read_text()), Ensemble.from_manifest(SHIPPED))
+    assert None not in members and ensemble == json.loads(REPORT.read_text())["ensemble"]["top1"]

@@ -115,10 +115,13 @@ def load_model_folder(folder: str | Path) -> tuple[torch.nn.Module, dict, list[s
     """Model (eval mode), its preprocessing config and its class names, from a timm Hub-format folder."""
     folder = Path(folder)
     config = read_model_config(folder)
+    weights = folder / "model.safetensors"  # what export_model writes and the Hub serves; never a pickle
+    if not weights.is_file():
+        raise ModelError(f"{weights} is missing (a timm model folder holds config.json and model.safetensors)")
     try:
         model = timm.create_model(f"local-dir:{folder.resolve()}", pretrained=True)
-    except Exception as exc:  # corrupt or mismatched weights: say which folder
-        raise ModelError(f"{folder}: could not load the weights ({_short(exc)})") from None
+    except Exception as exc:  # corrupt or mismatched weights: say which file
+        raise ModelError(f"{weights}: could not load the weights ({_short(exc)})") from None
     pretrained_cfg = config.get("pretrained_cfg", {})
     data_config = {k: pretrained_cfg[k] for k in ("input_size", "mean", "std", "interpolation", "crop_pct")
                    if k in pretrained_cfg}

@@ -14,6 +14,7 @@ import binascii
 import logging
 import tempfile
 import time
+from pathlib import Path
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, BinaryIO
 
@@ -55,6 +56,18 @@ class PredictJSON(BaseModel):
 class MemberInfo(BaseModel):
     source: str
     input_size: list[int] = Field(description="the member's (channels, height, width) input")
+    test_top1: float | None = Field(None, description="its measured test top-1 (%), from the evaluation report beside "
+                                                      "the manifest; null without one")
+
+
+def measured_top1(report: dict | None, ensemble: Ensemble) -> tuple[list[float | None], float | None]:
+    """The members' and the ensemble's test top-1 from the report evaluate.py wrote beside the manifest (its members
+    in the manifest's order, named by the paths evaluate.py was given); None where the report does not say."""
+    if report is None:
+        return [None] * len(ensemble.members), None
+    reported = {Path(m["source"]).name: m.get("top1") for m in report.get("members", [])}
+    return ([reported.get(Path(m.source).name) for m in ensemble.members],
+            report.get("ensemble", {}).get("top1"))
 
 
 class QueueDepth(BaseModel):
@@ -70,6 +83,7 @@ class Health(BaseModel):
     runtime: str = Field(description="'onnx' (ONNX Runtime) or 'torch' (eager PyTorch)")
     model_version: str | None
     members: list[MemberInfo]
+    test_top1: float | None = Field(None, description="the ensemble's measured test top-1 (%), from its report")
     class_names: list[str]
     queue: QueueDepth
     versions: dict[str, str | None] = Field(description="package versions: this project, timm, torch, gradio, ...")
@@ -184,23 +198,27 @@ def decode_request(kind: str, body: BinaryIO, top_k: object, num_classes: int,
 
 
 def create_api(ensemble: Ensemble | None, status: str, runtime: str, version: str | None,
-               admission: Admission | None = None, metrics: Metrics | None = None) -> FastAPI:
+               admission: Admission | None = None, metrics: Metrics | None = None,
+               report: dict | None = None) -> FastAPI:
     """The FastAPI app (Gradio is mounted onto it by app.py); `admission` and `metrics` are shared with the Classify
-    tab (by default the config's limits and fresh counts)."""
+    tab (by default the config's limits and fresh counts); `report` is the evaluation beside the manifest, whose
+    accuracies /api/health gives."""
     api = FastAPI(title="Vision Ensemble API", version=package_versions()["vision-ensemble"] or "dev",
                   description="Top-k classes of an image from the calibrated ensemble of timm backbones the "
                               "Space serves, with each member's answer and an uncertainty flag.")
     admission = admission or Admission(CLASSIFY_CONCURRENCY, ADMISSION_QUEUE, WAITING_PER_CLIENT)
     metrics = metrics or Metrics(admission, ensemble)
     versions = package_versions()  # read once: the health check answers from memory, at once under any load
+    member_top1, ensemble_top1 = measured_top1(report, ensemble) if ensemble is not None else ([], None)
 
     @api.get("/api/health", response_model=Health, responses={503: {"model": Health}})
     async def health():
         members = ensemble.members if ensemble is not None else []
         body = Health(status="ok" if members else "unavailable", detail=status, runtime=runtime,
                       model_version=version, class_names=ensemble.class_names if members else [],
-                      members=[MemberInfo(source=m.source, input_size=list(m.data_config["input_size"]))
-                               for m in members],
+                      members=[MemberInfo(source=m.source, input_size=list(m.data_config["input_size"]), test_top1=top1)
+                               for m, top1 in zip(members, member_top1)],
+                      test_top1=ensemble_top1,
                       queue=QueueDepth(running=admission.running, waiting=admission.waiting,
                                        capacity=admission.capacity),
                       versions=versions)
