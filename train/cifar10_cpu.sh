@@ -3,7 +3,7 @@
 # ensemble"): airbench_s members (seeds 0, 1, 2), each `accelerate launch train/finetune.py` under
 # --time-limit, into RUNS (default ~/runs/cifar10-cpu); then the ensemble: the members' best/ folders copied to
 # models/cifar10/, evaluated together on the test split (evaluation/evaluate.py --tta) into results/cifar10/, whose
-# ensemble.json is the manifest the Space serves.  A member whose run folder already holds best/ and
+# ensemble.json is the manifest the Space serves, and the README's results table is written from its report.  A member whose run folder already holds best/ and
 # predictions.npz is skipped; one cut short continues with --resume latest.
 #
 #   bash train/cifar10_cpu.sh                 # members 0 1 2, then the ensemble
@@ -40,6 +40,7 @@ ensemble() {  # ensemble "SEED ..."
     --ood-images examples/*.jpg --output-dir models/cifar10
   mv models/cifar10/*.png results/cifar10/
   cp models/cifar10/report.json results/cifar10/report.json
+  "$PY" docs/readme_results.py  # the README's results table, from that report
 }
 
 what=${1:-all}
