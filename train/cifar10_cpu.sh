@@ -3,8 +3,8 @@
 # ensemble"): airbench_s members (seeds 0, 1, 2), each `accelerate launch train/finetune.py` under
 # --time-limit, into RUNS (default ~/runs/cifar10-cpu); then the ensemble: the members' best/ folders copied to
 # models/cifar10/, evaluated together on the test split (evaluation/evaluate.py --tta) into results/cifar10/, whose
-# ensemble.json is the manifest the Space serves, and the README's results table is written from its report.  A member whose run folder already holds best/ and
-# predictions.npz is skipped; one cut short continues with --resume latest.
+# ensemble.json is the manifest the Space serves (the README's results table is written from its report).  A member
+# whose run folder already holds best/ and predictions.npz is skipped; one cut short continues with --resume latest.
 #
 #   bash train/cifar10_cpu.sh                 # members 0 1 2, then the ensemble
 #   bash train/cifar10_cpu.sh members 1       # one member (seed 1)
