@@ -46,7 +46,7 @@ from vision_ensemble.hub import (MODEL_CARD, HubError, answering_markdown, fill_
 from vision_ensemble.model import ModelError
 from vision_ensemble.serving.allocator import fix_mmap_threshold, limit_malloc_arenas, trim_periodically
 from vision_ensemble.serving.admission import Admission, Busy
-from vision_ensemble.serving.api import client_address, create_api
+from vision_ensemble.serving.api import client_address, create_api, measured_top1
 from vision_ensemble.serving.metrics import Metrics
 from vision_ensemble.serving.predict import InputError, decode_upload, model_version, predict_image
 from vision_ensemble.serving.tempfiles import sweep_temp_files
@@ -83,9 +83,11 @@ def load_ensemble(spec: str, runtime: str = "onnx") -> tuple[Ensemble | None, st
     report = json.loads(report_file.read_text()) if report_file.exists() else None
     for m in ensemble.members:
         log.info("loaded member %s (input %s)", m.source, m.data_config["input_size"])
+    member_top1, _ = measured_top1(report, ensemble)
     status = (f"{answering_markdown(report, len(ensemble.members))} {len(ensemble.members)} member(s) from `{spec}` "
               f"({runtime} runtime) in {time.perf_counter() - start:.1f} s: "
-              + ", ".join(f"`{m.source}`" for m in ensemble.members))
+              + ", ".join(f"`{m.source}`" + (f" ({top1:.2f}%)" if top1 is not None else "")
+                          for m, top1 in zip(ensemble.members, member_top1)))
     return ensemble, status, report
 
 

@@ -43,3 +43,12 @@ def test_the_space_reads_the_same_report_as_results():
 
     members, ensemble = measured_top1(json.loads(REPORT.read_text()), Ensemble.from_manifest(SHIPPED))
     assert None not in members and ensemble == json.loads(REPORT.read_text())["ensemble"]["top1"]
+
+
+def test_the_space_says_which_members_answer_and_their_measured_accuracy():
+    from conftest import _script
+
+    _, status, report = _script(str(REPO / "app.py")).load_ensemble(str(SHIPPED), "torch")
+    assert f"test top-1 {report['ensemble']['top1']:.2f}%" in status
+    for member in report["members"]:
+        assert f"`{member['source'].rsplit('/', 1)[-1]}` ({member['top1']:.2f}%)" in status
