@@ -108,7 +108,7 @@ def test_files_of_different_data_are_refused_in_one_line(trained_run, second_mem
     folder_b, predictions_b = second_member
     ours = trained_run / "predictions.npz"
     other_split = save_predictions(tmp_path / "seed1.npz", folder_b, cifar10, recipe_config(
-        {"model": "test_resnet", "data_dir": str(cifar10_archive), "max_eval_samples": EVAL_SAMPLES, "seed": 1,
+        {"model": "test_resnet", "data_dir": str(cifar10_archive), "max_eval_samples": EVAL_SAMPLES, "split_seed": 1,
          "max_train_samples": 256}),
         "someone/tiny-c")
     with np.load(predictions_b) as npz:  # the same file with other class names
