@@ -181,13 +181,18 @@ class DecodedInputs(torch.utils.data.Dataset):
         return len(self.inputs.names)
 
     def __getitem__(self, i: int):
-        try:
-            pixels = decode(self.inputs.read(i), self.size)
-        except ImageError as exc:
-            return i, None, str(exc)
-        except (OSError, KeyError) as exc:  # an archive member that cannot be read
-            return i, None, f"cannot read the file ({exc})"
-        return i, torch.from_numpy(pixels).permute(2, 0, 1), None
+        return decoded_item(i, lambda: self.inputs.read(i), self.size)
+
+
+def decoded_item(i: int, read, size: tuple[int, int]):
+    """(i, CHW uint8 tensor, None) of what `read()` gives, decoded to `size`, or (i, None, why not)."""
+    try:
+        pixels = decode(read(), size)
+    except ImageError as exc:
+        return i, None, str(exc)
+    except (OSError, KeyError) as exc:  # an archive member that cannot be read
+        return i, None, f"cannot read the file ({exc})"
+    return i, torch.from_numpy(pixels).permute(2, 0, 1), None
 
 
 def collate(items):
@@ -252,10 +257,18 @@ class Classifier:
         largest = max(m.data_config["input_size"][1] * m.data_config["input_size"][2] for m in self.ensemble.members)
         return max(1, min(MAX_AUTO_BATCH, EVAL_BATCH_PIXELS // largest))
 
-    def _records(self, names: list[str], batch: torch.Tensor, top_k: int, probabilities: bool) -> list[dict]:
-        k = len(self.class_names) if probabilities else top_k
-        answers = predict_batch(self.ensemble, batch, k, self.version)
-        return [to_record(n, a, top_k, self.class_names, probabilities) for n, a in zip(names, answers)]
+    def _records(self, names: list, indices: list[int], batch: torch.Tensor | None, errors: list[tuple[int, str]],
+                 top_k: int, probabilities: bool) -> list[dict]:
+        """One batch's records in index order (`collate`'s output): the decoded images' answers, the others' errors."""
+        answered = {}
+        if indices:
+            k = len(self.class_names) if probabilities else top_k
+            answers = predict_batch(self.ensemble, batch, k, self.version)
+            answered = {i: to_record(names[i], a, top_k, self.class_names, probabilities)
+                        for i, a in zip(indices, answers)}
+        answered.update({i: to_record(names[i], None, top_k, self.class_names, probabilities, error)
+                         for i, error in errors})
+        return [answered[i] for i in sorted(answered)]
 
     def predict(self, images, top_k: int = DEFAULT_TOP_K, probabilities: bool = False,
                 batch_size: int | None = None) -> list[dict]:
@@ -264,22 +277,12 @@ class Classifier:
         if isinstance(images, (str, Path, Image.Image, np.ndarray)):
             images = [images]
         names = [str(x) if isinstance(x, (str, Path)) else None for x in images]
-        records: list[dict] = []
         batch_size = batch_size or self.auto_batch_size()
+        records: list[dict] = []
         for start in range(0, len(images), batch_size):
-            decoded, errors = [], {}
-            for i in range(start, min(start + batch_size, len(images))):
-                try:
-                    decoded.append((i, decode(images[i], self.ensemble.source_size)))
-                except ImageError as exc:
-                    errors[i] = str(exc)
-            answered = {}
-            if decoded:
-                batch = torch.from_numpy(np.stack([x for _, x in decoded])).permute(0, 3, 1, 2)
-                answered = dict(zip((i for i, _ in decoded),
-                                    self._records([names[i] for i, _ in decoded], batch, top_k, probabilities)))
-            records += [answered.get(i) or to_record(names[i], None, top_k, self.class_names, probabilities, errors[i])
-                        for i in range(start, min(start + batch_size, len(images)))]
+            items = [decoded_item(i, lambda image=images[i]: image, self.ensemble.source_size)
+                     for i in range(start, min(start + batch_size, len(images)))]
+            records += self._records(names, *collate(items), top_k, probabilities)
         return records
 
     def predict_inputs(self, inputs: Inputs, top_k: int = DEFAULT_TOP_K, probabilities: bool = False,
@@ -291,11 +294,7 @@ class Classifier:
             DecodedInputs(inputs, self.ensemble.source_size), batch_size=batch_size or self.auto_batch_size(),
             num_workers=workers, collate_fn=collate, prefetch_factor=2 if workers else None)
         for indices, batch, errors in loader:
-            answered = dict(zip(indices, self._records([inputs.names[i] for i in indices], batch, top_k,
-                                                       probabilities))) if indices else {}
-            for i, error in errors:
-                answered[i] = to_record(inputs.names[i], None, top_k, self.class_names, probabilities, error)
-            yield [answered[i] for i in sorted(answered)]
+            yield self._records(inputs.names, indices, batch, errors, top_k, probabilities)
 
 
 def load(manifest: str | Path = DEFAULT_MANIFEST, runtime: str = "onnx", tta: bool | None = None) -> Classifier:
