@@ -2,13 +2,16 @@
 
     python benchmarks/batch_predict.py --manifest models/cifar10 --photos 200 --small 2000 --rss-counts 1000 20000
 
-1. Rate: for CIFAR-size PNGs (`--small` of them, cut from the test split) and for 12-MP JPEGs (`--photos` copies
-   of one 4000x3000 photo-like JPEG), the same DataLoader workers decode the files to the ensemble's
-   source_size with and without the ensemble after them: predicting should cost little beside decoding
-   (goal: >= 80% of the decode-only rate for the 12-MP JPEGs).
-2. Memory: the real command (`python -m vision_ensemble.serving.batch`) on folders of each `--rss-counts` PNGs
-   (hard links of the same few files), its process tree's peak RSS sampled every 50 ms: streaming in batches
-   should make 20,000 files cost no more than 1,000.
+1. Rate: for CIFAR-10's own 32x32 JPEGs (`--small` of them, from the test split) and for 12-MP JPEGs (`--photos`
+   copies of one 4000x3000 photo-like JPEG), the same DataLoader workers, batches and batch size decode the
+   files to the ensemble's source_size with and without the ensemble after them, `--rounds` times in turn (the
+   median is reported: timings on a shared CPU move between runs): predicting should cost little beside
+   decoding (goal: >= 80% of the decode-only rate for the 12-MP JPEGs).
+2. Memory: the real command (`python -m vision_ensemble.serving.batch`) on folders of each `--rss-counts` files
+   (hard links of the same few), its process tree sampled every 50 ms: peak PSS of the tree (each shared page
+   counted once, shared among the processes mapping it: forked workers share most of the main process's pages,
+   which a sum of RSS counts again for each) and the main process's peak USS (its own pages). Streaming in
+   batches should make 20,000 files cost no more than 1,000.
 Prints a markdown table for BENCHMARKS.md.
 """
 
@@ -17,8 +20,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -31,7 +36,6 @@ import psutil
 import torch
 from PIL import Image
 
-from vision_ensemble.data import load_dataset
 from vision_ensemble.serving.batch import Classifier, DecodedInputs, collate, list_inputs
 
 
@@ -62,27 +66,42 @@ def rate(classifier: Classifier, folder: Path, workers: int, predict: bool) -> f
         count = sum(len(records) for records in classifier.predict_inputs(inputs, workers=workers))
     else:
         loader = torch.utils.data.DataLoader(DecodedInputs(inputs, classifier.ensemble.source_size),
-                                             batch_size=classifier.auto_batch_size(), num_workers=workers,
+                                             batch_size=classifier.auto_batch_size(len(inputs.names), workers),
+                                             num_workers=workers,
                                              collate_fn=collate, prefetch_factor=2 if workers else None)
         count = sum(len(indices) + len(errors) for indices, _, errors in loader)
     return count / (time.perf_counter() - start)
 
 
-def peak_rss_mb(command: list[str]) -> tuple[float, float]:
-    """(peak RSS of the process and its children in MB, seconds) of `command`, sampled every 50 ms."""
+def peak_memory_mb(command: list[str]) -> tuple[float, float, float]:
+    """(peak PSS of the process and its children, peak USS of the process, in MB; seconds) of `command`."""
     start = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    parent, peak = psutil.Process(process.pid), 0
+    parent, peak_pss, peak_uss = psutil.Process(process.pid), 0, 0
     while process.poll() is None:
         try:
+            peak_uss = max(peak_uss, parent.memory_full_info().uss)
             tree = [parent] + parent.children(recursive=True)
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            peak_pss = max(peak_pss, sum(p.memory_full_info().pss for p in tree if p.is_running()))
         except psutil.Error:
             pass
         time.sleep(0.05)
     if process.returncode:
         raise SystemExit(f"{command} failed ({process.returncode})")
-    return peak / 2**20, time.perf_counter() - start
+    return peak_pss / 2**20, peak_uss / 2**20, time.perf_counter() - start
+
+
+def cifar_test_jpegs(archive: Path, out: Path, count: int = 64) -> list[Path]:
+    """The first `count` test images of the CIFAR-10 archive, as the files they are there."""
+    files = []
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            if member.isfile() and "/test/" in member.name and member.name.endswith(".jpg"):
+                files.append(out / f"cifar{len(files)}.jpg")
+                files[-1].write_bytes(tar.extractfile(member).read())
+                if len(files) == count:
+                    return files
+    raise SystemExit(f"{archive}: fewer than {count} test images")
 
 
 def main() -> None:
@@ -94,45 +113,45 @@ def main() -> None:
     p.add_argument("--rss-counts", type=int, nargs="+", default=[1000, 20000])
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--runtime", default="onnx", choices=("onnx", "torch"))
+    p.add_argument("--rounds", type=int, default=3, help="decode-only and predict runs, in turn, per file kind")
     args = p.parse_args()
 
     classifier = Classifier.load(args.manifest, args.runtime)
     with tempfile.TemporaryDirectory(prefix="batch-predict-") as tmp:
         tmp = Path(tmp)
-        test = load_dataset(args.data_dir).test
-        pngs = []
-        for i in range(64):  # 64 distinct test images as PNG files
-            pngs.append(tmp / f"cifar{i}.png")
-            Image.fromarray(test.gather(np.array([i]))[0]).save(pngs[-1])
+        small = cifar_test_jpegs(Path(args.data_dir), tmp)
         jpeg = photo_jpeg(tmp / "photo.jpg")
         rows = []
-        for name, originals, count in (("CIFAR-size PNG (32x32)", pngs, args.small),
-                                       ("12-MP JPEG (4000x3000, 2.4 MB)", [jpeg], args.photos)):
+        for name, originals, count in (("CIFAR-10 JPEG (32x32)", small, args.small),
+                                       (f"12-MP JPEG (4000x3000, {jpeg.stat().st_size / 1e6:.1f} MB)", [jpeg],
+                                        args.photos)):
             folder = make_folder(tmp / name.split()[0], originals, count)
             rate(classifier, folder, args.workers, predict=False)  # warm: page cache, worker start-up
-            decode_only = rate(classifier, folder, args.workers, predict=False)
-            predicted = rate(classifier, folder, args.workers, predict=True)
-            rows.append((name, count, decode_only, predicted))
+            runs = [(rate(classifier, folder, args.workers, predict=False),
+                     rate(classifier, folder, args.workers, predict=True)) for _ in range(args.rounds)]
+            rows.append((name, count, classifier.auto_batch_size(count, args.workers),
+                         statistics.median(d for d, _ in runs), statistics.median(p for _, p in runs)))
         memory = []
         for count in args.rss_counts:
-            folder = make_folder(tmp / f"rss{count}", pngs, count)
+            folder = make_folder(tmp / f"rss{count}", small, count)
             out = tmp / f"rss{count}.csv"
-            peak, seconds = peak_rss_mb([sys.executable, "-m", "vision_ensemble.serving.batch", str(folder),
-                                         "--manifest", args.manifest, "--output", str(out), "--runtime", args.runtime,
-                                         "--workers", str(args.workers)])
-            memory.append((count, peak, seconds, sum(1 for _ in out.open()) - 1))
+            pss, uss, seconds = peak_memory_mb([
+                sys.executable, "-m", "vision_ensemble.serving.batch", str(folder), "--manifest", args.manifest,
+                "--output", str(out), "--runtime", args.runtime, "--workers", str(args.workers)])
+            memory.append((count, pss, uss, seconds, sum(1 for _ in out.open()) - 1))
 
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{args.runtime} runtime, {args.workers} decoding workers, {args.manifest} "
           f"({len(classifier.ensemble.members)} member(s), source size {classifier.ensemble.source_size[0]} px)\n")
-    print("| files | count | decode only (img/s) | decode + predict (img/s) | predict / decode |")
-    print("|---|---:|---:|---:|---:|")
-    for name, count, decode_only, predicted in rows:
-        print(f"| {name} | {count:,} | {decode_only:.0f} | {predicted:.0f} | {predicted / decode_only:.0%} |")
-    print("\n| files | peak RSS (process + workers) | wall | rows written |")
-    print("|---:|---:|---:|---:|")
-    for count, peak, seconds, written in memory:
-        print(f"| {count:,} | {peak:.0f} MB | {seconds:.1f} s | {written:,} |")
+    print("| files | count | batch | decode only (img/s) | decode + predict (img/s) | predict / decode |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, count, batch, decode_only, predicted in rows:
+        print(f"| {name} | {count:,} | {batch} | {decode_only:.0f} | {predicted:.0f} | {predicted / decode_only:.0%} |")
+    print(f"(medians of {args.rounds} rounds)")
+    print("\n| files | peak PSS (process + workers) | peak USS (main process) | wall | rows written |")
+    print("|---:|---:|---:|---:|---:|")
+    for count, pss, uss, seconds, written in memory:
+        print(f"| {count:,} | {pss:.0f} MB | {uss:.0f} MB | {seconds:.1f} s | {written:,} |")
 
 
 if __name__ == "__main__":

@@ -141,6 +141,7 @@ def main(argv=None) -> int:
         ood_images = {Path(path).name: load_rgb(path) for path in args.ood_images}
     except (DataError, ModelError, ImageError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        accelerator.end_training()
         return 2
 
     largest = max(m.data_config["input_size"][1] * m.data_config["input_size"][2] for m in models)
@@ -159,6 +160,11 @@ def main(argv=None) -> int:
     inference_s = time.perf_counter() - start
     # The student's inference is sharded too, so every process takes part in its gathers before the others leave.
     student_prediction = None if student is None else predictions_of(student)
+    # The processes leave the process group together, before any of them exits: one that exits holding it can
+    # abort in the group's teardown (SIGABRT, "terminate called without an active exception") while the others
+    # are still reporting.
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     if not accelerator.is_main_process:
         return 0
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"

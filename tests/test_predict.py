@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import signal
@@ -179,15 +180,23 @@ def test_a_killed_run_resumes_to_the_same_table(photos, folder_table, ensemble, 
 
 
 def test_the_python_api_returns_the_clis_records(photos, folder_table, ensemble):
+    """`load(...).predict` gives the CLI's records; `predict_inputs` with 2 workers decodes a short list in
+    BATCHES_PER_WORKER batches a worker (not one batch, which one worker would decode alone), in order."""
     out, _ = folder_table
     rows = {r["path"]: r for r in read_csv(out)}
     code = ("from vision_ensemble import load\n"
+            "from vision_ensemble.serving.batch import list_inputs\n"
             f"classifier = load({str(ensemble)!r}, runtime='onnx')\n"
             f"records = classifier.predict([{str(photos / 'china.jpg')!r}, {str(photos / 'broken.jpg')!r}])\n"
-            "import json, sys; json.dump(records, sys.stdout)\n")
+            f"batches = list(classifier.predict_inputs(list_inputs({str(photos)!r}), workers=2))\n"
+            "import json, sys; json.dump([records, batches], sys.stdout)\n")
     result = subprocess.run([sys.executable, "-c", code], env=ENV, cwd=REPO, capture_output=True, text=True,
                             timeout=300, check=True)
-    china, broken = json.loads(result.stdout)
+    (china, broken), batches = json.loads(result.stdout)
+    files = visible_files(photos)
+    assert len(files) > 8 and len(batches) == math.ceil(len(files) / math.ceil(len(files) / 8))
+    assert [r["path"] for batch in batches for r in batch] == files
+    assert [r["top1"] for batch in batches for r in batch] == [rows[f]["top1"] or None for f in files]
     row = rows[str(photos / "china.jpg")]
     assert china["top1"] == row["top1"] and china["error"] is None
     assert china["top1_probability"] == pytest.approx(float(row["top1_probability"]), abs=1e-5)

@@ -1,38 +1,42 @@
 #!/usr/bin/env bash
 # The Space's CPU-trained CIFAR-10 ensemble, reproduced on a 2-core machine (BENCHMARKS.md "The CPU-trained
-# ensemble"): airbench_s members (seeds 0, 1, 2), each `accelerate launch train/finetune.py` under
-# --time-limit, into RUNS (default ~/runs/cifar10-cpu); then the ensemble: the members' best/ folders copied to
-# models/cifar10/, evaluated together on the test split (evaluation/evaluate.py --tta) into results/cifar10/, whose
-# ensemble.json is the manifest the Space serves (the README's results table is written from its report).  A member
-# whose run folder already holds best/ and predictions.npz is skipped; one cut short continues with --resume latest.
+# ensemble"): airbench members named MODEL-seedN, each `accelerate launch train/finetune.py --model MODEL --seed N`
+# under --time-limit, into RUNS (default ~/runs/cifar10-cpu); then the ensemble: the members' best/ folders copied
+# to models/cifar10/, evaluated together on the test split (evaluation/evaluate.py --tta) into results/cifar10/,
+# whose ensemble.json is the manifest the Space serves (the README's results table is written from its report).
+# A member whose run folder already holds best/ and predictions.npz is skipped; one cut short continues with
+# --resume latest.  All members share the train/val split (--split-seed 0), which the ensemble's weights,
+# temperature and conformal rule are fitted on.
 #
-#   bash train/cifar10_cpu.sh                 # members 0 1 2, then the ensemble
-#   bash train/cifar10_cpu.sh members 1       # one member (seed 1)
-#   bash train/cifar10_cpu.sh ensemble "0 1"  # the ensemble of members already trained
+#   bash train/cifar10_cpu.sh                                  # the shipped members, then their ensemble
+#   bash train/cifar10_cpu.sh members airbench_m-seed3         # one member
+#   bash train/cifar10_cpu.sh ensemble "airbench_s-seed0 airbench_s-seed1"  # the ensemble of members already trained
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10.tar.gz}
 RUNS=${RUNS:-$HOME/runs/cifar10-cpu}
 MINUTES=${MINUTES:-60}
 PY=${PY:-python}
+SHIPPED="airbench_s-seed0 airbench_s-seed1 airbench_s-seed2"
 
-member() {  # member SEED
-  local out="$RUNS/airbench_s-seed$1" resume=()
-  if [[ -f $out/predictions.npz && -d $out/best ]]; then echo "member seed $1: done ($out)"; return; fi
+member() {  # member MODEL-seedN
+  local name=$1 out="$RUNS/$1" resume=()
+  [[ $name =~ ^(airbench_[sml])-seed([0-9]+)$ ]] || { echo "member $name: give MODEL-seedN, e.g. airbench_m-seed3" >&2; exit 2; }
+  if [[ -f $out/predictions.npz && -d $out/best ]]; then echo "member $name: done ($out)"; return; fi
   [[ -d $out/checkpoints ]] && resume=(--resume latest)
   "$PY" -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-    train/finetune.py --model airbench_s --seed "$1" --data-dir "$DATA" --time-limit "$MINUTES" \
-    --hub-repo-id "vision-ensemble/cifar10-airbench_s-seed$1" --output-dir "$out" "${resume[@]}"
+    train/finetune.py --model "${BASH_REMATCH[1]}" --seed "${BASH_REMATCH[2]}" --split-seed 0 --data-dir "$DATA" \
+    --time-limit "$MINUTES" --hub-repo-id "vision-ensemble/cifar10-$name" --output-dir "$out" "${resume[@]}"
 }
 
-ensemble() {  # ensemble "SEED ..."
+ensemble() {  # ensemble "MODEL-seedN ..."
   local members=()
   mkdir -p models/cifar10 results/cifar10
-  for seed in $1; do
-    members+=("models/cifar10/airbench_s-seed$seed")
-    rm -rf "models/cifar10/airbench_s-seed$seed"
-    cp -r "$RUNS/airbench_s-seed$seed/best" "models/cifar10/airbench_s-seed$seed"
-    cp "$RUNS/airbench_s-seed$seed/training_curves.png" "results/cifar10/training_curves-airbench_s-seed$seed.png"
+  rm -rf models/cifar10/airbench_*  # members no longer listed leave the shipped ensemble
+  for name in $1; do
+    members+=("models/cifar10/$name")
+    cp -r "$RUNS/$name/best" "models/cifar10/$name"
+    cp "$RUNS/$name/training_curves.png" "results/cifar10/training_curves-$name.png"
   done
   # Written beside the members, so that ensemble.json names them relative to itself; the report and its figures
   # then move to results/cifar10 (report.json stays beside the manifest too: the Space reads it there).
@@ -45,8 +49,8 @@ ensemble() {  # ensemble "SEED ..."
 
 what=${1:-all}
 case $what in
-  members) for seed in ${2:-0 1 2}; do member "$seed"; done ;;
-  ensemble) ensemble "${2:-0 1 2}" ;;
-  all) for seed in 0 1 2; do member "$seed"; done; ensemble "0 1 2" ;;
-  *) echo "usage: $0 [all | members [SEEDS] | ensemble [SEEDS]]" >&2; exit 2 ;;
+  members) for name in ${2:-$SHIPPED}; do member "$name"; done ;;
+  ensemble) ensemble "${2:-$SHIPPED}" ;;
+  all) for name in $SHIPPED; do member "$name"; done; ensemble "$SHIPPED" ;;
+  *) echo "usage: $0 [all | members [MODEL-seedN ...] | ensemble [MODEL-seedN ...]]" >&2; exit 2 ;;
 esac

@@ -25,6 +25,7 @@ import argparse
 import csv
 import glob
 import json
+import math
 import os
 import sys
 import tarfile
@@ -51,6 +52,9 @@ from .predict import Prediction, model_version, predict_batch
 
 PATH_COLUMNS = ("path", "file", "filepath", "filename", "image")  # a CSV list's path column, unless named
 MAX_AUTO_BATCH = 256  # images per batch when `--batch-size auto`: rows reach the table (and a resume) this often
+# ... and at most 1/BATCHES_PER_WORKER of each worker's share: a DataLoader worker decodes whole batches, so a
+# batch as large as the input list is decoded by one worker while the networks wait (BENCHMARKS.md, issue 31).
+BATCHES_PER_WORKER = 4
 FORMATS = {".csv": "csv", ".jsonl": "jsonl", ".parquet": "parquet"}
 
 
@@ -252,10 +256,15 @@ class Classifier:
     def class_names(self) -> list[str]:
         return self.ensemble.class_names
 
-    def auto_batch_size(self) -> int:
-        """As evaluation's: EVAL_BATCH_PIXELS worth of the largest member input, at most MAX_AUTO_BATCH."""
+    def auto_batch_size(self, count: int | None = None, workers: int = 0) -> int:
+        """As evaluation's: EVAL_BATCH_PIXELS worth of the largest member input, at most MAX_AUTO_BATCH; for `count`
+        images decoded by `workers` processes, small enough to give each worker BATCHES_PER_WORKER batches, so
+        that the workers decode side by side and ahead of the networks."""
         largest = max(m.data_config["input_size"][1] * m.data_config["input_size"][2] for m in self.ensemble.members)
-        return max(1, min(MAX_AUTO_BATCH, EVAL_BATCH_PIXELS // largest))
+        size = min(MAX_AUTO_BATCH, EVAL_BATCH_PIXELS // largest)
+        if count and workers:
+            size = min(size, math.ceil(count / (workers * BATCHES_PER_WORKER)))
+        return max(1, size)
 
     def _records(self, names: list, indices: list[int], batch: torch.Tensor | None, errors: list[tuple[int, str]],
                  top_k: int, probabilities: bool) -> list[dict]:
@@ -290,8 +299,9 @@ class Classifier:
         """The records of `inputs`, batch by batch in their order, decoded by `workers` processes (default: one a
         core; 0: in this process) while this one runs the networks."""
         workers = (os.cpu_count() or 1) if workers is None else workers
+        batch_size = batch_size or self.auto_batch_size(len(inputs.names), workers)
         loader = torch.utils.data.DataLoader(
-            DecodedInputs(inputs, self.ensemble.source_size), batch_size=batch_size or self.auto_batch_size(),
+            DecodedInputs(inputs, self.ensemble.source_size), batch_size=batch_size,
             num_workers=workers, collate_fn=collate, prefetch_factor=2 if workers else None)
         for indices, batch, errors in loader:
             yield self._records(inputs.names, indices, batch, errors, top_k, probabilities)
@@ -390,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average over the image and its mirror (default: as the manifest says)")
     p.add_argument("--batch-size", default="auto", help="images per batch (auto: as evaluation's, at most "
-                   f"{MAX_AUTO_BATCH})")
+                   f"{MAX_AUTO_BATCH}, and at most 1/{BATCHES_PER_WORKER} of each decoding worker's share of the files)")
     p.add_argument("--workers", type=int, help="decoding processes (default: one a core; 0 decodes in this one)")
     return p
 
