@@ -29,7 +29,7 @@ def server(ensemble_dir, tmp_path_factory):
     address may hold 2 of them (every slot and one waiting place)."""
     log_file = tmp_path_factory.mktemp("log") / "app.log"
     process, url = start_app(ensemble_dir / "ensemble.json", log_file, VISION_ENSEMBLE_SLOTS="1",
-                             VISION_ENSEMBLE_QUEUE="2")
+                             VISION_ENSEMBLE_QUEUE="2", VISION_ENSEMBLE_UPLOAD_GRACE_S="300")  # uploads held at will
     with httpx.Client(base_url=url, timeout=60) as http:
         yield http, url, int(url.rsplit(":", 1)[1].strip("/"))
     process.terminate()
@@ -146,6 +146,33 @@ def test_a_client_may_not_hold_a_second_waiting_place(server):
     finally:
         answers = finish_all(uploads)
     assert [a.status for a in answers] == [200, 200, 200], [a.body[:200] for a in answers]
+
+
+def test_an_upload_trickling_in_is_cut_off_and_gives_its_place_back(ensemble_dir, tmp_path):
+    """With a grace of 2 s (the default is 10), an upload that sent half its body and then stalls is answered 408
+    after about 2 s, no longer holds its place, and the server answers the next request."""
+    log_file = tmp_path / "app.log"
+    process, url = start_app(ensemble_dir / "ensemble.json", log_file, VISION_ENSEMBLE_SLOTS="1",
+                             VISION_ENSEMBLE_QUEUE="0", VISION_ENSEMBLE_UPLOAD_GRACE_S="2")
+    try:
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        with httpx.Client(base_url=url, timeout=60) as http:
+            start = time.perf_counter()
+            stalled = SlowUpload(port, "127.0.0.1")  # never finished
+            try:
+                assert wait_for_queue(http, waiting=1)["capacity"] == 1  # it holds the one place
+                answer = read_response(stalled.sock)
+            finally:
+                stalled.close()
+            seconds = time.perf_counter() - start
+            assert answer.status == 408 and b"too slowly" in answer.body, answer.body
+            assert 2 <= seconds < 20, f"cut off after {seconds:.1f} s"
+            assert http.get("/api/health").json()["queue"]["waiting"] == 0
+            assert http.post("/api/predict", files={"image": ("cat.png", CAT.read_bytes())}).status_code == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert "Traceback" not in log_file.read_text()
 
 
 def samples(http: httpx.Client) -> dict[tuple, float]:

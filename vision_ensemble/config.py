@@ -76,6 +76,11 @@ ADMISSION_QUEUE = 16
 #: One client address may hold every slot and this many waiting places, no more: a script cannot fill the queue
 #: ahead of every browser (VISION_ENSEMBLE_WAITING_PER_CLIENT overrides it, e.g. to measure the rule).
 WAITING_PER_CLIENT = int(os.environ.get("VISION_ENSEMBLE_WAITING_PER_CLIENT", 1))
+#: An admitted upload holds a waiting place while it arrives, so a crowd trickling bytes in would hold every place:
+#: after its first UPLOAD_GRACE_S an upload must average MIN_UPLOAD_BYTES_PER_S (160 kbit/s, a poor mobile uplink)
+#: or it is answered 408 and its place given back (VISION_ENSEMBLE_UPLOAD_GRACE_S overrides the grace, e.g. in tests).
+UPLOAD_GRACE_S = float(os.environ.get("VISION_ENSEMBLE_UPLOAD_GRACE_S", 10))
+MIN_UPLOAD_BYTES_PER_S = 20 * 1024
 #: Proxies whose X-Forwarded-For names the client (uvicorn's setting; its FORWARDED_ALLOW_IPS overrides it).  On a
 #: Hugging Face Space (SPACE_ID set) every request comes through the Space's proxy: without trusting it, all clients
 #: would share its address and so one client's share of the queue.  A client can forge the header: that defeats the

@@ -18,6 +18,7 @@ from pathlib import Path
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, BinaryIO
 
+import anyio
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -28,7 +29,8 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 
-from ..config import ADMISSION_QUEUE, CLASSIFY_CONCURRENCY, DEFAULT_TOP_K, MAX_UPLOAD_BYTES, WAITING_PER_CLIENT
+from ..config import (ADMISSION_QUEUE, CLASSIFY_CONCURRENCY, DEFAULT_TOP_K, MAX_UPLOAD_BYTES, MIN_UPLOAD_BYTES_PER_S,
+                      UPLOAD_GRACE_S, WAITING_PER_CLIENT)
 from ..evaluation.ensemble import Ensemble
 from .admission import Admission, Busy
 from .metrics import Metrics
@@ -97,6 +99,8 @@ class ApiError(Exception):
 
 ERRORS = {status: {"model": ErrorResponse, "description": description} for status, description in (
     (400, "corrupt or empty image, too many pixels, bad base64 or JSON, bad top_k"),
+    (408, f"the upload arrived too slowly: under {MIN_UPLOAD_BYTES_PER_S // 1024} kB/s on average after its first "
+          f"{UPLOAD_GRACE_S:g} s"),
     (413, "the image (or the request body) is larger than the upload limit"),
     (415, "not an image file, or a body that is neither multipart/form-data nor JSON"),
     (503, "no ensemble is loaded, or the server is busy: its Retry-After header says in how many seconds to try "
@@ -119,13 +123,20 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def limited(request: Request, limit: int) -> Request:
-    """`request`, its body refused with 413 as soon as more than `limit` bytes have streamed in."""
-    received = 0
+def limited(request: Request, limit: int, grace_s: float = UPLOAD_GRACE_S,
+            min_rate: float = MIN_UPLOAD_BYTES_PER_S) -> Request:
+    """`request`, its body refused with 413 as soon as more than `limit` bytes have streamed in, and with 408 once it
+    has taken longer than `grace_s` plus the time the bytes so far need at `min_rate` bytes/s."""
+    received, start = 0, time.monotonic()
 
     async def receive():
         nonlocal received
-        message = await request.receive()
+        with anyio.move_on_after(start + grace_s + received / min_rate - time.monotonic()) as timer:
+            message = await request.receive()
+        if timer.cancelled_caught:
+            raise ApiError(408, f"The upload arrived too slowly ({received:,} bytes in "
+                                f"{time.monotonic() - start:.0f} s; at least {min_rate / 1024:g} kB/s are needed): "
+                                "send it again on a faster connection.")
         received += len(message.get("body", b""))
         if received > limit:
             check_upload_size(MAX_UPLOAD_BYTES + 1)  # the upload limit's 413 message
