@@ -2,7 +2,7 @@
 # The Space's CPU-trained CIFAR-10 ensemble, reproduced on a 2-core machine (BENCHMARKS.md "The CPU-trained
 # ensemble"): airbench members named MODEL-seedN, each `accelerate launch train/finetune.py --model MODEL --seed N`
 # under --time-limit, into RUNS (default ~/runs/cifar10-cpu); then the ensemble: the members' best/ folders copied
-# to models/cifar10/, evaluated together on the test split (evaluation/evaluate.py --tta) into results/cifar10/,
+# to models/cifar10/ (in fp16 where their test top-1 stays the same: train/fp16_members.py), evaluated together on the test split (evaluation/evaluate.py --tta) into results/cifar10/,
 # whose ensemble.json is the manifest the Space serves (the README's results table is written from its report).
 # A member whose run folder already holds best/ and predictions.npz is skipped; one cut short continues with
 # --resume latest.  All members share the train/val split (--split-seed 0), which the ensemble's weights,
@@ -38,6 +38,7 @@ ensemble() {  # ensemble "MODEL-seedN ..."
     cp -r "$RUNS/$name/best" "models/cifar10/$name"
     cp "$RUNS/$name/training_curves.png" "results/cifar10/training_curves-$name.png"
   done
+  "$PY" train/fp16_members.py "${members[@]}" --data-dir "$DATA"  # fp16 files where the test top-1 stays the same
   # Written beside the members, so that ensemble.json names them relative to itself; the report and its figures
   # then move to results/cifar10 (report.json stays beside the manifest too: the Space reads it there).
   "$PY" evaluation/evaluate.py --models "${members[@]}" --data-dir "$DATA" --tta --diagnose --update-card \

@@ -1,0 +1,42 @@
+"""train/fp16_members.py: a member whose fp16 weights classify the test split as its fp32 ones do is halved in
+place; one whose test accuracy changes in fp16 keeps its fp32 file, byte for byte."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from conftest import ENV, REPO, make_image_folder, make_member
+
+CLASSES = ("circle", "square", "stripes")
+
+
+def dtypes(folder) -> set[str]:
+    with safe_open(folder / "model.safetensors", "pt") as f:
+        return {str(f.get_tensor(name).dtype) for name in f.keys()}
+
+
+def test_fp16_only_where_the_test_accuracy_stays(tmp_path):
+    data = make_image_folder(tmp_path / "shapes", classes=CLASSES, per_class=8)
+    same = make_member(tmp_path / "same", 0, 32, classes=CLASSES, sharpen=5.0)
+    changed = make_member(tmp_path / "changed", 0, 32, classes=CLASSES, sharpen=3.0)
+    # Class biases offset by ~1000, where fp16 steps by 0.5: rounded, they move by +-0.24, as much as the logits
+    # differ between classes, and some test images change class (finite weights, a changed accuracy).
+    weights = load_file(changed / "model.safetensors")
+    weights["fc.bias"] = weights["fc.bias"] + torch.tensor([1000.26, 1000.0, 999.74])
+    save_file(weights, changed / "model.safetensors", metadata={"format": "pt"})
+    fp32_bytes = {m: (m / "model.safetensors").read_bytes() for m in (same, changed)}
+
+    result = subprocess.run([sys.executable, "train/fp16_members.py", str(same), str(changed), "--data-dir", str(data)],
+                            env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = {line.split(":")[0]: line for line in result.stdout.splitlines() if line.startswith(str(tmp_path))}
+    assert "-> fp16 weights" in lines[str(same)] and "0 of 24 test images changed" in lines[str(same)]
+    assert dtypes(same) == {"torch.float16", "torch.int64"}  # BatchNorm's num_batches_tracked stays an int
+    assert (same / "model.safetensors").stat().st_size < 0.6 * len(fp32_bytes[same])
+    assert "-> fp32 weights" in lines[str(changed)] and "0 of 24" not in lines[str(changed)]
+    assert (changed / "model.safetensors").read_bytes() == fp32_bytes[changed]

@@ -1,0 +1,85 @@
+"""Halve members' weights to fp16 where the test accuracy stays the same (issue 30: ship fp16 safetensors only if
+their test accuracy equals the fp32 weights').
+
+For each member folder: its flip-TTA top class on every test image with the fp32 weights, then with the weights
+rounded to fp16 (loaded back into the fp32 network, as timm loads them); the folder keeps the fp16
+model.safetensors (half the bytes) when the test top-1 is the same, else its fp32 file is written back (kept
+at once when a weight is beyond fp16's range).  Prints,
+per member, both accuracies and how many test images changed their top class.
+
+    python train/fp16_members.py models/cifar10/airbench_s-seed0 models/cifar10/airbench_s-seed1 \\
+        --data-dir ../shared/data/cifar10.tar.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vision_ensemble.config import CIFAR10_NAME, default_cache_size  # noqa: E402
+from vision_ensemble.data import load_dataset  # noqa: E402
+from vision_ensemble.model import Member  # noqa: E402
+
+WEIGHTS = "model.safetensors"
+
+
+def test_top_classes(folder: Path, images: torch.Tensor, batch_size: int) -> np.ndarray:
+    member = Member.load(str(folder), device="cpu")
+    return member.probabilities(images, tta_flip=True, batch_size=batch_size).argmax(1).numpy()
+
+
+def write_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None) -> None:
+    partial = path.with_name(path.name + ".partial")
+    save_file(tensors, partial, metadata=metadata)
+    os.replace(partial, path)  # never a half-written weights file
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("members", nargs="+", type=Path, help="member folders in timm's format (rewritten in place)")
+    p.add_argument("--data-dir", default=CIFAR10_NAME, help="the dataset whose test split decides")
+    p.add_argument("--batch-size", type=int, default=500)
+    args = p.parse_args(argv)
+
+    configs = [Member.load(str(folder), device="cpu").data_config for folder in args.members]
+    cache_size = max(default_cache_size(max(c["input_size"][1:]), c.get("crop_pct", 1.0)) for c in configs)
+    test = load_dataset(args.data_dir, cache_size=cache_size).test  # the cache evaluate.py reads
+    if test is None:
+        p.error(f"{args.data_dir} has no test split")
+    images = torch.from_numpy(test.gather(np.arange(len(test)))).permute(0, 3, 1, 2)
+    labels = test.labels
+    for folder in args.members:
+        path = folder / WEIGHTS
+        with safe_open(path, "pt") as f:
+            metadata, fp32 = f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
+        if all(t.dtype != torch.float32 for t in fp32.values()):
+            print(f"{folder}: not fp32 weights; left as they are")
+            continue
+        halved = {k: v.half() if v.dtype == torch.float32 else v for k, v in fp32.items()}
+        if overflow := [k for k, v in halved.items() if v.is_floating_point() and not v.isfinite().all()]:
+            print(f"{folder}: {', '.join(overflow)} outside fp16's range; fp32 weights kept")
+            continue
+        before = test_top_classes(folder, images, args.batch_size)
+        write_weights(path, halved, metadata)
+        after = test_top_classes(folder, images, args.batch_size)
+        top1_32, top1_16 = (100 * float((top == labels).mean()) for top in (before, after))
+        kept = top1_16 == top1_32
+        if not kept:
+            write_weights(path, fp32, metadata)
+        print(f"{folder}: test top-1 fp32 {top1_32:.2f}%, fp16 {top1_16:.2f}%, {int((before != after).sum())} of "
+              f"{len(labels):,} test images changed class -> {'fp16' if kept else 'fp32'} weights "
+              f"({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
