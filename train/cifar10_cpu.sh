@@ -2,8 +2,9 @@
 # The Space's CPU-trained CIFAR-10 ensemble, reproduced on a 2-core machine (BENCHMARKS.md "The CPU-trained
 # ensemble"): airbench members named MODEL-seedN, each `accelerate launch train/finetune.py --model MODEL --seed N`
 # under --time-limit, into RUNS (default ~/runs/cifar10-cpu); then the ensemble: the members' best/ folders copied
-# to models/cifar10/ (in fp16 where their test top-1 stays the same: train/fp16_members.py), evaluated together on the test split (evaluation/evaluate.py --tta) into results/cifar10/,
-# whose ensemble.json is the manifest the Space serves (the README's results table is written from its report).
+# to models/cifar10/ (in fp16 where their test top-1 stays the same: train/fp16_members.py), evaluated together on
+# the test split (evaluation/evaluate.py --tta) into results/cifar10/, whose ensemble.json is the manifest the
+# Space serves (the README's results table is written from its report).
 # A member whose run folder already holds best/ and predictions.npz is skipped; one cut short continues with
 # --resume latest.  All members share the train/val split (--split-seed 0), which the ensemble's weights,
 # temperature and conformal rule are fitted on.
