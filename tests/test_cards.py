@@ -66,6 +66,14 @@ def test_base_model_is_the_pretrained_checkpoints_hub_repo(args, base_model, tmp
     assert card.data.datasets is None and card.data.eval_results[0].dataset_type == "shapes"
 
 
+def test_a_member_card_repeats_the_training_command_seed_0_included(tmp_path):
+    args = {"model": "airbench_s", "img_size": 32, "epochs": 31, "batch_size": 1024, "lr": 1.5, "seed": 0,
+            "split_seed": 0, "data_dir": "cifar10.tar.gz", "time_limit": 60.0, "ema": False}
+    text = member_card("airbench_s", {"epoch": 31, "val_top1": 90.3, "val_top5": 99.6}, args, ["cat", "dog"])
+    assert ("`accelerate launch train/finetune.py --model airbench_s --img-size 32 --epochs 31 --batch-size 1024 "
+            "--lr 1.5 --seed 0 --split-seed 0 --data-dir cifar10.tar.gz`") in text
+
+
 def test_student_cards_use_the_same_builder(tmp_path):
     """What another card (a distilled student) calls with its own numbers."""
     data = card_data("student-test_resnet", "uoft-cs/cifar10", "test", {"accuracy": ("Top-1 accuracy (%)", 81.23456)},

@@ -193,12 +193,16 @@ def with_card_data(text: str, data) -> str:
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n" + split_front_matter(text)[1]))
 
 
+#: The options a member's card repeats in its training command: enough to train it again.
+CARD_TRAINING_ARGS = ("model", "img_size", "epochs", "batch_size", "lr", "seed", "split_seed", "data_dir")
+
+
 def member_card(model_name: str, metrics: dict, training_args: dict, class_names: list[str]) -> str:
     """README.md for one exported member: model_card.md's text with this member's metadata and numbers."""
     _, body = split_front_matter(MODEL_CARD.read_text() if MODEL_CARD.exists() else "")
     rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
-    args = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in training_args.items()
-                    if v not in (None, False, {}) and k in ("model", "img_size", "epochs", "batch_size", "lr", "data_dir"))
+    args = " ".join(f"--{k.replace('_', '-')} {training_args[k]}" for k in CARD_TRAINING_ARGS
+                    if training_args.get(k) is not None)  # seed 0 too
     results = (f"### This member: `{model_name}`\n\nClasses: {', '.join(class_names)}\n\n"
                f"Validation metrics of the exported (best) epoch:\n\n| metric | value |\n| --- | --- |\n{rows}\n\n"
                f"Trained with `accelerate launch train/finetune.py {args}`"
