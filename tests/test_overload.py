@@ -150,10 +150,12 @@ def test_a_client_may_not_hold_a_second_waiting_place(server):
 
 def test_an_upload_trickling_in_is_cut_off_and_gives_its_place_back(ensemble_dir, tmp_path):
     """With a grace of 2 s (the default is 10), an upload that sent half its body and then stalls is answered 408
-    after about 2 s, no longer holds its place, and the server answers the next request."""
+    after about 2 s, no longer holds its place, and the server answers the next request.  (This server also has
+    a /metrics token: only a request that carries it gets the metrics.)"""
     log_file = tmp_path / "app.log"
     process, url = start_app(ensemble_dir / "ensemble.json", log_file, VISION_ENSEMBLE_SLOTS="1",
-                             VISION_ENSEMBLE_QUEUE="0", VISION_ENSEMBLE_UPLOAD_GRACE_S="2")
+                             VISION_ENSEMBLE_QUEUE="0", VISION_ENSEMBLE_UPLOAD_GRACE_S="2",
+                             VISION_ENSEMBLE_METRICS_TOKEN="s3cret")
     try:
         port = int(url.rsplit(":", 1)[1].strip("/"))
         with httpx.Client(base_url=url, timeout=60) as http:
@@ -169,6 +171,11 @@ def test_an_upload_trickling_in_is_cut_off_and_gives_its_place_back(ensemble_dir
             assert 2 <= seconds < 20, f"cut off after {seconds:.1f} s"
             assert http.get("/api/health").json()["queue"]["waiting"] == 0
             assert http.post("/api/predict", files={"image": ("cat.png", CAT.read_bytes())}).status_code == 200
+            for headers in ({}, {"Authorization": "Bearer wrong"}):
+                refused = http.get("/metrics", headers=headers)
+                assert refused.status_code == 401 and "Bearer" in refused.json()["error"], refused.text
+            metrics = http.get("/metrics", headers={"Authorization": "Bearer s3cret"})
+            assert metrics.status_code == 200 and 'status="408"' in metrics.text
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -81,6 +81,9 @@ WAITING_PER_CLIENT = int(os.environ.get("VISION_ENSEMBLE_WAITING_PER_CLIENT", 1)
 #: or it is answered 408 and its place given back (VISION_ENSEMBLE_UPLOAD_GRACE_S overrides the grace, e.g. in tests).
 UPLOAD_GRACE_S = float(os.environ.get("VISION_ENSEMBLE_UPLOAD_GRACE_S", 10))
 MIN_UPLOAD_BYTES_PER_S = 20 * 1024
+#: /metrics answers only requests carrying `Authorization: Bearer <this>` when it is set (e.g. a Space secret):
+#: request counts and queue depths are not for every visitor.  Unset, /metrics is open, as Prometheus exporters are.
+METRICS_TOKEN = os.environ.get("VISION_ENSEMBLE_METRICS_TOKEN") or None
 #: Proxies whose X-Forwarded-For names the client (uvicorn's setting; its FORWARDED_ALLOW_IPS overrides it).  On a
 #: Hugging Face Space (SPACE_ID set) every request comes through the Space's proxy: without trusting it, all clients
 #: would share its address and so one client's share of the queue.  A client can forge the header: that defeats the

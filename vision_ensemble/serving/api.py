@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import logging
 import tempfile
 import time
@@ -29,8 +30,8 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect
 
-from ..config import (ADMISSION_QUEUE, CLASSIFY_CONCURRENCY, DEFAULT_TOP_K, MAX_UPLOAD_BYTES, MIN_UPLOAD_BYTES_PER_S,
-                      UPLOAD_GRACE_S, WAITING_PER_CLIENT)
+from ..config import (ADMISSION_QUEUE, CLASSIFY_CONCURRENCY, DEFAULT_TOP_K, MAX_UPLOAD_BYTES, METRICS_TOKEN,
+                      MIN_UPLOAD_BYTES_PER_S, UPLOAD_GRACE_S, WAITING_PER_CLIENT)
 from ..evaluation.ensemble import Ensemble
 from .admission import Admission, Busy
 from .metrics import Metrics
@@ -236,7 +237,11 @@ def create_api(ensemble: Ensemble | None, status: str, runtime: str, version: st
         return JSONResponse(body.model_dump(), status_code=200 if members else 503)
 
     @api.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics():
+    async def prometheus_metrics(request: Request):
+        if METRICS_TOKEN and not hmac.compare_digest(request.headers.get("authorization", "").encode(),
+                                                     f"Bearer {METRICS_TOKEN}".encode()):
+            return error_response(401, "/metrics needs the header Authorization: Bearer <VISION_ENSEMBLE_METRICS_TOKEN>.",
+                                  {"WWW-Authenticate": "Bearer"})
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def answer(request: Request) -> Prediction:
