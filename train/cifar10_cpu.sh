@@ -9,9 +9,15 @@
 # --resume latest.  All members share the train/val split (--split-seed 0), which the ensemble's weights,
 # temperature and conformal rule are fitted on.
 #
-#   bash train/cifar10_cpu.sh                                  # the shipped members, then their ensemble
+# The student: airbench_s distilled (`--teacher`) from the members' predictions.npz (their training-split
+# probabilities, combined with weights and a temperature fitted on val as evaluate.py fits them) into
+# RUNS/student-airbench_s; the ensemble step then evaluates it beside the members (`evaluate.py --student`)
+# into models/cifar10/student/, a one-member manifest the Space serves with --manifest models/cifar10/student.
+#
+#   bash train/cifar10_cpu.sh                                  # members, student, then the ensemble + student
 #   bash train/cifar10_cpu.sh members airbench_m-seed3         # one member
 #   bash train/cifar10_cpu.sh ensemble "airbench_s-seed0 airbench_s-seed1"  # the ensemble of members already trained
+#   bash train/cifar10_cpu.sh student                          # the student of the shipped members
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data/cifar10.tar.gz}
@@ -30,10 +36,21 @@ member() {  # member MODEL-seedN
     --time-limit "$MINUTES" --hub-repo-id "vision-ensemble/cifar10-$name" --output-dir "$out" "${resume[@]}"
 }
 
-ensemble() {  # ensemble "MODEL-seedN ..."
-  local members=()
+student() {  # student "MODEL-seedN ...": airbench_s distilled from those members' predictions.npz
+  local out="$RUNS/student-airbench_s" resume=() teachers=()
+  if [[ -f $out/predictions.npz && -d $out/best ]]; then echo "student: done ($out)"; return; fi
+  [[ -d $out/checkpoints ]] && resume=(--resume latest)
+  for name in $1; do teachers+=("$RUNS/$name/predictions.npz"); done
+  "$PY" -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+    train/finetune.py --model airbench_s --seed 0 --split-seed 0 --teacher "${teachers[@]}" --data-dir "$DATA" \
+    --time-limit "$MINUTES" --hub-repo-id vision-ensemble/cifar10-student --output-dir "$out" "${resume[@]}"
+}
+
+ensemble() {  # ensemble "MODEL-seedN ...", with the student when its run has finished
+  local members=() with_student=()
   mkdir -p models/cifar10 results/cifar10
-  rm -rf models/cifar10/airbench_*  # members no longer listed leave the shipped ensemble
+  rm -rf models/cifar10/airbench_* models/cifar10/student  # what is no longer listed leaves the shipped folder
+  [[ -f $RUNS/student-airbench_s/predictions.npz ]] && with_student=(--student "$RUNS/student-airbench_s/best")
   for name in $1; do
     members+=("models/cifar10/$name")
     cp -r "$RUNS/$name/best" "models/cifar10/$name"
@@ -42,8 +59,8 @@ ensemble() {  # ensemble "MODEL-seedN ..."
   "$PY" train/fp16_members.py "${members[@]}" --data-dir "$DATA"  # fp16 files where the test top-1 stays the same
   # Written beside the members, so that ensemble.json names them relative to itself; the report and its figures
   # then move to results/cifar10 (report.json stays beside the manifest too: the Space reads it there).
-  "$PY" evaluation/evaluate.py --models "${members[@]}" --data-dir "$DATA" --tta --diagnose --update-card \
-    --ood-images examples/*.jpg --output-dir models/cifar10
+  "$PY" evaluation/evaluate.py --models "${members[@]}" "${with_student[@]}" --data-dir "$DATA" --tta --diagnose \
+    --update-card --ood-images examples/*.jpg --output-dir models/cifar10
   mv models/cifar10/*.png results/cifar10/
   cp models/cifar10/report.json results/cifar10/report.json
   "$PY" docs/readme_results.py  # the README's results table, from that report
@@ -53,6 +70,7 @@ what=${1:-all}
 case $what in
   members) for name in ${2:-$SHIPPED}; do member "$name"; done ;;
   ensemble) ensemble "${2:-$SHIPPED}" ;;
-  all) for name in $SHIPPED; do member "$name"; done; ensemble "$SHIPPED" ;;
-  *) echo "usage: $0 [all | members [MODEL-seedN ...] | ensemble [MODEL-seedN ...]]" >&2; exit 2 ;;
+  student) student "${2:-$SHIPPED}" ;;
+  all) for name in $SHIPPED; do member "$name"; done; student "$SHIPPED"; ensemble "$SHIPPED" ;;
+  *) echo "usage: $0 [all | members|ensemble|student [MODEL-seedN ...]]" >&2; exit 2 ;;
 esac
