@@ -36,7 +36,7 @@ import psutil
 import torch
 from PIL import Image
 
-from vision_ensemble.serving.batch import Classifier, DecodedInputs, collate, list_inputs
+from vision_ensemble.serving.batch import Classifier, list_inputs
 
 
 def photo_jpeg(path: Path, height: int = 3000, width: int = 4000) -> Path:
@@ -65,11 +65,8 @@ def rate(classifier: Classifier, folder: Path, workers: int, predict: bool) -> f
     if predict:
         count = sum(len(records) for records in classifier.predict_inputs(inputs, workers=workers))
     else:
-        loader = torch.utils.data.DataLoader(DecodedInputs(inputs, classifier.ensemble.source_size),
-                                             batch_size=classifier.auto_batch_size(len(inputs.names), workers),
-                                             num_workers=workers,
-                                             collate_fn=collate, prefetch_factor=2 if workers else None)
-        count = sum(len(indices) + len(errors) for indices, _, errors in loader)
+        count = sum(len(indices) + len(errors)
+                    for indices, _, errors in classifier.decoding_loader(inputs, workers=workers))
     return count / (time.perf_counter() - start)
 
 

@@ -40,7 +40,7 @@ from accelerate import Accelerator
 
 from vision_ensemble.config import (CIFAR10_NAME, CONFORMAL_SCORES, DEFAULT_ATTACK_SAMPLES, DEFAULT_CONFORMAL_SCORE,
                                     DEFAULT_COVERAGE, DEFAULT_SEED, DEFAULT_VAL_SIZE, EVAL_BATCH_PIXELS, PGD_STEPS,
-                                    UNCERTAINTY_FLAGGED_ACCURACY, default_cache_size)
+                                    UNCERTAINTY_FLAGGED_ACCURACY, models_cache_size)
 from vision_ensemble.data import DataError, common_split_seed, load_dataset
 from vision_ensemble.evaluation.conformal import calibration_problem
 from vision_ensemble.evaluation.diagnostics import diagnose
@@ -129,9 +129,7 @@ def main(argv=None) -> int:
         class_names = Ensemble(models).class_names  # checks that the models agree
         split_seed = common_split_seed({m.source: m.training_args for m in models}, args.split_seed)
         split_seed = DEFAULT_SEED if split_seed is None else split_seed
-        cache_size = args.cache_size or max(  # as training's default, so its cache is reused
-            default_cache_size(max(m.data_config["input_size"][1:]), m.data_config.get("crop_pct", 1.0))
-            for m in models)
+        cache_size = args.cache_size or models_cache_size(m.data_config for m in models)
         data = load_dataset(args.data_dir, args.cache_dir, args.val_size if args.val_size < 1 else int(args.val_size),
                             split_seed, cache_size)
         if data.test is None:

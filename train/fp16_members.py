@@ -25,15 +25,14 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vision_ensemble.config import CIFAR10_NAME, default_cache_size  # noqa: E402
+from vision_ensemble.config import CIFAR10_NAME, models_cache_size  # noqa: E402
 from vision_ensemble.data import load_dataset  # noqa: E402
 from vision_ensemble.model import Member  # noqa: E402
 
 WEIGHTS = "model.safetensors"
 
 
-def test_top_classes(folder: Path, images: torch.Tensor, batch_size: int) -> np.ndarray:
-    member = Member.load(str(folder), device="cpu")
+def test_top_classes(member: Member, images: torch.Tensor, batch_size: int) -> np.ndarray:
     return member.probabilities(images, tta_flip=True, batch_size=batch_size).argmax(1).numpy()
 
 
@@ -50,14 +49,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=500)
     args = p.parse_args(argv)
 
-    configs = [Member.load(str(folder), device="cpu").data_config for folder in args.members]
-    cache_size = max(default_cache_size(max(c["input_size"][1:]), c.get("crop_pct", 1.0)) for c in configs)
-    test = load_dataset(args.data_dir, cache_size=cache_size).test  # the cache evaluate.py reads
+    members = [Member.load(str(folder), device="cpu") for folder in args.members]  # before any file is rewritten
+    test = load_dataset(args.data_dir, cache_size=models_cache_size(m.data_config for m in members)).test
     if test is None:
         p.error(f"{args.data_dir} has no test split")
     images = torch.from_numpy(test.gather(np.arange(len(test)))).permute(0, 3, 1, 2)
     labels = test.labels
-    for folder in args.members:
+    for folder, member in zip(args.members, members):
         path = folder / WEIGHTS
         with safe_open(path, "pt") as f:
             metadata, fp32 = f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
@@ -68,9 +66,9 @@ def main(argv=None) -> int:
         if overflow := [k for k, v in halved.items() if v.is_floating_point() and not v.isfinite().all()]:
             print(f"{folder}: {', '.join(overflow)} outside fp16's range; fp32 weights kept")
             continue
-        before = test_top_classes(folder, images, args.batch_size)
+        before = test_top_classes(member, images, args.batch_size)
         write_weights(path, halved, metadata)
-        after = test_top_classes(folder, images, args.batch_size)
+        after = test_top_classes(Member.load(str(folder), device="cpu"), images, args.batch_size)
         top1_32, top1_16 = (100 * float((top == labels).mean()) for top in (before, after))
         kept = top1_16 == top1_32
         if not kept:

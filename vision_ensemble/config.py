@@ -43,6 +43,12 @@ def default_cache_size(img_size: int, crop_pct: float = DEFAULT_CROP_PCT) -> int
     return math.ceil(img_size / min(crop_pct, DEFAULT_CROP_PCT) / 32) * 32
 
 
+def models_cache_size(data_configs) -> int:
+    """The decoded-cache size that serves every one of these models (timm data configs): the largest of their
+    `default_cache_size`s, as training chose it, so evaluation reuses the training cache."""
+    return max(default_cache_size(max(c["input_size"][1:]), c.get("crop_pct", 1.0)) for c in data_configs)
+
+
 def default_cache_root() -> Path:
     """Where decoded datasets and extracted archives live (override with VISION_ENSEMBLE_CACHE)."""
     env = os.environ.get("VISION_ENSEMBLE_CACHE")

@@ -298,13 +298,18 @@ class Classifier:
                        batch_size: int | None = None, workers: int | None = None) -> Iterator[list[dict]]:
         """The records of `inputs`, batch by batch in their order, decoded by `workers` processes (default: one a
         core; 0: in this process) while this one runs the networks."""
-        workers = (os.cpu_count() or 1) if workers is None else workers
-        batch_size = batch_size or self.auto_batch_size(len(inputs.names), workers)
-        loader = torch.utils.data.DataLoader(
-            DecodedInputs(inputs, self.ensemble.source_size), batch_size=batch_size,
-            num_workers=workers, collate_fn=collate, prefetch_factor=2 if workers else None)
-        for indices, batch, errors in loader:
+        for indices, batch, errors in self.decoding_loader(inputs, batch_size, workers):
             yield self._records(inputs.names, indices, batch, errors, top_k, probabilities)
+
+    def decoding_loader(self, inputs: Inputs, batch_size: int | None = None,
+                        workers: int | None = None) -> torch.utils.data.DataLoader:
+        """`collate`'s batches of `inputs` decoded to the ensemble's source_size by `workers` processes (default: one
+        a core), `batch_size` images each (default: `auto_batch_size` for them)."""
+        workers = (os.cpu_count() or 1) if workers is None else workers
+        return torch.utils.data.DataLoader(
+            DecodedInputs(inputs, self.ensemble.source_size),
+            batch_size=batch_size or self.auto_batch_size(len(inputs.names), workers),
+            num_workers=workers, collate_fn=collate, prefetch_factor=2 if workers else None)
 
 
 def load(manifest: str | Path = DEFAULT_MANIFEST, runtime: str = "onnx", tta: bool | None = None) -> Classifier:
