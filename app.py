@@ -46,7 +46,7 @@ from vision_ensemble.hub import (MODEL_CARD, HubError, answering_markdown, fill_
 from vision_ensemble.model import ModelError
 from vision_ensemble.serving.allocator import fix_mmap_threshold, limit_malloc_arenas, trim_periodically
 from vision_ensemble.serving.admission import Admission, Busy
-from vision_ensemble.serving.api import client_address, create_api, measured_top1
+from vision_ensemble.serving.api import AdmittedUploads, client_address, create_api, measured_top1
 from vision_ensemble.serving.metrics import Metrics
 from vision_ensemble.serving.predict import InputError, decode_upload, model_version, predict_image
 from vision_ensemble.serving.tempfiles import sweep_temp_files
@@ -384,6 +384,7 @@ def main(argv=None) -> None:
     api = create_api(ensemble, status, args.runtime, version, admission, metrics, report)
     app = gr.mount_gradio_app(api, demo, path="/", max_file_size=MAX_UPLOAD_BYTES, show_error=True,
                               allowed_paths=[str(EXAMPLES)])
+    app.add_middleware(AdmittedUploads, admission=admission, metrics=metrics)  # the Space's uploads under the same admission
     log.info("serving the Space at http://%s:%d/ and the JSON API at /api/predict (docs at /docs); %d slot(s), %d "
              "more may wait", args.host, args.port, args.slots, args.queue)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S,

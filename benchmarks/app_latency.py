@@ -9,7 +9,10 @@ free localhost port, and measures: what Gradio alone costs per request (a no-op 
 start to first answer), each member's forward pass in-process, and p50/p95 of `POST /api/predict` (httpx,
 multipart) and of Gradio's `/classify` (gradio_client) with 1 client (`--requests` in a row) and with
 `--clients` concurrent clients (`--per-client` requests each).  `--check-top3 N` also checks that the
-served top-3 equals the eager fp32 ensemble's on N CIFAR-10 test images.
+served top-3 equals the eager fp32 ensemble's on N CIFAR-10 test images.  `--manifest models/cifar10` measures
+that ensemble (the shipped one) instead of building members:
+
+    python benchmarks/app_latency.py --manifest models/cifar10 --no-floor --requests 100
 """
 
 from __future__ import annotations
@@ -63,11 +66,11 @@ def time_ms(fn, repeats: int = 20) -> float:
     return (time.perf_counter() - start) / repeats * 1000
 
 
-def member_forward_ms(manifest: Path, image: str, runtime: str) -> dict[str, float]:
+def member_forward_ms(manifest: Path, image: str, runtime: str, onnx_folder: Path) -> dict[str, float]:
     """In-process: decoding the upload, then each member's preprocessing (resize, normalise) and network."""
     ensemble = Ensemble.from_manifest(manifest)
     if runtime == "onnx":
-        ensemble.use_onnxruntime(manifest.parent)
+        ensemble.use_onnxruntime(onnx_folder)
     data = Path(image).read_bytes()
     x = torch.from_numpy(load_rgb(data)).permute(2, 0, 1)[None]
     times = {"decode": time_ms(lambda: load_rgb(data))}
@@ -95,7 +98,7 @@ def single_graph_ms(manifest: Path, folder: Path, input_size: int = 32, requests
     return times
 
 
-def top3_agreement(manifest: Path, archive: str, n: int) -> tuple[int, int]:
+def top3_agreement(manifest: Path, archive: str, n: int, onnx_folder: Path) -> tuple[int, int]:
     """How many of the first n CIFAR-10 test images get the same top-3 (in order) from ORT as from eager fp32."""
     from vision_ensemble.data import load_dataset
 
@@ -104,7 +107,7 @@ def top3_agreement(manifest: Path, archive: str, n: int) -> tuple[int, int]:
     images = torch.from_numpy(test.images[pick]).permute(0, 3, 1, 2)
     eager = Ensemble.from_manifest(manifest)
     served = Ensemble.from_manifest(manifest)
-    served.use_onnxruntime(manifest.parent)
+    served.use_onnxruntime(onnx_folder)
     a = np.argsort(-eager.predict(images, batch_size=50)[0], axis=1)[:, :3]
     b = np.argsort(-served.predict(images, batch_size=50)[0], axis=1)[:, :3]
     return int(np.all(a == b, axis=1).sum()), n
@@ -205,26 +208,38 @@ def main():
     p.add_argument("--check-top3", type=int, default=0, metavar="N",
                    help="compare ORT's top-3 with eager fp32 on N CIFAR-10 test images")
     p.add_argument("--cifar10", default=str(REPO.parent / "shared" / "data" / "cifar10.tar.gz"))
+    p.add_argument("--manifest", help="measure this ensemble (e.g. models/cifar10, the shipped one) instead of "
+                   "building the --sizes members")
     args = p.parse_args()
     print(f"image {args.image} ({Path(args.image).stat().st_size:,} bytes); torch threads {torch.get_num_threads()}")
     if not (args.no_floor or args.in_process_only):
         gradio_floor(args)
+    if args.manifest:
+        manifest = Path(args.manifest)
+        manifest = manifest / "ensemble.json" if manifest.is_dir() else manifest
+        with tempfile.TemporaryDirectory() as tmp:
+            measure(manifest, Path(tmp), args, str(args.manifest))
+        return
     for size in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
             manifest = build_members(Path(tmp), size)
-            label = "recipe sizes (64/64/32 px)" if size == "recipe" else f"{size} px"
-            if args.check_top3:
-                same, n = top3_agreement(manifest, args.cifar10, args.check_top3)
-                print(f"[{label}] top-3 identical (ONNX Runtime vs eager fp32): {same} of {n} CIFAR-10 test images")
-            for runtime in args.runtimes:
-                forward = member_forward_ms(manifest, args.image, runtime)
-                print(f"[{label}, {runtime}] in-process, batch 1: " + ", ".join(f"{k} {v:.1f} ms" for k, v in forward.items())
-                      + f"; sum {sum(forward.values()):.1f} ms")
-                if not args.in_process_only:
-                    serve(manifest, args, runtime, label)
-            graph = single_graph_ms(manifest, Path(tmp) / "onnx")
-            print(f"[{label}] one ONNX graph, uint8 32 px batch 1, in-process: fp32 {graph['ensemble']}, "
-                  f"int8 {graph['ensemble_int8']}")
+            measure(manifest, Path(tmp), args, "recipe sizes (64/64/32 px)" if size == "recipe" else f"{size} px")
+
+
+def measure(manifest: Path, tmp: Path, args, label: str) -> None:
+    """Every number for one ensemble: the top-3 check, each runtime in-process and served, the one-graph export."""
+    if args.check_top3:
+        same, n = top3_agreement(manifest, args.cifar10, args.check_top3, tmp / "members")
+        print(f"[{label}] top-3 identical (ONNX Runtime vs eager fp32): {same} of {n} CIFAR-10 test images")
+    for runtime in args.runtimes:
+        forward = member_forward_ms(manifest, args.image, runtime, tmp / "members")
+        print(f"[{label}, {runtime}] in-process, batch 1: " + ", ".join(f"{k} {v:.1f} ms" for k, v in forward.items())
+              + f"; sum {sum(forward.values()):.1f} ms")
+        if not args.in_process_only:
+            serve(manifest, args, runtime, label)
+    graph = single_graph_ms(manifest, tmp / "onnx")
+    print(f"[{label}] one ONNX graph, uint8 32 px batch 1, in-process: fp32 {graph['ensemble']}, "
+          f"int8 {graph['ensemble_int8']}")
 
 
 def serve(manifest: Path, args, runtime: str, label: str) -> None:

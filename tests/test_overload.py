@@ -17,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import EXAMPLES, start_app
+from conftest import EXAMPLES, browser_page, needs_chromium, start_app
 from vision_ensemble.serving.admission import Admission, Busy
 
 CAT = EXAMPLES / "cifar10_cat.png"
@@ -37,22 +37,23 @@ def server(ensemble_dir, tmp_path_factory):
     assert "Traceback" not in log_file.read_text()
 
 
-def predict_request(port: int) -> tuple[bytes, bytes]:
-    """(request head, body) of a multipart POST /api/predict of the cat."""
-    request = httpx.Request("POST", f"http://127.0.0.1:{port}/api/predict",
-                            files={"image": ("cat.png", CAT.read_bytes(), "image/png")})
+def predict_request(port: int, route: str = "/api/predict", field: str = "image") -> tuple[bytes, bytes]:
+    """(request head, body) of a multipart POST of the cat to /api/predict (or to `route`, as its `field`)."""
+    request = httpx.Request("POST", f"http://127.0.0.1:{port}{route}",
+                            files={field: ("cat.png", CAT.read_bytes(), "image/png")})
     body = request.read()
-    head = (f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+    head = (f"POST {route} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
             f"Content-Type: {request.headers['content-type']}\r\nContent-Length: {len(body)}\r\n\r\n")
     return head.encode(), body
 
 
 class SlowUpload:
-    """A POST /api/predict from `source` (a loopback address: a client of its own) that sends its headers and half its
-    body now and the rest on `finish`; until then the server holds its place, receiving."""
+    """A POST /api/predict (or a `predict_request` of another route) from `source` (a loopback address: a client of
+    its own) that sends its headers and half its body now and the rest on `finish`; until then the server holds its
+    place, receiving."""
 
-    def __init__(self, port: int, source: str):
-        head, body = predict_request(port)
+    def __init__(self, port: int, source: str, *route_and_field: str):
+        head, body = predict_request(port, *route_and_field)
         self.rest = body[len(body) // 2:]
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=60, source_address=(source, 0))
         self.sock.sendall(head + body[:len(body) // 2])
@@ -109,11 +110,25 @@ def finish_all(uploads: list[SlowUpload]) -> list[http.client.HTTPResponse]:
             upload.close()
 
 
-def test_past_the_queue_the_api_answers_503_at_once_and_the_admitted_complete(server):
-    from gradio_client import Client, handle_file
-    from gradio_client.exceptions import AppError
+def gradio_upload(http: httpx.Client, source: str = "127.0.0.9") -> httpx.Response:
+    """The cat posted to Gradio's upload route (as the Space's image box does) from the loopback address `source`."""
+    transport = httpx.HTTPTransport(local_address=source)
+    with httpx.Client(base_url=http.base_url, transport=transport, timeout=30) as client:
+        return client.post("/gradio_api/upload", files={"files": ("cat.png", CAT.read_bytes(), "image/png")})
 
+
+def classify_event(http: httpx.Client, server_path: str) -> str:
+    """The Classify tab's event for an image already uploaded, through Gradio's HTTP API: its event stream."""
+    call = http.post("/gradio_api/call/classify",
+                     json={"data": [{"path": server_path, "meta": {"_type": "gradio.FileData"}}]})
+    assert call.status_code == 200, call.text
+    return http.get(f"/gradio_api/call/classify/{call.json()['event_id']}").text
+
+
+def test_past_the_queue_the_api_answers_503_at_once_and_the_admitted_complete(server):
     http, url, port = server
+    uploaded = gradio_upload(http)  # before the crowd: the Space's upload route takes it on
+    assert uploaded.status_code == 200, uploaded.text
     uploads = held(port, ["127.0.0.1", "127.0.0.2", "127.0.0.3"])
     try:
         assert wait_for_queue(http, waiting=3) == {"running": 0, "waiting": 3, "capacity": 3}
@@ -124,14 +139,40 @@ def test_past_the_queue_the_api_answers_503_at_once_and_the_admitted_complete(se
         assert int(response.getheader("Retry-After")) >= 1
         assert b"busy" in response.body and b"Traceback" not in response.body
         assert seconds < 2, f"the refusal took {seconds:.2f} s"
-        # The Classify tab shares the queue: a plain "busy", not a spinner or a stack trace.
-        with pytest.raises(AppError, match="busy") as refused:
-            Client(url, verbose=False).predict(handle_file(str(CAT)), api_name="/classify")
-        assert "Traceback" not in str(refused.value)
+        # The Space shares the queue: its upload route refuses an image with the same 503 (the page shows the text
+        # in its error toast), and its Classify event says "busy", not a spinner or a stack trace.
+        refused_upload = gradio_upload(http)
+        assert refused_upload.status_code == 503 and "busy" in refused_upload.text, refused_upload.text
+        assert int(refused_upload.headers["Retry-After"]) >= 1
+        events = classify_event(http, uploaded.json()[0])
+        assert "event: error" in events and "busy" in events and "Traceback" not in events, events
     finally:
         answers = finish_all(uploads)
     assert [a.status for a in answers] == [200, 200, 200], [a.body[:200] for a in answers]
     assert http.get("/api/health").json()["queue"] == {"running": 0, "waiting": 0, "capacity": 3}
+
+
+@needs_chromium
+def test_a_browser_uploading_to_a_full_server_is_told_it_is_busy(server):
+    """In headless Chromium, an image dropped on the Classify tab while every place is taken: the page says "busy,
+    try again" in its error toast (Gradio shows the upload route's 503 text), and the server serves it once there is
+    room."""
+    http, url, port = server
+    with browser_page(url) as page:
+        page.get_by_role("tab", name="Classify").click()
+        uploads = held(port, ["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+        try:
+            wait_for_queue(http, waiting=3)
+            page.locator("input[type=file]").first.set_input_files(str(CAT))
+            toast = page.get_by_text("The server is busy").first
+            toast.wait_for(state="visible", timeout=20_000)
+            assert "try again in a few seconds" in toast.inner_text()
+        finally:
+            answers = finish_all(uploads)
+        assert [a.status for a in answers] == [200, 200, 200]
+        page.locator("input[type=file]").first.set_input_files(str(CAT))
+        page.get_by_role("button", name="Classify").click()
+        page.get_by_text("members agree").first.wait_for(state="visible", timeout=30_000)
 
 
 def test_a_client_may_not_hold_a_second_waiting_place(server):
@@ -149,9 +190,9 @@ def test_a_client_may_not_hold_a_second_waiting_place(server):
 
 
 def test_an_upload_trickling_in_is_cut_off_and_gives_its_place_back(ensemble_dir, tmp_path):
-    """With a grace of 2 s (the default is 10), an upload that sent half its body and then stalls is answered 408
-    after about 2 s, no longer holds its place, and the server answers the next request.  (This server also has
-    a /metrics token: only a request that carries it gets the metrics.)"""
+    """With a grace of 2 s (the default is 10), an upload (to the API, then to the Space's upload route) that sent half
+    its body and then stalls is answered 408 after about 2 s, no longer holds its place, and the server answers the
+    next request.  (This server also has a /metrics token: only a request that carries it gets the metrics.)"""
     log_file = tmp_path / "app.log"
     process, url = start_app(ensemble_dir / "ensemble.json", log_file, VISION_ENSEMBLE_SLOTS="1",
                              VISION_ENSEMBLE_QUEUE="0", VISION_ENSEMBLE_UPLOAD_GRACE_S="2",
@@ -170,12 +211,20 @@ def test_an_upload_trickling_in_is_cut_off_and_gives_its_place_back(ensemble_dir
             assert answer.status == 408 and b"too slowly" in answer.body, answer.body
             assert 2 <= seconds < 20, f"cut off after {seconds:.1f} s"
             assert http.get("/api/health").json()["queue"]["waiting"] == 0
+            stalled = SlowUpload(port, "127.0.0.2", "/gradio_api/upload", "files")  # the Space's upload route
+            try:
+                answer = read_response(stalled.sock)
+            finally:
+                stalled.close()
+            assert answer.status == 408 and b"too slowly" in answer.body, answer.body
+            assert http.get("/api/health").json()["queue"]["waiting"] == 0
             assert http.post("/api/predict", files={"image": ("cat.png", CAT.read_bytes())}).status_code == 200
             for headers in ({}, {"Authorization": "Bearer wrong"}):
                 refused = http.get("/metrics", headers=headers)
                 assert refused.status_code == 401 and "Bearer" in refused.json()["error"], refused.text
             metrics = http.get("/metrics", headers={"Authorization": "Bearer s3cret"})
-            assert metrics.status_code == 200 and 'status="408"' in metrics.text
+            assert metrics.status_code == 200
+            assert 'route="api",status="408"' in metrics.text and 'route="upload",status="408"' in metrics.text
     finally:
         process.terminate()
         process.wait(timeout=30)

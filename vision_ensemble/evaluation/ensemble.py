@@ -129,9 +129,9 @@ class Ensemble:
                    for m in self.members)
         return side, side
 
-    def use_onnxruntime(self, folder: str | Path) -> None:
+    def use_onnxruntime(self, folder: str | Path, threads: int | None = None) -> None:
         for member in self.members:
-            member.use_onnxruntime(folder)
+            member.use_onnxruntime(folder, threads)
 
     def soft_vote(self, input_scale: float = 1.0) -> SoftVote:
         return SoftVote(self.members, self.weights, self.temperature, self.tta_flip, input_scale)

@@ -32,14 +32,15 @@ class Member:
     def __post_init__(self):
         self.transform = BatchTransform.from_data_config(self.data_config)
 
-    def use_onnxruntime(self, folder: str | Path) -> None:
+    def use_onnxruntime(self, folder: str | Path, threads: int | None = None) -> None:
         """Run the network through ONNX Runtime (fp32; preprocessing stays the same torch code), exported by
-        `runtime.export_member`, the code `python -m vision_ensemble.onnx_export` checks against PyTorch.
+        `runtime.export_member`, the code `python -m vision_ensemble.onnx_export` checks against PyTorch, on
+        `threads` CPU threads (default: torch's).
 
         On a 2-core CPU at batch 1 this is about 1.5x faster than eager PyTorch with logits equal to ~1e-6
         (benchmarks/app_latency.py measures both and checks the top-3 agree).
         """
-        self.session = inference_session(export_member(self, folder))
+        self.session = inference_session(export_member(self, folder), threads)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         if self.session is not None:

@@ -1,4 +1,5 @@
-"""The JSON API served beside the Space on one FastAPI app: `POST /api/predict`, `GET /api/health`, `GET /metrics`.
+"""The JSON API served beside the Space on one FastAPI app: `POST /api/predict`, `GET /api/health`, `GET /metrics`;
+and `AdmittedUploads`, which puts Gradio's own upload route under the same admission.
 
 Bad input gets a 4xx with `{"error": "..."}` carrying the Classify tab's message.  Every prediction goes through the
 admission the tab shares (serving/admission.py): past its queue a request is answered 503 with Retry-After at once,
@@ -22,7 +23,7 @@ from typing import AsyncIterator, BinaryIO
 import anyio
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
@@ -274,3 +275,51 @@ def create_api(ensemble: Ensemble | None, status: str, runtime: str, version: st
         return response
 
     return api
+
+
+class AdmittedUploads:
+    """ASGI middleware: Gradio's upload route (`POST /gradio_api/upload`, through which the Classify tab's image and
+    the threshold tab's CSV arrive before their events are queued) under the rules of POST /api/predict.  An upload
+    holds a place in `admission` while it arrives (past the queue, or past a client's share, it is answered 503
+    with Retry-After before its body is read) and is answered 408 when it trickles in (`limited`); once it has
+    arrived its place is free again, and the event it was for asks for one of its own.  The answers are plain text,
+    as Gradio's own 413 is: the Space shows them in its error toast.  `metrics` counts them as route 'upload'."""
+
+    def __init__(self, app, admission: Admission, metrics: Metrics, path: str = "/gradio_api/upload"):
+        self.app, self.admission, self.metrics, self.path = app, admission, metrics, path
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != self.path:
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        request = Request(scope, receive)
+        body = limited(request, MAX_BODY_BYTES)
+        refusal: Exception | None = None
+        status = None  # of the answer the route sent
+
+        async def send_tracked(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            with self.admission.place(client_address(request)), anyio.CancelScope() as upload:
+                async def receive_limited():
+                    nonlocal refusal
+                    try:
+                        return await body.receive()
+                    except (ApiError, InputError) as exc:
+                        # Gradio's route would make any exception a 500 with a traceback: stop it instead.
+                        refusal = exc
+                        upload.cancel()
+                        await anyio.sleep_forever()
+
+                await self.app(scope, receive_limited, send_tracked)
+        except Busy as exc:
+            refusal = exc
+        if refusal is not None and status is None:
+            status, headers = ((503, {"Retry-After": str(refusal.retry_after_s)}) if isinstance(refusal, Busy)
+                               else (refusal.status, None))
+            await PlainTextResponse(str(refusal), status, headers)(scope, receive, send)
+        self.metrics.observe("upload", status or CLIENT_CLOSED, time.perf_counter() - start)

@@ -239,9 +239,11 @@ class Classifier:
     version: str = ""
 
     @classmethod
-    def load(cls, manifest: str | Path = DEFAULT_MANIFEST, runtime: str = "onnx", tta: bool | None = None) -> "Classifier":
+    def load(cls, manifest: str | Path = DEFAULT_MANIFEST, runtime: str = "onnx", tta: bool | None = None,
+             threads: int | None = None) -> "Classifier":
         """The ensemble of `manifest` (ensemble.json, a folder holding it, or a Hub repo id), its networks run by ONNX
-        Runtime (`runtime="onnx"`, as the Space) or eager PyTorch; `tta` overrides the manifest's flip TTA."""
+        Runtime (`runtime="onnx"`, as the Space, on `threads` CPU threads each, default torch's) or eager PyTorch;
+        `tta` overrides the manifest's flip TTA."""
         try:
             ensemble = Ensemble.from_manifest(resolve_manifest(manifest))
         except HubError as exc:
@@ -249,7 +251,7 @@ class Classifier:
         if tta is not None:
             ensemble.tta_flip = tta
         if runtime == "onnx":
-            ensemble.use_onnxruntime(tempfile.mkdtemp(prefix="vision-ensemble-onnx-"))
+            ensemble.use_onnxruntime(tempfile.mkdtemp(prefix="vision-ensemble-onnx-"), threads)
         return cls(ensemble, model_version(ensemble))
 
     @property
@@ -312,9 +314,10 @@ class Classifier:
             num_workers=workers, collate_fn=collate, prefetch_factor=2 if workers else None)
 
 
-def load(manifest: str | Path = DEFAULT_MANIFEST, runtime: str = "onnx", tta: bool | None = None) -> Classifier:
+def load(manifest: str | Path = DEFAULT_MANIFEST, runtime: str = "onnx", tta: bool | None = None,
+         threads: int | None = None) -> Classifier:
     """`Classifier.load`: the ensemble of `manifest` (default: the shipped CIFAR-10 ensemble), ready to `predict`."""
-    return Classifier.load(manifest, runtime, tta)
+    return Classifier.load(manifest, runtime, tta, threads)
 
 
 # --- the table --------------------------------------------------------------------------------------------
@@ -407,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", default="auto", help="images per batch (auto: as evaluation's, at most "
                    f"{MAX_AUTO_BATCH}, and at most 1/{BATCHES_PER_WORKER} of each decoding worker's share of the files)")
     p.add_argument("--workers", type=int, help="decoding processes (default: one a core; 0 decodes in this one)")
+    p.add_argument("--threads", type=int, help="CPU threads for the networks in this process, beside the decoding "
+                   "workers (default: one a core)")
     return p
 
 
@@ -417,12 +422,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--top-k must be at least 1")
     if args.batch_size != "auto" and not (args.batch_size.isdigit() and int(args.batch_size) > 0):
         parser.error(f"--batch-size {args.batch_size}: give a positive number or auto")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads {args.threads}: give at least 1")
+        torch.set_num_threads(args.threads)  # the preprocessing's (and --runtime torch's networks'); ORT's below
     try:
         table = Table(args.output, [])
         if table.exists() and not (args.resume or args.overwrite):
             raise InputsError(f"{args.output} exists: --resume continues it, --overwrite replaces it")
         inputs = list_inputs(args.source, args.path_column)
-        classifier = Classifier.load(args.manifest, args.runtime, args.tta)
+        classifier = Classifier.load(args.manifest, args.runtime, args.tta, args.threads)
         if args.top_k > len(classifier.class_names):
             raise InputsError(f"--top-k {args.top_k}: the ensemble has {len(classifier.class_names)} classes")
         table.columns = record_columns(args.top_k, classifier.class_names, args.probabilities)

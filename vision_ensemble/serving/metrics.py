@@ -21,7 +21,8 @@ class Metrics:
     def __init__(self, admission: Admission, ensemble: Ensemble | None):
         self.registry = CollectorRegistry()
         self.requests = Counter("vision_ensemble_requests", "Classification requests answered, by route ('api': "
-                                "POST /api/predict, 'classify': the Space's tab) and HTTP status (the tab's too)",
+                                "POST /api/predict, 'classify': the Space's tab, 'upload': the Space's uploads) and "
+                                "HTTP status (the tab's too)",
                                 ["route", "status"], registry=self.registry)
         self.latency = Histogram("vision_ensemble_request_seconds", "Time from a classification request's start to "
                                  "its answer (the upload's arrival included)", ["route", "status"],
