@@ -134,6 +134,7 @@ def make_classify(ensemble: Ensemble | None, admission: Admission, metrics: Metr
                 pixels = await admission.decode(decode_upload, path, ensemble.source_size)
                 prediction = await admission.run(predict_image, ensemble, pixels, DEFAULT_TOP_K, version)
             status = 200
+            metrics.observe_after_upload("classify", time.perf_counter() - start)  # its upload came before it
         except Busy as exc:
             status = 503
             raise gr.Error(str(exc), title="Busy", print_exception=False) from None  # a crowd, not a fault

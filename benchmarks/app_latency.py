@@ -157,8 +157,9 @@ def sequential_latency(call, requests: int) -> list[float]:
 
 
 def concurrent_latency(make_call, clients: int, per_client: int) -> tuple[list[float], float]:
-    """Latencies (ms) of every call of `clients` threads making `per_client` calls each, and requests/s."""
-    calls = [make_call() for _ in range(clients)]  # clients connect before the clock starts
+    """Latencies (ms) of every call of `clients` threads making `per_client` calls each, and requests/s; client i
+    is `make_call(i)`."""
+    calls = [make_call(i) for i in range(clients)]  # clients connect before the clock starts
     latencies, lock = [], threading.Lock()
 
     def worker(call):
@@ -264,12 +265,18 @@ def serve(manifest: Path, args, runtime: str, label: str) -> None:
             image = handle_file(args.image)
             return lambda: client.predict(image, api_name="/classify")
 
+        def person(i: int) -> dict[str, str]:
+            """Client i's headers: the app trusts X-Forwarded-For from localhost (config.FORWARDED_ALLOW_IPS), so
+            each concurrent client is a person of its own to the per-client admission rule, not one script."""
+            return {"X-Forwarded-For": f"10.0.{i // 250}.{1 + i % 250}"}
+
         api_call(httpx.Client(base_url=url, timeout=120))()
         print(f"[{label}, {runtime}] cold start (process start to first answer): {time.perf_counter() - launched:.1f} s")
-        for name, make_call in (("POST /api/predict", lambda: api_call(httpx.Client(base_url=url, timeout=120))),
-                                ("Gradio /classify", lambda: gradio_call(Client(url, verbose=False)))):
+        for name, make_call in (
+                ("POST /api/predict", lambda i: api_call(httpx.Client(base_url=url, timeout=120, headers=person(i)))),
+                ("Gradio /classify", lambda i: gradio_call(Client(url, verbose=False, headers=person(i))))):
             server_ms.clear()
-            one = sequential_latency(make_call(), args.requests)
+            one = sequential_latency(make_call(0), args.requests)
             measured = server_ms[-args.requests:]  # not the warm-up calls
             ensemble_time = f"; ensemble time in the server p50 {np.percentile(measured, 50):.0f} ms" if measured else ""
             print(f"[{label}, {runtime}] {name}, 1 client, {args.requests} requests: {percentiles(one)}{ensemble_time}")

@@ -252,6 +252,10 @@ def test_metrics_parse_and_count_requests_latency_and_member_time(server):
     assert moved("vision_ensemble_requests_total", route="api", status="415") == 1
     assert moved("vision_ensemble_request_seconds_count", route="api", status="200") == 1
     assert moved("vision_ensemble_request_seconds_sum", route="api", status="200") > 0
+    # The part after the upload arrived: the answered request only, and no longer than the whole.
+    assert moved("vision_ensemble_answer_after_upload_seconds_count", route="api") == 1
+    assert 0 < moved("vision_ensemble_answer_after_upload_seconds_sum", route="api") <= moved(
+        "vision_ensemble_request_seconds_sum", route="api", status="200")
     for member in ("member_a", "member_b"):
         assert moved("vision_ensemble_member_inference_seconds_count", member=member) == 1
     assert after[("vision_ensemble_queue_capacity", ())] == 3

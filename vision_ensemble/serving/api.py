@@ -251,9 +251,12 @@ def create_api(ensemble: Ensemble | None, status: str, runtime: str, version: st
                                 "ensemble.json.")
         with admission.place(client_address(request)):
             async with received_upload(request) as (kind, body, top_k):
+                arrived = time.perf_counter()
                 pixels, top_k = await admission.decode(decode_request, kind, body, top_k,
                                                        len(ensemble.class_names), ensemble.source_size)
-            return await admission.run(predict_image, ensemble, pixels, top_k, version or "")
+            prediction = await admission.run(predict_image, ensemble, pixels, top_k, version or "")
+        metrics.observe_after_upload("api", time.perf_counter() - arrived)
+        return prediction
 
     @api.post("/api/predict", response_model=Prediction, responses=ERRORS,
               openapi_extra={"requestBody": REQUEST_BODY})

@@ -1,5 +1,5 @@
-"""The server's Prometheus metrics (`GET /metrics`): requests by route and status, their latency, the admission queue's
-depth and each member's inference time.
+"""The server's Prometheus metrics (`GET /metrics`): requests by route and status, their latency (and, for those
+answered, its part after the upload arrived), the admission queue's depth and each member's inference time.
 
 Each server gets its own CollectorRegistry, not prometheus_client's global one, so several apps in one process (the
 tests) keep separate counts.
@@ -27,6 +27,11 @@ class Metrics:
         self.latency = Histogram("vision_ensemble_request_seconds", "Time from a classification request's start to "
                                  "its answer (the upload's arrival included)", ["route", "status"],
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.after_upload = Histogram("vision_ensemble_answer_after_upload_seconds", "Time from an answered (200) "
+                                      "classification's upload having arrived to its answer: waiting for decoding "
+                                      "and a slot, decoding and the ensemble; the part of the latency the admission "
+                                      "bounds (config.ADMISSION_QUEUE), without the client's network",
+                                      ["route"], buckets=LATENCY_BUCKETS, registry=self.registry)
         queue = Gauge("vision_ensemble_queue_requests", "Classification requests taken on: 'running' the ensemble, "
                       "'waiting' (receiving, decoding or waiting for a slot)", ["state"], registry=self.registry)
         queue.labels("running").set_function(lambda: admission.running)
@@ -42,6 +47,9 @@ class Metrics:
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route, str(status)).observe(seconds)
+
+    def observe_after_upload(self, route: str, seconds: float) -> None:
+        self.after_upload.labels(route).observe(seconds)
 
     def exposition(self) -> bytes:
         """The Prometheus text format."""
