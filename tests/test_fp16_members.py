@@ -1,8 +1,9 @@
 """train/fp16_members.py: a member whose fp16 weights classify the test split as its fp32 ones do is halved in
-place; one whose test accuracy changes in fp16 keeps its fp32 file, byte for byte."""
+place and its card says so; one whose test accuracy changes in fp16 keeps its fp32 file, byte for byte."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -30,13 +31,24 @@ def test_fp16_only_where_the_test_accuracy_stays(tmp_path):
     weights["fc.bias"] = weights["fc.bias"] + torch.tensor([1000.26, 1000.0, 999.74])
     save_file(weights, changed / "model.safetensors", metadata={"format": "pt"})
     fp32_bytes = {m: (m / "model.safetensors").read_bytes() for m in (same, changed)}
+    # `same` as train/finetune.py exports a member: its training record beside the weights, from which its card is
+    # written again; `changed` has none, so its card is left alone.
+    (same / "metrics.json").write_text(json.dumps({"epoch": 3, "val_top1": 91.5, "val_top5": 100.0}))
+    (same / "training_args.json").write_text(json.dumps({"model": "test_resnet", "img_size": 32, "epochs": 3,
+                                                         "seed": 0, "split_seed": 0, "data_dir": str(data)}))
 
     result = subprocess.run([sys.executable, "train/fp16_members.py", str(same), str(changed), "--data-dir", str(data)],
                             env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = {line.split(":")[0]: line for line in result.stdout.splitlines() if line.startswith(str(tmp_path))}
+    lines = {}  # what was printed for each member folder
+    for line in result.stdout.splitlines():
+        if line.startswith(str(tmp_path)):
+            lines[line.split(":")[0]] = lines.get(line.split(":")[0], "") + line + "\n"
     assert "-> fp16 weights" in lines[str(same)] and "0 of 24 test images changed" in lines[str(same)]
     assert dtypes(same) == {"torch.float16", "torch.int64"}  # BatchNorm's num_batches_tracked stays an int
     assert (same / "model.safetensors").stat().st_size < 0.6 * len(fp32_bytes[same])
     assert "-> fp32 weights" in lines[str(changed)] and "0 of 24" not in lines[str(changed)]
     assert (changed / "model.safetensors").read_bytes() == fp32_bytes[changed]
+    card = (same / "README.md").read_text()
+    assert "Its weights are stored in fp16" in card and "--seed 0 --split-seed 0" in card
+    assert not (changed / "README.md").exists() and "its card is left as it is" in lines[str(changed)]

@@ -4,8 +4,8 @@ their test accuracy equals the fp32 weights').
 For each member folder: its flip-TTA top class on every test image with the fp32 weights, then with the weights
 rounded to fp16 (loaded back into the fp32 network, as timm loads them); the folder keeps the fp16
 model.safetensors (half the bytes) when the test top-1 is the same, else its fp32 file is written back (kept
-at once when a weight is beyond fp16's range).  Prints,
-per member, both accuracies and how many test images changed their top class.
+at once when a weight is beyond fp16's range).  Its card (README.md) is written again to say which, and why.
+Prints, per member, both accuracies and how many test images changed their top class.
 
     python train/fp16_members.py models/cifar10/airbench_s-seed0 models/cifar10/airbench_s-seed1 \\
         --data-dir ../shared/data/cifar10.tar.gz
@@ -14,6 +14,7 @@ per member, both accuracies and how many test images changed their top class.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vision_ensemble.config import CIFAR10_NAME, models_cache_size  # noqa: E402
 from vision_ensemble.data import load_dataset  # noqa: E402
+from vision_ensemble.hub import member_card  # noqa: E402
 from vision_ensemble.model import Member  # noqa: E402
 
 WEIGHTS = "model.safetensors"
@@ -40,6 +42,17 @@ def write_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict |
     partial = path.with_name(path.name + ".partial")
     save_file(tensors, partial, metadata=metadata)
     os.replace(partial, path)  # never a half-written weights file
+
+
+def write_card(folder: Path, member: Member, note: str) -> bool:
+    """The member's README.md again, from its folder's metrics.json and training_args.json (train/finetune.py's
+    export writes both), with `note` on its weights; False, and the card left alone, without them."""
+    if not ((folder / "metrics.json").is_file() and member.training_args.get("model")):
+        return False
+    metrics = json.loads((folder / "metrics.json").read_text())
+    card = member_card(member.training_args["model"], metrics, member.training_args, member.class_names, note)
+    (folder / "README.md").write_text(card)
+    return True
 
 
 def main(argv=None) -> int:
@@ -73,9 +86,18 @@ def main(argv=None) -> int:
         kept = top1_16 == top1_32
         if not kept:
             write_weights(path, fp32, metadata)
-        print(f"{folder}: test top-1 fp32 {top1_32:.2f}%, fp16 {top1_16:.2f}%, {int((before != after).sum())} of "
+        changed = int((before != after).sum())
+        print(f"{folder}: test top-1 fp32 {top1_32:.2f}%, fp16 {top1_16:.2f}%, {changed} of "
               f"{len(labels):,} test images changed class -> {'fp16' if kept else 'fp32'} weights "
               f"({path.stat().st_size / 2**20:.1f} MiB)")
+        carded = write_card(folder, member, (
+            f"Its weights are stored in fp16: with them its flip-TTA test top-1 is the fp32 weights' "
+            f"({top1_32:.2f}%; {changed} of {len(labels):,} test images change class)." if kept else
+            f"Its weights are stored in fp32: rounded to fp16 they move its flip-TTA test top-1 from {top1_32:.2f}% "
+            f"to {top1_16:.2f}% ({changed} of {len(labels):,} test images change class)."))
+        if not carded:
+            print(f"{folder}: no metrics.json / training_args.json (not exported by train/finetune.py): its card is "
+                  "left as it is")
     return 0
 
 

@@ -197,8 +197,11 @@ def with_card_data(text: str, data) -> str:
 CARD_TRAINING_ARGS = ("model", "img_size", "epochs", "batch_size", "lr", "seed", "split_seed", "data_dir")
 
 
-def member_card(model_name: str, metrics: dict, training_args: dict, class_names: list[str]) -> str:
-    """README.md for one exported member: model_card.md's text with this member's metadata and numbers."""
+def member_card(model_name: str, metrics: dict, training_args: dict, class_names: list[str],
+                weights_note: str = "") -> str:
+    """README.md for one exported member: model_card.md's text with this member's metadata and numbers;
+    `weights_note`, a sentence on its weights (their precision, as train/fp16_members.py decided it), follows the
+    training command."""
     _, body = split_front_matter(MODEL_CARD.read_text() if MODEL_CARD.exists() else "")
     rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
     args = " ".join(f"--{k.replace('_', '-')} {training_args[k]}" for k in CARD_TRAINING_ARGS
@@ -208,7 +211,8 @@ def member_card(model_name: str, metrics: dict, training_args: dict, class_names
                f"Trained with `accelerate launch train/finetune.py {args}`"
                + (f", distilled from the ensemble `{' '.join(training_args['teacher'])}` (`--teacher`: "
                   f"alpha {training_args['distill_alpha']}, T {training_args['distill_temperature']}; fp16 weights)"
-                  if training_args.get("teacher") else "") + f".{imbalance_note(training_args)}\n\n"
+                  if training_args.get("teacher") else "") + f".{imbalance_note(training_args)}"
+               + (f" {weights_note}" if weights_note else "") + "\n\n"
                f"```python\nimport timm\nmodel = timm.create_model(\"hf-hub:<this repo>\", pretrained=True).eval()\n```")
     measured = {"accuracy": ("Top-1 accuracy (%)", metrics["val_top1"]),
                 "top_5_accuracy": ("Top-5 accuracy (%)", metrics["val_top5"])}
