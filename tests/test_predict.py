@@ -171,7 +171,7 @@ def test_a_killed_run_resumes_to_the_same_table(photos, folder_table, ensemble, 
     resumed = predict(*args, "--resume")
     assert f"{written:,} already in" in resumed.stderr
     whole = tmp_path / "whole.parquet"
-    predict(*args[:4], whole, *args[5:])
+    predict(*args[:4], whole, *args[5:], "--threads", "1")  # the networks' thread count: speed, not answers
     got, expected = pd.read_parquet(table), pd.read_parquet(whole)
     assert list(got["path"]) == list(expected["path"]) == visible_files(many) and not stream.exists()
     assert list(got["top1"]) == list(expected["top1"]) and list(got["error"]) == list(expected["error"])
@@ -211,6 +211,8 @@ def test_mistakes_are_one_line_and_nothing_classified_is_a_failure(photos, ensem
     assert manifest.returncode == 2 and "no ensemble.json" in manifest.stderr
     fmt = predict(photos, "--manifest", ensemble, "--output", tmp_path / "c.xlsx", check=False)
     assert fmt.returncode == 2 and ".csv, .jsonl or .parquet" in fmt.stderr
+    threads = predict(photos, "--manifest", ensemble, "--output", tmp_path / "e.csv", "--threads", "0", check=False)
+    assert threads.returncode == 2 and "--threads 0: give at least 1" in threads.stderr
     bad = tmp_path / "bad"
     bad.mkdir()
     for name in BAD:
