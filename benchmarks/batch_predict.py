@@ -178,7 +178,7 @@ def main() -> None:
               + " | ".join(f"{predicted[v]:.0f} | {predicted[v] / decode_only:.0%}" for v in variants) + " |")
     print(f"(medians of {args.rounds} rounds; the ceiling: an image costs 1/decode + 1/predict seconds of the whole "
           "machine, so decode + predict can reach at most predict / (decode + predict) of the decode-only rate)")
-    print(f"\n| files | batch | peak PSS (process + workers) | peak USS (main process) | wall | rows written |")
+    print("\n| files | batch | peak PSS (process + workers) | peak USS (main process) | wall | rows written |")
     print("|---:|---:|---:|---:|---:|---:|")
     for count, pss, uss, seconds, written in memory:
         print(f"| {count:,} | {args.rss_batch_size} | {pss:.0f} MB | {uss:.0f} MB | {seconds:.1f} s | {written:,} |")

@@ -15,10 +15,10 @@ queue is empty, a small image is posted: the server must answer it normally.
 
 Measured per crowd: answers by status, connection errors and time-outs, p50/p99 latency of the admitted (200) as the
 clients see it and by the server's clock from the upload's arrival to the answer (its /metrics histogram: on these
-shared cores a client's own time, and the pace of its upload, include waiting for the load generator), the time to a 503 as httpx sees it (upload included), as the probes see it (the
-status line while still uploading) and as the server measured it (its share under 100 ms), whether every 503
-carried Retry-After, the peak RSS against the idle server's (after one warm-up request), /api/health's latency
-during the crowd, and the request after.
+shared cores a client's own time, and the pace of its upload, include waiting for the load generator), the time to
+a 503 as httpx sees it (upload included), as the probes see it (the status line while still uploading) and as the
+server measured it (its share under 100 ms), whether every 503 carried Retry-After, the peak RSS against the idle
+server's (after one warm-up request), /api/health's latency during the crowd, and the request after.
 
 --fairness: a script at one address keeps --script-concurrency requests going for --fairness-seconds (after a 503 a
 worker waits what Retry-After says), while --browsers people, each at an address of their own, arrive at even
@@ -146,18 +146,19 @@ class PeakRSS:
         self._thread.join()
 
 
-def server_buckets(http: httpx.Client, histogram: str, **labels: str) -> dict[float, float]:
-    """POST /api/predict's answers so far in the server's `histogram` (/metrics), those with `labels`: {bucket's
-    upper bound in seconds: answers within it}."""
-    return {float(s.labels["le"]): s.value for family in text_string_to_metric_families(http.get("/metrics").text)
-            for s in family.samples
-            if s.name == f"{histogram}_bucket" and s.labels.get("route") == "api"
-            and all(s.labels.get(k) == v for k, v in labels.items())}
-
-
 # (histogram, labels) the crowd's rows read: the 503s' whole time, and the answered requests' time after their upload
 SERVER_CLOCKS = {"refused": ("vision_ensemble_request_seconds", {"status": "503"}),
                  "answered": ("vision_ensemble_answer_after_upload_seconds", {})}
+
+
+def server_clocks(http: httpx.Client) -> dict[str, dict[float, float]]:
+    """POST /api/predict's answers so far in each of SERVER_CLOCKS' histograms, from one read of /metrics:
+    {kind: {bucket's upper bound in seconds: answers within it}}."""
+    samples = [s for family in text_string_to_metric_families(http.get("/metrics").text) for s in family.samples
+               if s.name.endswith("_bucket") and s.labels.get("route") == "api"]
+    return {kind: {float(s.labels["le"]): s.value for s in samples if s.name == f"{histogram}_bucket"
+                   and all(s.labels.get(k) == v for k, v in labels.items())}
+            for kind, (histogram, labels) in SERVER_CLOCKS.items()}
 
 
 def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
@@ -241,15 +242,14 @@ async def crowd(server: Server, n: int, photo: bytes, probe_request: tuple[bytes
 
 def crowd_row(server: Server, rss: PeakRSS, idle_rss: int, n: int, photo: bytes, probe_request, timeout: float,
               small: Path) -> str:
-    before = {kind: server_buckets(server.http, name, **labels) for kind, (name, labels) in SERVER_CLOCKS.items()}
+    before = server_clocks(server.http)
     rss.reset()
     result = asyncio.run(crowd(server, n, photo, probe_request, timeout))
     peak = rss.peak
     # The server's own clock: a client's time on these 2 shared cores includes waiting for the load generator, and
     # an upload's arrival is paced by it too; after the upload is what the admission's queue bounds.
-    server_s = {kind: {le: count - before[kind].get(le, 0)
-                       for le, count in server_buckets(server.http, name, **labels).items()}
-                for kind, (name, labels) in SERVER_CLOCKS.items()}
+    server_s = {kind: {le: count - before[kind].get(le, 0) for le, count in buckets.items()}
+                for kind, buckets in server_clocks(server.http).items()}
     wait_until_idle(server.http)
     after = server.post(small)
 
