@@ -5,7 +5,8 @@
    MixUp/CutMix (timm `Mixup`), exactly as train/finetune.py does;
 3. the standard pipeline: torchvision ImageFolder + CPU transforms + DataLoader workers.
 
-Same model, resolution, batch, precision (bf16 autocast on GPU, and on CPU where the recipe asks for it),
+Same model, resolution, batch, precision (bf16 autocast on GPU, and on CPU where the recipe asks for it and the
+CPU has native bf16 kernels),
 channels_last, the recipe's optimizer step and MixUp/CutMix (none where the recipe has none); resolution, batch size
 and model arguments default to the model's training recipe (vision_ensemble/config.py).
 
@@ -35,7 +36,7 @@ from timm.loss import SoftTargetCrossEntropy
 from vision_ensemble.config import default_cache_size, recipe_config
 from vision_ensemble.data import BatchTransform, DeviceImageDataset, device_loader, load_dataset
 from vision_ensemble.model import airbench  # noqa: F401 (registers airbench_* with timm)
-from vision_ensemble.training.finetuning import create_optimizer
+from vision_ensemble.training.finetuning import create_optimizer, resolve_mixed_precision
 
 from loader_throughput import torchvision_pipeline  # the same baseline pipeline in both benchmarks
 
@@ -80,7 +81,8 @@ def run(model, optimizer, batches, prepare, steps, warmup, device, dtype, recipe
 def measure(args, name: str, recipe, data, device: torch.device) -> dict:
     """One model's images/s through each of `args.paths` (and its peak GPU memory), printed as they come."""
     img_size, batch_size, model_kwargs = recipe.img_size or 224, recipe.batch_size, recipe.model_kwargs
-    dtype = torch.bfloat16 if device.type == "cuda" or recipe.mixed_precision == "bf16" else torch.float32
+    precision = resolve_mixed_precision(recipe.mixed_precision, device.type == "cuda")
+    dtype = torch.bfloat16 if device.type == "cuda" or precision == "bf16" else torch.float32
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     model = timm.create_model(name, num_classes=10, **model_kwargs).to(device)

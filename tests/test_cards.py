@@ -72,6 +72,10 @@ def test_a_member_card_repeats_the_training_command_seed_0_included(tmp_path):
     text = member_card("airbench_s", {"epoch": 31, "val_top1": 90.3, "val_top5": 99.6}, args, ["cat", "dog"])
     assert ("`accelerate launch train/finetune.py --model airbench_s --img-size 32 --epochs 31 --batch-size 1024 "
             "--lr 1.5 --seed 0 --split-seed 0 --data-dir cifar10.tar.gz`") in text
+    # An option the recipe does not set joins the command; the recipe's own values do not.
+    text = member_card("airbench_s", {"epoch": 31, "val_top1": 90.3, "val_top5": 99.6},
+                       {**args, "crop_padding": 4, "cutout": 12, "label_smoothing": 0.2}, ["cat", "dog"])
+    assert "--data-dir cifar10.tar.gz --crop-padding 4 --cutout 12`" in text
 
 
 def test_student_cards_use_the_same_builder(tmp_path):

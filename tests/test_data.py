@@ -131,6 +131,25 @@ def test_random_crop_and_flip_return_windows_of_the_padded_image():
     assert not torch.equal(out, images.float())
 
 
+def test_cutout_blanks_one_square_inside_each_image():
+    torch.manual_seed(0)
+    images = torch.randint(1, 256, (64, 3, 12, 12), dtype=torch.uint8)  # no pixel is 0 before the cutout
+    transform = BatchTransform((3, 12, 12), (0, 0, 0), (1 / 255,) * 3, train=True, crop_padding=0, hflip=False,
+                               cutout=5)
+    out = transform(images)
+    blank = (out == 0).all(dim=1)  # zero in every channel: the mean colour after normalisation
+    corners = set()
+    for img_blank, img_out, img_in in zip(blank, out, images.float()):
+        rows, cols = img_blank.any(1).nonzero().flatten(), img_blank.any(0).nonzero().flatten()
+        assert len(rows) == len(cols) == 5 and int(img_blank.sum()) == 25  # one 5 x 5 square, all of it inside
+        top, left = int(rows[0]), int(cols[0])
+        assert img_blank[top:top + 5, left:left + 5].all()
+        assert torch.equal(img_out[:, ~img_blank], img_in[:, ~img_blank])  # the rest untouched
+        corners.add((top, left))
+    assert len(corners) > 20  # drawn per image
+    assert torch.equal(BatchTransform((3, 12, 12), (0, 0, 0), (1 / 255,) * 3, cutout=5)(images), images.float())
+
+
 def test_eval_transform_matches_torchvision_resize_and_centre_crop():
     from torchvision.transforms import v2
 

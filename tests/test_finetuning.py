@@ -146,3 +146,18 @@ def test_photo_linear_probe_run_records_its_options_and_exports_the_models_crop_
     weights = load_file(out / "best" / "model.safetensors")
     assert torch.equal(weights["layer1.0.bn1.running_mean"], torch.zeros_like(weights["layer1.0.bn1.running_mean"]))
     assert torch.equal(weights["layer4.0.bn2.running_var"], torch.ones_like(weights["layer4.0.bn2.running_var"]))
+
+
+def test_cpu_recipes_use_bf16_only_where_the_cpu_computes_it(monkeypatch):
+    import vision_ensemble.training.finetuning as finetuning
+
+    assert recipe_config({"model": "airbench_s"}).mixed_precision == "bf16-if-native"
+    assert finetuning.resolve_mixed_precision(None, on_gpu=True) == "bf16"
+    assert finetuning.resolve_mixed_precision(None, on_gpu=False) == "no"
+    assert finetuning.resolve_mixed_precision("bf16", on_gpu=False) == "bf16"  # asked for: kept (with a warning)
+    assert finetuning.resolve_mixed_precision("bf16-if-native", on_gpu=True) == "bf16"
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()  # what oneDNN says of this machine's CPU
+    assert finetuning.resolve_mixed_precision("bf16-if-native", on_gpu=False) == ("bf16" if native else "no")
+    for native in (False, True):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        assert finetuning.resolve_mixed_precision("bf16-if-native", on_gpu=False) == ("bf16" if native else "no")

@@ -86,7 +86,11 @@ def test_train_transform_follows_the_resolved_augment():
     cifar = train_transform(recipe_config({"model": "test_resnet", "augment": "cifar"}), data_config)
     photo = train_transform(recipe_config({"model": "test_resnet", "augment": "photo", "auto_augment": "trivialaugment",
                                            "erase_prob": 0.0}), data_config)
-    assert isinstance(cifar, BatchTransform) and cifar.train and cifar.crop_padding == 4
+    assert isinstance(cifar, BatchTransform) and cifar.train and cifar.crop_padding == 4 and cifar.cutout == 0
+    with_cutout = train_transform(recipe_config({"model": "test_resnet", "augment": "cifar", "cutout": 12}), data_config)
+    assert with_cutout.cutout == 12
+    with pytest.raises(SystemExit, match="--cutout"):
+        recipe_config({"model": "test_resnet", "cutout": -1})
     assert isinstance(photo, PhotoTrainTransform) and photo.erase is None
     assert type(photo.policy).__name__ == "TrivialAugment"
 

@@ -49,7 +49,8 @@ from vision_ensemble.training.batch_size import OutOfMemory, fit_batch_size
 from vision_ensemble.training.distill import Distillation
 from vision_ensemble.training.distributed import (DistributedError, check_launch, checkpoint_dirs, choose_layout,
                                                   cpu_threads, is_writer, resume_dir, save_checkpoint)
-from vision_ensemble.training.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
+from vision_ensemble.training.finetuning import (create_optimizer, freeze, keep_frozen_norms_in_eval, native_bf16,
+                                                 resolve_mixed_precision, scaled_lr)
 from vision_ensemble.training.imbalance import WeightedSoftTargetCrossEntropy, balanced_class_weights
 from vision_ensemble.training.time_budget import TimeBudget, cosine_schedule
 from vision_ensemble.training.tracking import (TrackingError, end_failed_runs, log_run_files, require_trackers,
@@ -112,15 +113,19 @@ def train(argv=None) -> int:
     trackers = require_trackers(cfg.report_to)  # a missing tracker stops here, before any data is decoded
     output_dir = Path(cfg.output_dir)
     on_gpu = torch.cuda.is_available()
+    cfg.mixed_precision = resolve_mixed_precision(cfg.mixed_precision, on_gpu)  # training_args.json: what ran
     accelerator = Accelerator(
         cpu=not on_gpu,  # several CPU processes (torchrun, mpirun) train as one gloo run, not as separate runs
-        mixed_precision=cfg.mixed_precision or ("bf16" if on_gpu else "no"),
+        mixed_precision=cfg.mixed_precision,
         log_with=trackers or None,
         project_dir=str(output_dir),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     if not on_gpu:
         torch.set_num_threads(cpu_threads(cfg.cpu_threads))
+        if cfg.mixed_precision == "bf16" and not native_bf16(on_gpu):
+            accelerator.print("warning: --mixed-precision bf16 on a CPU without native bf16 kernels (AVX-512 BF16, "
+                              "AMX) is emulated, ~50x slower than fp32; bf16-if-native would use fp32 here")
     set_seed(cfg.seed)
     print_main = accelerator.print
     check_launch(accelerator)
@@ -247,7 +252,7 @@ def train(argv=None) -> int:
     start_trackers(accelerator, cfg, output_dir)
     print_main(f"{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, input "
                f"{data_config['input_size']}, {len(train_arrays)} train / {len(val_arrays)} val images, "
-               f"data on {data_mode}, {accelerator.num_processes} process(es), {accelerator.mixed_precision} precision"
+               f"data on {data_mode}, {accelerator.num_processes} process(es), {'fp32' if accelerator.mixed_precision == 'no' else accelerator.mixed_precision} precision"
                + ("" if accelerator.num_processes == 1 else ", run folder " + (
                    "shared by the nodes" if shared_output else "on each node (checkpoints saved on each)")))
     print_main(f"augment {cfg.augment}, eval crop_pct {data_config['crop_pct']}; freeze {cfg.freeze} "

@@ -198,10 +198,11 @@ RECIPES: dict[str, dict] = {
     # airbench's CIFAR network and recipe (vision_ensemble/model/airbench.py; BENCHMARKS.md "The CPU-trained
     # ensemble"): Nesterov SGD at airbench94's rate (1.5 for a batch of 1024, momentum 0.85, weight decay 2e-3 per
     # step at the peak), BatchNorm biases at 64x the rate, label smoothing 0.2, flip + 2 px translation, no
-    # MixUp/CutMix (a short run does not recover their cost), bf16 autocast (2x fp32 on a CPU with native bf16).
+    # MixUp/CutMix (a short run does not recover their cost), bf16 autocast where the CPU computes it natively (2x
+    # fp32 with AVX-512 BF16; emulated elsewhere, and then 50x slower: fp32 there).
     **{name: dict(img_size=32, epochs=15, batch_size=1024, opt="sgd", momentum=0.85, lr=1.5, lr_base_size=1024,
                   weight_decay=1.33e-3, norm_bias_lr_scale=64.0, warmup_epochs=2, label_smoothing=0.2,
-                  mixup_alpha=0.0, cutmix_alpha=0.0, crop_padding=2, mixed_precision="bf16")
+                  mixup_alpha=0.0, cutmix_alpha=0.0, crop_padding=2, mixed_precision="bf16-if-native")
        for name in ("airbench_s", "airbench_m", "airbench_l")},
     "vit_small_patch16_224": dict(
         img_size=32, epochs=30, batch_size=512, lr=1e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=3,
@@ -246,6 +247,7 @@ class TrainConfig:
     label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing (also inside MixUp targets)"})
     augment: str = field(default="auto", metadata={"help": "training augmentation. cifar: random crop from reflection-padded images + flip; photo: RandomResizedCrop + flip + --auto-augment policy + RandomErasing (Kornia, per sample, on the device), evaluated at the model's own crop_pct; auto: cifar when the cached images are <= 64 px, else photo (recorded resolved in training_args.json)"})
     crop_padding: int = field(default=4, metadata={"help": "cifar: random-crop padding in source pixels (0 disables)"})
+    cutout: int = field(default=0, metadata={"help": "cifar: blank one random SIZE x SIZE square of each training image (to the mean colour; DeVries & Taylor 2017, airbench96: 12 at 32 px), for runs long enough to overfit; 0 disables"})
     hflip: bool = field(default=True, metadata={"help": "random horizontal flips"})
     auto_augment: str = field(default="randaugment", metadata={"help": "photo: randaugment (2 operations at --augment-magnitude), trivialaugment (1 operation, its magnitude drawn per image) or none"})
     augment_magnitude: int = field(default=9, metadata={"help": "photo: RandAugment magnitude, 1-29 on Kornia's scale (each operation at m/30 of its range)"})
@@ -255,7 +257,7 @@ class TrainConfig:
     clip_grad: float | None = field(default=None, metadata={"help": "clip the gradient norm to this value"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format"})
-    mixed_precision: str | None = field(default=None, metadata={"help": "no|bf16|fp16 (default: bf16 on GPU, no on CPU)"})
+    mixed_precision: str | None = field(default=None, metadata={"help": "no|bf16|fp16|bf16-if-native (default: bf16 on GPU, no on CPU; bf16-if-native: bf16 on GPU and on a CPU with native bf16 kernels, AVX-512 BF16 or AMX, else no: emulated bf16 is ~50x slower)"})
     cpu_threads: int | None = field(default=None, metadata={"help": "CPU threads per training process (default: the cores this process may use divided among the machine's processes; accelerate launch otherwise leaves one thread each)"})
     seed: int = field(default=DEFAULT_SEED, metadata={"help": "random seed (initial weights, augmentation, batch order): what differs between an ensemble's members"})
     split_seed: int = field(default=DEFAULT_SEED, metadata={"help": "seed of the train/val split: keep it the same for every member of an ensemble (evaluate.py refuses members whose splits differ), or one member trains on the images the others are validated and calibrated on"})
@@ -292,7 +294,7 @@ class TrainConfig:
 
 
 CHOICES = {"data_mode": ("auto", "device", "stream"), "report_to": ("none", *TRACKERS, "all"),
-           "mixed_precision": (None, "no", "bf16", "fp16"), "augment": ("auto", "cifar", "photo"),
+           "mixed_precision": (None, "no", "bf16", "fp16", "bf16-if-native"), "augment": ("auto", "cifar", "photo"),
            "auto_augment": ("randaugment", "trivialaugment", "none"), "lr_scale": ("auto", "sqrt", "linear", "none"),
            "class_weights": ("none", "balanced"), "sampler": ("shuffle", "balanced")}
 
@@ -360,6 +362,8 @@ def recipe_config(args: argparse.Namespace | dict) -> TrainConfig:
                          "with --sampler balanced instead")
     if not 1 <= cfg.augment_magnitude <= 29:
         raise SystemExit(f"--augment-magnitude {cfg.augment_magnitude}: choose 1-29")
+    if cfg.cutout < 0 or cfg.crop_padding < 0:
+        raise SystemExit("--cutout and --crop-padding are sizes in pixels: give 0 (off) or more")
     # Options a recipe-less model still needs.
     for name, fallback in dict(epochs=10, batch_size=128, lr=1e-3, lr_base_size=256, weight_decay=0.05,
                                warmup_epochs=1).items():

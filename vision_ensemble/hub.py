@@ -193,8 +193,23 @@ def with_card_data(text: str, data) -> str:
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n" + split_front_matter(text)[1]))
 
 
-#: The options a member's card repeats in its training command: enough to train it again.
+#: The options a member's card repeats in its training command: enough to train it again, with those of
+#: CARD_RECIPE_ARGS that differ from the model's recipe (e.g. a member trained with --cutout).
 CARD_TRAINING_ARGS = ("model", "img_size", "epochs", "batch_size", "lr", "seed", "split_seed", "data_dir")
+CARD_RECIPE_ARGS = ("opt", "momentum", "weight_decay", "warmup_epochs", "label_smoothing", "mixup_alpha",
+                    "cutmix_alpha", "augment", "crop_padding", "cutout", "ema")
+
+
+def training_command_args(training_args: dict) -> str:
+    """The options of the member's training command, as `--name value`: CARD_TRAINING_ARGS, then the
+    CARD_RECIPE_ARGS that differ from what `--model` alone would have used."""
+    from .config import recipe_config
+
+    recipe = vars(recipe_config({"model": training_args["model"]})) if training_args.get("model") else {}
+    changed = [k for k in CARD_RECIPE_ARGS if k in training_args and k in recipe
+               and training_args[k] != recipe[k] and not (k == "augment" and recipe[k] == "auto")]
+    return " ".join(f"--{k.replace('_', '-')} {training_args[k]}" for k in (*CARD_TRAINING_ARGS, *changed)
+                    if training_args.get(k) is not None)  # seed 0 too
 
 
 def member_card(model_name: str, metrics: dict, training_args: dict, class_names: list[str],
@@ -204,8 +219,7 @@ def member_card(model_name: str, metrics: dict, training_args: dict, class_names
     training command."""
     _, body = split_front_matter(MODEL_CARD.read_text() if MODEL_CARD.exists() else "")
     rows = "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
-    args = " ".join(f"--{k.replace('_', '-')} {training_args[k]}" for k in CARD_TRAINING_ARGS
-                    if training_args.get(k) is not None)  # seed 0 too
+    args = training_command_args(training_args)
     results = (f"### This member: `{model_name}`\n\nClasses: {', '.join(class_names)}\n\n"
                f"Validation metrics of the exported (best) epoch:\n\n| metric | value |\n| --- | --- |\n{rows}\n\n"
                f"Trained with `accelerate launch train/finetune.py {args}`"

@@ -1,8 +1,8 @@
 """Batched transforms of uint8 NCHW batches on whatever device they live.
 
 `BatchTransform`: resize + normalise (its eval form, built from a model's saved config, is the preprocessing
-of evaluation and the app alike), with CIFAR's training augmentation (reflect-pad crop, flip) as its train
-form.  `PhotoTrainTransform`: timm's photo fine-tuning augmentation through Kornia, drawn per sample.
+of evaluation and the app alike), with CIFAR's training augmentation (reflect-pad crop, flip, optional cutout)
+as its train form.  `PhotoTrainTransform`: timm's photo fine-tuning augmentation through Kornia, drawn per sample.
 `train_transform` picks one for `--augment`.
 """
 
@@ -23,19 +23,21 @@ class BatchTransform:
     """uint8 NCHW batch -> normalised float NCHW model input, on whatever device the batch is on.
 
     Train: random crop from a reflection-padded image and a random horizontal flip, at the source
-    resolution (cheap), then the shared resize + normalise.  Eval: resize + normalise only.  The resize
+    resolution (cheap), then the shared resize + normalise, then cutout (a `cutout`-pixel square per image,
+    inside the image, set to 0: the mean colour).  Eval: resize + normalise only.  The resize
     follows timm's eval geometry: shorter side to size / crop_pct, centre crop to size.
     """
 
     def __init__(self, input_size: tuple[int, int, int], mean, std, interpolation: str = "bilinear",
                  crop_pct: float = 1.0, train: bool = False, crop_padding: int = 4, hflip: bool = True,
-                 channels_last: bool = False):
+                 cutout: int = 0, channels_last: bool = False):
         self.size = tuple(int(s) for s in input_size[-2:])
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
         self.interpolation = _INTERPOLATION.get(interpolation, "bilinear")
         self.crop_pct = float(crop_pct or 1.0)
         self.train, self.crop_padding, self.hflip = train, crop_padding if train else 0, hflip and train
+        self.cutout = min(cutout, *self.size) if train else 0
         self.channels_last = channels_last
 
     @classmethod
@@ -57,6 +59,17 @@ class BatchTransform:
     def random_flip(self, images: torch.Tensor) -> torch.Tensor:
         flip = torch.rand(images.shape[0], device=images.device) < 0.5
         return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
+
+    def random_cutout(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero one `cutout` x `cutout` square per image, its corner drawn so that it lies inside (airbench96)."""
+        n, _, h, w = x.shape
+        size = self.cutout
+        top = torch.randint(0, h - size + 1, (n, 1, 1), device=x.device)
+        left = torch.randint(0, w - size + 1, (n, 1, 1), device=x.device)
+        rows = torch.arange(h, device=x.device).view(1, h, 1)
+        cols = torch.arange(w, device=x.device).view(1, 1, w)
+        inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+        return x.masked_fill(inside.unsqueeze(1), 0.0)
 
     def resized_shape(self, h: int, w: int) -> tuple[float, int, int]:
         """(scale, height, width) of an h x w image before the centre crop to `size`.
@@ -106,6 +119,8 @@ class BatchTransform:
         if self.mean.device != x.device:  # moved once, not per batch
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
         x = (x - self.mean) / self.std
+        if self.cutout:
+            x = self.random_cutout(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x.contiguous()
 
 
@@ -168,7 +183,7 @@ def train_transform(cfg: TrainConfig, data_config: dict):
     """The training transform for `cfg.augment` (cifar or photo, already resolved) at the model's input."""
     if cfg.augment == "cifar":
         return BatchTransform.from_data_config(data_config, train=True, crop_padding=cfg.crop_padding,
-                                               hflip=cfg.hflip, channels_last=cfg.channels_last)
+                                               hflip=cfg.hflip, cutout=cfg.cutout, channels_last=cfg.channels_last)
     return PhotoTrainTransform(data_config["input_size"], data_config["mean"], data_config["std"],
                                data_config.get("interpolation", "bilinear"), hflip=cfg.hflip,
                                auto_augment=cfg.auto_augment, magnitude=cfg.augment_magnitude,

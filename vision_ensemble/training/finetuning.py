@@ -16,6 +16,28 @@ from timm.optim import create_optimizer_v2
 
 from ..config import TrainConfig
 
+def native_bf16(on_gpu: bool) -> bool:
+    """Whether bf16 runs at full speed here: on a GPU, and on a CPU whose instructions oneDNN has bf16 kernels for
+    (AVX-512 BF16, AMX).  Without them bf16 is emulated: airbench_s's training step took 123 s against 2.4 s on an
+    AVX2-only AMD EPYC (BENCHMARKS.md)."""
+    if on_gpu:
+        return True
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def resolve_mixed_precision(value: str | None, on_gpu: bool) -> str:
+    """--mixed-precision as Accelerate takes it: the default is bf16 on a GPU and no on a CPU; bf16-if-native
+    (the CPU recipes') is bf16 where `native_bf16`, else no."""
+    if value is None:
+        return "bf16" if on_gpu else "no"
+    if value == "bf16-if-native":
+        return "bf16" if native_bf16(on_gpu) else "no"
+    return value
+
+
 def scaled_lr(lr: float, global_batch_size: int, lr_base_size: int, rule: str, optimizer: str = "adamw") -> tuple[float, str]:
     """timm train.py's rule: lr * ratio, ratio = global batch / base batch, square-rooted for Adam-family
     (and LAMB) optimizers under 'auto'.  Returns the rate and the rule used."""
