@@ -52,3 +52,14 @@ def test_fp16_only_where_the_test_accuracy_stays(tmp_path):
     card = (same / "README.md").read_text()
     assert "Its weights are stored in fp16" in card and "--seed 0 --split-seed 0" in card
     assert not (changed / "README.md").exists() and "its card is left as it is" in lines[str(changed)]
+
+    # Run again: the member now in fp16 is left as it is, its card written again with what it said of its weights.
+    (same / "README.md").write_text((same / "README.md").read_text().replace("--seed 0", "--seed 7"))
+    fp16_bytes = (same / "model.safetensors").read_bytes()
+    again = subprocess.run([sys.executable, "train/fp16_members.py", str(same), "--data-dir", str(data)],
+                           env=ENV, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "not fp32 weights; left as they are" in again.stdout, again.stderr[-3000:]
+    assert (same / "model.safetensors").read_bytes() == fp16_bytes
+    card_again = (same / "README.md").read_text()
+    assert "--seed 0 --split-seed 0" in card_again  # written again, from training_args.json
+    assert "Its weights are stored in fp16: with them its flip-TTA test top-1 is the fp32 weights'" in card_again

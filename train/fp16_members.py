@@ -4,7 +4,8 @@ their test accuracy equals the fp32 weights').
 For each member folder: its flip-TTA top class on every test image with the fp32 weights, then with the weights
 rounded to fp16 (loaded back into the fp32 network, as timm loads them); the folder keeps the fp16
 model.safetensors (half the bytes) when the test top-1 is the same, else its fp32 file is written back (kept
-at once when a weight is beyond fp16's range).  Its card (README.md) is written again to say which, and why.
+at once when a weight is beyond fp16's range).  Its card (README.md) is written again to say which, and why (a
+member already in fp16 keeps what its card said of it).
 Prints, per member, both accuracies and how many test images changed their top class.
 
     python train/fp16_members.py models/cifar10/airbench_s-seed0 models/cifar10/airbench_s-seed1 \\
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -55,6 +57,14 @@ def write_card(folder: Path, member: Member, note: str) -> bool:
     return True
 
 
+def earlier_weights_note(folder: Path) -> str:
+    """The sentence on the weights that an earlier run of this script wrote in the member's card ("Its weights are
+    stored in fp16: ..."), or a plain one: a member already in fp16 has no fp32 weights left to check again."""
+    card = folder / "README.md"
+    found = re.search(r"Its weights are stored in fp16.*?\)\.", card.read_text()) if card.is_file() else None
+    return found.group(0) if found else "Its weights are stored in fp16."
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("members", nargs="+", type=Path, help="member folders in timm's format (rewritten in place)")
@@ -74,10 +84,13 @@ def main(argv=None) -> int:
             metadata, fp32 = f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
         if all(t.dtype != torch.float32 for t in fp32.values()):
             print(f"{folder}: not fp32 weights; left as they are")
+            write_card(folder, member, earlier_weights_note(folder))  # its card still follows the current template
             continue
         halved = {k: v.half() if v.dtype == torch.float32 else v for k, v in fp32.items()}
         if overflow := [k for k, v in halved.items() if v.is_floating_point() and not v.isfinite().all()]:
             print(f"{folder}: {', '.join(overflow)} outside fp16's range; fp32 weights kept")
+            write_card(folder, member, f"Its weights are stored in fp32: {', '.join(overflow)} lie outside fp16's "
+                                       "range.")
             continue
         before = test_top_classes(member, images, args.batch_size)
         write_weights(path, halved, metadata)
