@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import FINETUNE, run
 from vision_ensemble.config import default_cache_size
@@ -248,3 +249,24 @@ def test_two_processes_agree_on_the_count_and_a_resume_keeps_it(decoded, cifar10
     rows = read_rows(tmp_path)
     assert [r["epoch"] for r in rows] == list(range(1, chosen + 1))
     assert rows[-1]["lr"] == pytest.approx(MIN_LR)
+
+
+@pytest.mark.slow
+def test_until_the_decision_a_run_trains_as_epochs_n_does(decoded, cifar10_archive, cache_root, tmp_path):
+    """Before --time-limit decides, the run follows the warmup that every count of at least ten warmups shares: at
+    its second epoch it holds the weights that `--epochs N` (the command its card gives) holds there."""
+    timed_args = time_limited_args(cifar10_archive, cache_root, tmp_path / "timed", 60, "--warmup-epochs", "2",
+                                   "--stop-after-epoch", "2")  # an hour: far more than 20 epochs fit; stopped at 2
+    run([sys.executable, FINETUNE, *timed_args])
+    chosen = json.loads((tmp_path / "timed" / "training_args.json").read_text())["epochs"]
+    assert chosen >= 20  # a count whose warmup is the recipe's whole 2 epochs
+    fixed_args = time_limited_args(cifar10_archive, cache_root, tmp_path / "fixed", 60, "--warmup-epochs", "2",
+                                   "--stop-after-epoch", "2")
+    at = fixed_args.index("--time-limit")
+    fixed_args[at:at + 2] = ["--epochs", str(chosen)]
+    run([sys.executable, FINETUNE, *fixed_args])
+    rows = {name: read_rows(tmp_path / name) for name in ("timed", "fixed")}
+    assert rows["timed"][0]["lr"] == rows["fixed"][0]["lr"]  # (epoch 2's row has the rate before the decision)
+    timed, fixed = (load_file(tmp_path / name / "checkpoints" / "epoch_002" / "model.safetensors")
+                    for name in ("timed", "fixed"))
+    assert timed.keys() == fixed.keys() and all(torch.equal(timed[k], fixed[k]) for k in timed)

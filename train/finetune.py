@@ -52,7 +52,7 @@ from vision_ensemble.training.distributed import (DistributedError, check_launch
 from vision_ensemble.training.finetuning import (create_optimizer, freeze, keep_frozen_norms_in_eval, native_bf16,
                                                  resolve_mixed_precision, scaled_lr)
 from vision_ensemble.training.imbalance import WeightedSoftTargetCrossEntropy, balanced_class_weights
-from vision_ensemble.training.time_budget import TimeBudget, cosine_schedule
+from vision_ensemble.training.time_budget import TimeBudget, cosine_schedule, undecided_horizon
 from vision_ensemble.training.tracking import (TrackingError, end_failed_runs, log_run_files, require_trackers,
                                                start_trackers)
 
@@ -216,7 +216,9 @@ def train(argv=None) -> int:
         raise ModelError(str(exc)) from None
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     steps_per_epoch = len(train_loader)
-    scheduler, warmup_epochs = cosine_schedule(optimizer, cfg, steps_per_epoch)
+    # Under --time-limit the warmup of a long schedule runs until the count is decided (as --epochs N would run it).
+    scheduler, warmup_epochs = cosine_schedule(optimizer, cfg, steps_per_epoch,
+                                               undecided_horizon(cfg) if cfg.time_limit is not None else None)
     mixup = None
     if cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0:
         mixup = Mixup(mixup_alpha=cfg.mixup_alpha, cutmix_alpha=cfg.cutmix_alpha, prob=cfg.mixup_prob,
@@ -271,8 +273,11 @@ def train(argv=None) -> int:
             return 0.0
         sample = torch.from_numpy(val_arrays.gather(np.arange(min(len(val_arrays), 512)))).permute(0, 3, 1, 2)
         if (output_dir / "best").is_dir():
-            return seconds_per_predicted_image(Member.load(str(output_dir / "best"), device=accelerator.device),
-                                               sample, cfg.batch_size * 2)
+            # Building the network draws its initial weights from the RNG that augmentation draws from next: the
+            # draws are given back, so that a timed run trains as `--epochs N` does.
+            with torch.random.fork_rng(devices=[accelerator.device] if accelerator.device.type == "cuda" else []):
+                exported = Member.load(str(output_dir / "best"), device=accelerator.device)
+            return seconds_per_predicted_image(exported, sample, cfg.batch_size * 2)
         try:
             live = Member("training", accelerator.unwrap_model(model).eval(), data_config, data.class_names)
             live.transform.channels_last = cfg.channels_last

@@ -1,6 +1,7 @@
 """Training for a wall-clock budget (`--time-limit`): the first epoch measures the speed, then the number of
 epochs that fits is fixed and the warmup + cosine schedule rebuilt to end with it (until then the run follows the
-schedule of `--epochs`; where the new count caps the warmup shorter, the rate steps up to the shorter ramp).  The
+warmup of a long schedule, `undecided_horizon`; where the new count caps the warmup shorter, the rate steps up to
+the shorter ramp).  The
 main process decides and broadcasts, so every rank runs the same count.  The pace can change after the decision
 (another process starts or stops sharing the GPU or the cores): after each later epoch the count is fitted again to
 the recent epochs' pace (as Ultralytics' `time` does, which takes the mean since the start) and the schedule's
@@ -36,15 +37,25 @@ REPLAN_WINDOW = 0.1  # of the limit
 REPLAN_TOLERANCE = 0.05  # of the epochs left, at least one epoch (of the whole count, it left 3 epochs unused)
 
 
-def cosine_schedule(optimizer, cfg: TrainConfig, updates_per_epoch: int):
-    """timm's per-step warmup + cosine over `cfg.epochs`.  A warmup as long as the run (a 1-epoch quick run under
-    a 2-epoch recipe warmup) would end the run before the rate peaks and skip the decay: it is capped at a tenth
-    of the run (the recipes' warmups fit in it).  Returns the scheduler and the warmup in epochs."""
-    warmup_epochs = min(cfg.warmup_epochs, cfg.epochs / 10)
-    scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=cfg.epochs, warmup_epochs=warmup_epochs,
+def cosine_schedule(optimizer, cfg: TrainConfig, updates_per_epoch: int, horizon: int | None = None):
+    """timm's per-step warmup + cosine over `horizon` epochs (default `cfg.epochs`).  A warmup as long as the run (a
+    1-epoch quick run under a 2-epoch recipe warmup) would end the run before the rate peaks and skip the decay: it
+    is capped at a tenth of the run (the recipes' warmups fit in it).  Returns the scheduler and the warmup in
+    epochs."""
+    epochs = horizon or cfg.epochs
+    warmup_epochs = min(cfg.warmup_epochs, epochs / 10)
+    scheduler, _ = create_scheduler_v2(optimizer, "cosine", num_epochs=epochs, warmup_epochs=warmup_epochs,
                                        min_lr=cfg.min_lr, warmup_lr=cfg.effective_lr * 1e-3, step_on_epochs=False,
                                        updates_per_epoch=updates_per_epoch)
     return scheduler, warmup_epochs
+
+
+def undecided_horizon(cfg: TrainConfig) -> int:
+    """The schedule's horizon while `--time-limit` has not decided the count: long enough to leave the warmup whole
+    (ten warmups), so that the steps before the decision follow the schedule of every count of at least ten
+    warmups.  A run that decides such a count and keeps it (no re-plan) is then the run `--epochs N` trains, step
+    for step: the command its card gives reproduces it."""
+    return max(cfg.epochs, math.ceil(10 * cfg.warmup_epochs))
 
 
 def fit_epochs(budget_s: float, elapsed_s: float, step_s: float, steps_per_epoch: int, epoch_end_s: float,
