@@ -125,7 +125,7 @@ def train(argv=None) -> int:
         torch.set_num_threads(cpu_threads(cfg.cpu_threads))
         if cfg.mixed_precision == "bf16" and not native_bf16(on_gpu):
             accelerator.print("warning: --mixed-precision bf16 on a CPU without native bf16 kernels (AVX-512 BF16, "
-                              "AMX) is emulated, ~50x slower than fp32; bf16-if-native would use fp32 here")
+                              "AMX) is emulated, ~12x slower than fp32; bf16-if-native would use fp32 here")
     set_seed(cfg.seed)
     print_main = accelerator.print
     check_launch(accelerator)

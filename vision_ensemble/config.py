@@ -199,7 +199,7 @@ RECIPES: dict[str, dict] = {
     # ensemble"): Nesterov SGD at airbench94's rate (1.5 for a batch of 1024, momentum 0.85, weight decay 2e-3 per
     # step at the peak), BatchNorm biases at 64x the rate, label smoothing 0.2, flip + 2 px translation, no
     # MixUp/CutMix (a short run does not recover their cost), bf16 autocast where the CPU computes it natively (2x
-    # fp32 with AVX-512 BF16; emulated elsewhere, and then 50x slower: fp32 there).
+    # fp32 with AVX-512 BF16; emulated elsewhere, and then 12x slower than fp32: fp32 there).
     **{name: dict(img_size=32, epochs=15, batch_size=1024, opt="sgd", momentum=0.85, lr=1.5, lr_base_size=1024,
                   weight_decay=1.33e-3, norm_bias_lr_scale=64.0, warmup_epochs=2, label_smoothing=0.2,
                   mixup_alpha=0.0, cutmix_alpha=0.0, crop_padding=2, mixed_precision="bf16-if-native")
@@ -257,7 +257,7 @@ class TrainConfig:
     clip_grad: float | None = field(default=None, metadata={"help": "clip the gradient norm to this value"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format"})
-    mixed_precision: str | None = field(default=None, metadata={"help": "no|bf16|fp16|bf16-if-native (default: bf16 on GPU, no on CPU; bf16-if-native: bf16 on GPU and on a CPU with native bf16 kernels, AVX-512 BF16 or AMX, else no: emulated bf16 is ~50x slower)"})
+    mixed_precision: str | None = field(default=None, metadata={"help": "no|bf16|fp16|bf16-if-native (default: bf16 on GPU, no on CPU; bf16-if-native: bf16 on GPU and on a CPU with native bf16 kernels, AVX-512 BF16 or AMX, else no: emulated bf16 is ~12x slower than fp32)"})
     cpu_threads: int | None = field(default=None, metadata={"help": "CPU threads per training process (default: the cores this process may use divided among the machine's processes; accelerate launch otherwise leaves one thread each)"})
     seed: int = field(default=DEFAULT_SEED, metadata={"help": "random seed (initial weights, augmentation, batch order): what differs between an ensemble's members"})
     split_seed: int = field(default=DEFAULT_SEED, metadata={"help": "seed of the train/val split: keep it the same for every member of an ensemble (evaluate.py refuses members whose splits differ), or one member trains on the images the others are validated and calibrated on"})
