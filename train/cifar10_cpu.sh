@@ -52,8 +52,14 @@ student() {  # student "MODEL-seedN ...": airbench_s distilled from those member
 }
 
 ensemble() {  # ensemble "MODEL-seedN ...", with the student when its run has finished
-  local members=() with_student=() folder
+  local members=() with_student=() folder name
   mkdir -p models/cifar10 results/cifar10
+  for name in $1; do  # every member trained here or committed, before anything is removed
+    if [[ ! -d $RUNS/$name/best && ! -d models/cifar10/$name ]]; then
+      echo "member $name: neither $RUNS/$name/best nor models/cifar10/$name; train it first (members $name)" >&2
+      exit 2
+    fi
+  done
   for folder in models/cifar10/airbench_*; do  # what is no longer listed leaves the shipped folder
     [[ -e $folder && " $1 " != *" ${folder##*/} "* ]] && rm -rf "$folder" "results/cifar10/training_curves-${folder##*/}.png"
   done
@@ -65,10 +71,7 @@ ensemble() {  # ensemble "MODEL-seedN ...", with the student when its run has fi
       rm -rf "models/cifar10/$name"
       cp -r "$RUNS/$name/best" "models/cifar10/$name"
       cp "$RUNS/$name/training_curves.png" "results/cifar10/training_curves-$name.png"
-    elif [[ ! -d models/cifar10/$name ]]; then  # else the committed member (trained on another machine) stays
-      echo "member $name: neither $RUNS/$name/best nor models/cifar10/$name; train it first (members $name)" >&2
-      exit 2
-    fi
+    fi  # else the committed member (trained on another machine) stays as it is
   done
   "$PY" train/fp16_members.py "${members[@]}" --data-dir "$DATA"  # fp16 files where the test top-1 stays the same
   # Written beside the members, so that ensemble.json names them relative to itself; the report and its figures
