@@ -254,7 +254,8 @@ def train(argv=None) -> int:
     start_trackers(accelerator, cfg, output_dir)
     print_main(f"{cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params, input "
                f"{data_config['input_size']}, {len(train_arrays)} train / {len(val_arrays)} val images, "
-               f"data on {data_mode}, {accelerator.num_processes} process(es), {'fp32' if accelerator.mixed_precision == 'no' else accelerator.mixed_precision} precision"
+               f"data on {data_mode}, {accelerator.num_processes} process(es), "
+               f"{'fp32' if cfg.mixed_precision == 'no' else cfg.mixed_precision} precision"
                + ("" if accelerator.num_processes == 1 else ", run folder " + (
                    "shared by the nodes" if shared_output else "on each node (checkpoints saved on each)")))
     print_main(f"augment {cfg.augment}, eval crop_pct {data_config['crop_pct']}; freeze {cfg.freeze} "

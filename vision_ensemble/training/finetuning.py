@@ -16,6 +16,7 @@ from timm.optim import create_optimizer_v2
 
 from ..config import TrainConfig
 
+
 def native_bf16(on_gpu: bool) -> bool:
     """Whether bf16 runs at full speed here: on a GPU, and on a CPU whose instructions oneDNN has bf16 kernels for
     (AVX-512 BF16, AMX).  Without them bf16 is emulated: airbench_s's training step took 123 s in bf16 against 10 s

@@ -1,12 +1,11 @@
-"""Training for a wall-clock budget (`--time-limit`): the first epoch measures the speed, then the number of
-epochs that fits is fixed and the warmup + cosine schedule rebuilt to end with it (until then the run follows the
-warmup of a long schedule, `undecided_horizon`; where the new count caps the warmup shorter, the rate steps up to
-the shorter ramp).  The
-main process decides and broadcasts, so every rank runs the same count.  The pace can change after the decision
-(another process starts or stops sharing the GPU or the cores): after each later epoch the count is fitted again to
-the recent epochs' pace (as Ultralytics' `time` does, which takes the mean since the start) and the schedule's
-horizon moved when it is off by more than REPLAN_TOLERANCE.  An epoch so slow that no further one fits makes
-`out_of_time` end the run with the schedule cut short, saying so.
+"""Training for a wall-clock budget (`--time-limit`): the first epoch measures the speed, then the number of epochs
+that fits is fixed and the warmup + cosine schedule rebuilt to end with it (until then the run follows the warmup of
+a long schedule, `undecided_horizon`; where the new count caps the warmup shorter, the rate steps up to the shorter
+ramp).  The main process decides and broadcasts, so every rank runs the same count.  The pace can change after the
+decision (another process starts or stops sharing the GPU or the cores): after each later epoch the count is fitted
+again to the recent epochs' pace (as Ultralytics' `time` does, which takes the mean since the start) and the
+schedule's horizon moved when it is off by more than REPLAN_TOLERANCE.  An epoch so slow that no further one fits
+makes `out_of_time` end the run with the schedule cut short, saying so.
 """
 
 from __future__ import annotations
