@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 
 import pytest
 from huggingface_hub import ModelCard, SpaceCard, metadata_eval_result
 
 from conftest import REPO, make_member, run_in_process, write_manifest
+from vision_ensemble.config import RECIPES, recipe_config
 from vision_ensemble.hub import MODEL_CARD, card_data, ensemble_card, member_card, space_models, with_card_data
 
 EVALUATE = str(REPO / "evaluation" / "evaluate.py")
@@ -67,8 +69,9 @@ def test_base_model_is_the_pretrained_checkpoints_hub_repo(args, base_model, tmp
 
 
 def test_a_member_card_repeats_the_training_command_seed_0_included(tmp_path):
-    args = {"model": "airbench_s", "img_size": 32, "epochs": 31, "batch_size": 1024, "lr": 1.5, "seed": 0,
-            "split_seed": 0, "data_dir": "cifar10.tar.gz", "time_limit": 60.0, "ema": False}
+    # A member's training_args.json: every option of the run, as finetune.py writes it
+    args = asdict(recipe_config({"model": "airbench_s", "epochs": 31, "seed": 0, "data_dir": "cifar10.tar.gz",
+                                 "time_limit": 60.0}))
     text = member_card("airbench_s", {"epoch": 31, "val_top1": 90.3, "val_top5": 99.6}, args, ["cat", "dog"])
     assert ("`accelerate launch train/finetune.py --model airbench_s --img-size 32 --epochs 31 --batch-size 1024 "
             "--lr 1.5 --seed 0 --split-seed 0 --data-dir cifar10.tar.gz`") in text
@@ -76,6 +79,20 @@ def test_a_member_card_repeats_the_training_command_seed_0_included(tmp_path):
     text = member_card("airbench_s", {"epoch": 31, "val_top1": 90.3, "val_top5": 99.6},
                        {**args, "crop_padding": 4, "cutout": 12, "label_smoothing": 0.2}, ["cat", "dog"])
     assert "--data-dir cifar10.tar.gz --crop-padding 4 --cutout 12`" in text
+    # Switches as the parser takes them (argparse.BooleanOptionalAction), not "--lookahead True".
+    text = member_card("airbench_s", {"epoch": 31, "val_top1": 90.3, "val_top5": 99.6},
+                       {**args, "alternating_flip": True, "lookahead": True, "ema": False}, ["cat", "dog"])
+    assert "--data-dir cifar10.tar.gz --alternating-flip --lookahead`" in text
+
+
+def test_a_card_turns_off_what_a_recipe_turned_on_after_the_member_trained(monkeypatch):
+    """A member trained before an option existed ran without it: once its recipe turns it on, the card's command
+    must turn it off to train that member again."""
+    args = asdict(recipe_config({"model": "airbench_s", "epochs": 31, "seed": 0, "data_dir": "cifar10.tar.gz"}))
+    del args["lookahead"]  # it predates the option
+    monkeypatch.setitem(RECIPES, "airbench_s", {**RECIPES["airbench_s"], "lookahead": True})
+    text = member_card("airbench_s", {"epoch": 31, "val_top1": 90.3, "val_top5": 99.6}, args, ["cat", "dog"])
+    assert "--data-dir cifar10.tar.gz --no-lookahead`" in text
 
 
 def test_student_cards_use_the_same_builder(tmp_path):

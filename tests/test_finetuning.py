@@ -15,6 +15,7 @@ from timm.scheduler import create_scheduler_v2
 from conftest import FINETUNE, make_image_folder, run_in_process
 from vision_ensemble.config import RECIPES, recipe_config
 from vision_ensemble.training.finetuning import create_optimizer, freeze, keep_frozen_norms_in_eval, scaled_lr
+from vision_ensemble.training.lookahead import Lookahead
 
 
 def optimizer_params(optimizer) -> set[int]:
@@ -161,3 +162,49 @@ def test_cpu_recipes_use_bf16_only_where_the_cpu_computes_it(monkeypatch):
     for native in (False, True):
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
         assert finetuning.resolve_mixed_precision("bf16-if-native", on_gpu=False) == ("bf16" if native else "no")
+
+
+def test_lookahead_resets_the_network_to_a_slow_copy_on_airbenchs_schedule():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    lookahead = Lookahead(model, every=5)
+    total, warmup = 100, 10
+    assert [lookahead.decay(n, total, warmup) for n in (3, 5, 10)] == [None, 0.0, 0.0]  # in the warmup: follow
+    assert lookahead.decay(50, total, warmup) == pytest.approx(0.95 ** 5 * 0.5 ** 3)
+    assert lookahead.decay(total, total, warmup) == 1.0  # the last step, whatever its remainder
+
+    def train(steps_from: int, steps_to: int) -> None:
+        for n in range(steps_from, steps_to + 1):
+            with torch.no_grad():  # a stand-in for an optimizer step and a forward in train mode
+                for value in model.state_dict().values():
+                    if value.is_floating_point():
+                        value.add_(torch.randn_like(value))
+                model[1].num_batches_tracked += 1
+            lookahead.step(n, total, warmup)
+
+    train(1, 10)  # the warmup: the network is left as trained, the slow copy follows it
+    assert all(torch.equal(lookahead.slow[name], value) for name, value in model.state_dict().items()
+               if value.is_floating_point())
+    train(11, 14)  # between updates the network trains on its own
+    slow_before = {name: value.clone() for name, value in lookahead.slow.items()}
+    assert not torch.equal(model.state_dict()["0.weight"], slow_before["0.weight"])
+    with torch.no_grad():
+        for value in model.state_dict().values():
+            if value.is_floating_point():
+                value.add_(torch.randn_like(value))
+        model[1].num_batches_tracked += 1
+    trained = {name: value.clone() for name, value in model.state_dict().items()}
+    lookahead.step(15, total, warmup)  # slow + (1 - d) x (trained - slow), BatchNorm's statistics included
+    decay = 0.95 ** 5 * (15 / total) ** 3
+    for name in ("0.weight", "0.bias", "1.bias", "1.running_mean", "1.running_var"):
+        expected = slow_before[name] + (1 - decay) * (trained[name] - slow_before[name])
+        torch.testing.assert_close(model.state_dict()[name], expected)
+        assert torch.equal(model.state_dict()[name], lookahead.slow[name])
+    assert model[1].num_batches_tracked.item() == 15  # integers are counters, not averaged
+    state = {name: value.clone() for name, value in lookahead.state_dict()["slow"].items()}
+    train(16, 99)
+    slow = {name: value.clone() for name, value in lookahead.slow.items()}
+    train(100, 100)  # the last step: the network takes the slow copy as it stood
+    assert all(torch.equal(model.state_dict()[name], slow[name]) for name in slow)
+    restored = Lookahead(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)))
+    restored.load_state_dict({"slow": state})
+    assert all(torch.equal(restored.slow[name], state[name]) for name in state)

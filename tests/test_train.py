@@ -91,6 +91,26 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(trained_run, ci
 
 
 @pytest.mark.slow
+def test_lookahead_and_alternating_flips_resume_exactly(trained_run, cifar10_archive, cache_root, tmp_path):
+    """The slow copy of --lookahead is in the checkpoint and the flips follow the seed and the epoch: a run stopped
+    after epoch 1 and resumed holds the weights of one never stopped (and not those of the plain shared run)."""
+    airbench_tricks = ("--lookahead", "--alternating-flip")
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run_in_process(FINETUNE, *tiny_run_args(cifar10_archive, cache_root, full, *airbench_tricks))
+    run_in_process(FINETUNE, *tiny_run_args(cifar10_archive, cache_root, resumed, *airbench_tricks,
+                                            "--stop-after-epoch", "1"))
+    run_in_process(FINETUNE, *tiny_run_args(cifar10_archive, cache_root, resumed, *airbench_tricks,
+                                            "--resume", "latest"))
+    a, b, plain = (load_file(run / "checkpoints" / "epoch_002" / "model.safetensors")
+                   for run in (full, resumed, trained_run))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert not all(torch.allclose(a[key], plain[key]) for key in a)
+    args = json.loads((full / "training_args.json").read_text())
+    assert args["lookahead"] and args["alternating_flip"]
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(cifar10, cifar10_archive, cache_root, tmp_path):
     result = run_in_process(FINETUNE, *tiny_run_args(cifar10_archive, cache_root, tmp_path, "--fail-at-epoch", "2"),
                             check=False)

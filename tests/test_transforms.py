@@ -9,7 +9,7 @@ from PIL import Image
 from timm.data import create_transform
 
 from vision_ensemble.config import recipe_config
-from vision_ensemble.data import BatchTransform, PhotoTrainTransform, choose_augment, train_transform
+from vision_ensemble.data import BatchTransform, DataError, PhotoTrainTransform, choose_augment, train_transform
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -83,16 +83,48 @@ def test_auto_picks_cifar_for_thumbnails_and_photo_above_64_px():
 
 def test_train_transform_follows_the_resolved_augment():
     data_config = {"input_size": (3, 32, 32), "mean": MEAN, "std": STD, "interpolation": "bicubic", "crop_pct": 1.0}
-    cifar = train_transform(recipe_config({"model": "test_resnet", "augment": "cifar"}), data_config)
+    cifar = train_transform(recipe_config({"model": "test_resnet", "augment": "cifar"}), data_config, 100)
     photo = train_transform(recipe_config({"model": "test_resnet", "augment": "photo", "auto_augment": "trivialaugment",
-                                           "erase_prob": 0.0}), data_config)
+                                           "erase_prob": 0.0}), data_config, 100)
     assert isinstance(cifar, BatchTransform) and cifar.train and cifar.crop_padding == 4 and cifar.cutout == 0
-    with_cutout = train_transform(recipe_config({"model": "test_resnet", "augment": "cifar", "cutout": 12}), data_config)
+    with_cutout = train_transform(recipe_config({"model": "test_resnet", "augment": "cifar", "cutout": 12}), data_config,
+                                  100)
     assert with_cutout.cutout == 12
     with pytest.raises(SystemExit, match="--cutout"):
         recipe_config({"model": "test_resnet", "cutout": -1})
     assert isinstance(photo, PhotoTrainTransform) and photo.erase is None
     assert type(photo.policy).__name__ == "TrivialAugment"
+
+
+def test_alternating_flips_show_each_image_the_other_way_round_every_epoch():
+    data_config = {"input_size": (3, 8, 8), "mean": (0, 0, 0), "std": (1 / 255,) * 3, "crop_pct": 1.0}
+    options = {"model": "test_resnet", "augment": "cifar", "crop_padding": 0, "alternating_flip": True}
+    cfg = recipe_config(options)
+    transform = train_transform(cfg, data_config, 1000)
+    images = torch.randint(0, 256, (1000, 3, 8, 8), dtype=torch.uint8)
+    indices = torch.randperm(1000)  # a shuffled batch: flips follow the images, not their places in it
+
+    def flipped(epoch: int) -> torch.Tensor:
+        out = transform(images[indices], indices, epoch=epoch)
+        assert all(torch.equal(o, i.float().flip(2)) or torch.equal(o, i.float())
+                   for o, i in zip(out[:20], images[indices][:20]))
+        return (out != images[indices].float()).flatten(1).any(1)  # (the random images are not symmetric)
+
+    first, second, third = flipped(1), flipped(2), flipped(3)
+    assert 400 < first.sum() < 600  # half at random in the first epoch...
+    assert torch.equal(second, ~first) and torch.equal(third, first)  # ...then the other way round each epoch
+    # The same seed draws the same first flips (a resumed run); another seed others.
+    assert torch.equal(train_transform(cfg, data_config, 1000)(images[indices], indices, epoch=1).ne(
+        images[indices].float()).flatten(1).any(1), first)
+    other = train_transform(recipe_config({**options, "seed": cfg.seed + 1}), data_config, 1000)
+    assert not torch.equal(other(images[indices], indices, epoch=1).ne(images[indices].float()).flatten(1).any(1), first)
+    with pytest.raises(ValueError, match="index"):
+        transform(images[:4])
+    with pytest.raises(DataError, match="--alternating-flip"):
+        train_transform(recipe_config({"model": "test_resnet", "augment": "photo", "alternating_flip": True}),
+                        data_config, 1000)
+    with pytest.raises(SystemExit, match="--alternating-flip"):
+        recipe_config({"model": "test_resnet", "alternating_flip": True, "hflip": False})
 
 
 def test_policy_operations_are_drawn_per_group_of_images():

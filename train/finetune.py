@@ -52,6 +52,7 @@ from vision_ensemble.training.distributed import (DistributedError, check_launch
 from vision_ensemble.training.finetuning import (create_optimizer, freeze, keep_frozen_norms_in_eval, native_bf16,
                                                  resolve_mixed_precision, scaled_lr)
 from vision_ensemble.training.imbalance import WeightedSoftTargetCrossEntropy, balanced_class_weights
+from vision_ensemble.training.lookahead import Lookahead
 from vision_ensemble.training.time_budget import TimeBudget, cosine_schedule, undecided_horizon
 from vision_ensemble.training.tracking import (TrackingError, end_failed_runs, log_run_files, require_trackers,
                                                start_trackers)
@@ -175,7 +176,7 @@ def train(argv=None) -> int:
         raise ModelError(str(exc)) from None
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    train_augment = train_transform(cfg, data_config)
+    train_augment = train_transform(cfg, data_config, len(train_arrays))
     eval_transform = BatchTransform.from_data_config(data_config, channels_last=cfg.channels_last)
     if hasattr(model, "init_whitening") and not (cfg.pretrained or cfg.pretrained_path or cfg.resume):
         # airbench's data-dependent stem: the 2x2 patch covariance of a seeded sample of the training images
@@ -194,14 +195,15 @@ def train(argv=None) -> int:
     data_mode = cfg.data_mode if cfg.data_mode != "auto" else (
         "device" if fits_on_device(nbytes, accelerator.device) else "stream")
     sampler = BalancedSampler(train_arrays.labels, cfg.seed) if cfg.sampler == "balanced" else None
+    with_indices = bool(cfg.teacher) or cfg.alternating_flip  # a student's targets and alternating flips look them up
     if data_mode == "device":
-        train_loader = device_loader(DeviceImageDataset(train_arrays, accelerator.device, with_indices=bool(cfg.teacher)),
+        train_loader = device_loader(DeviceImageDataset(train_arrays, accelerator.device, with_indices=with_indices),
                                      batch_size, shuffle=True, drop_last=True, seed=cfg.seed, sampler=sampler)
         val_loader = device_loader(DeviceImageDataset(val_arrays, accelerator.device), cfg.batch_size * 2,
                                    shuffle=False)
     else:  # no decoding here: workers read whole batches from the memory-mapped cache
         train_loader = stream_loader(train_arrays, batch_size, shuffle=True, drop_last=True, seed=cfg.seed,
-                                     num_workers=cfg.num_workers, with_indices=bool(cfg.teacher), sampler=sampler)
+                                     num_workers=cfg.num_workers, with_indices=with_indices, sampler=sampler)
         val_loader = stream_loader(val_arrays, cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers)
 
     # --- optimisation: timm's --opt (AdamW unless the recipe says) at a rate scaled to the global batch, -------
@@ -232,14 +234,16 @@ def train(argv=None) -> int:
         distillation = Distillation(torch.from_numpy(teacher_probs).to(accelerator.device), cfg, num_classes)
         mixup, train_loss_fn = distillation.mix, distillation.loss
     ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.ema_decay) if cfg.ema else None
+    lookahead = Lookahead(accelerator.unwrap_model(model)) if cfg.lookahead else None
     if cfg.compile:
         torch._logging.set_logs(dynamo=logging.ERROR, inductor=logging.ERROR)  # recompile chatter drowns the log
         model = torch.compile(model)
 
     state = RunState()
     accelerator.register_for_checkpointing(scheduler, state)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
+    for extra in (ema, lookahead):
+        if extra is not None:
+            accelerator.register_for_checkpointing(extra)
     if cfg.resume:
         checkpoint = resume_dir(accelerator, output_dir, cfg.resume)
         accelerator.load_state(str(checkpoint))
@@ -308,11 +312,11 @@ def train(argv=None) -> int:
         last_checked, start = 0, time.perf_counter()
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{cfg.epochs}", disable=not accelerator.is_local_main_process,
                    leave=False)
-        for step, (images, labels, *indices) in enumerate(bar, 1):  # indices: with --teacher
-            inputs = train_augment(images)
+        for step, (images, labels, *indices) in enumerate(bar, 1):  # indices: with --teacher, --alternating-flip
+            inputs = train_augment(images, *indices, epoch=epoch)
             targets = labels
             if mixup is not None:
-                inputs, targets = mixup(inputs, labels, *indices)
+                inputs, targets = mixup(inputs, labels, *indices) if distillation is not None else mixup(inputs, labels)
             loss = train_loss_fn(model(inputs), targets)
             if cfg.fail_at_epoch == epoch:
                 loss = loss * float("nan")
@@ -325,6 +329,8 @@ def train(argv=None) -> int:
             scheduler.step_update(num_updates=state.num_updates)
             if ema is not None:
                 ema.update(accelerator.unwrap_model(model), step=state.num_updates)
+            if lookahead is not None:  # over the schedule's own counts (a re-plan moves them)
+                lookahead.step(state.num_updates, scheduler.t_initial, scheduler.warmup_t)
             if budget is not None and (epochs := budget.after_step(step)):  # a first epoch longer than the probe
                 fix_epochs(epochs)
             running_loss += loss.detach()

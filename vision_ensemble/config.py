@@ -249,11 +249,13 @@ class TrainConfig:
     crop_padding: int = field(default=4, metadata={"help": "cifar: random-crop padding in source pixels (0 disables)"})
     cutout: int = field(default=0, metadata={"help": "cifar: blank one random SIZE x SIZE square of each training image (to the mean colour; DeVries & Taylor 2017, airbench96: 12 at 32 px), for runs long enough to overfit; 0 disables"})
     hflip: bool = field(default=True, metadata={"help": "random horizontal flips"})
+    alternating_flip: bool = field(default=False, metadata={"help": "cifar: airbench's derandomized flip: each image flipped at random in the first epoch, then the other way round every epoch after, so that consecutive epochs show both views"})
     auto_augment: str = field(default="randaugment", metadata={"help": "photo: randaugment (2 operations at --augment-magnitude), trivialaugment (1 operation, its magnitude drawn per image) or none"})
     augment_magnitude: int = field(default=9, metadata={"help": "photo: RandAugment magnitude, 1-29 on Kornia's scale (each operation at m/30 of its range)"})
     erase_prob: float = field(default=0.25, metadata={"help": "photo: probability of RandomErasing per image (0 disables)"})
     ema: bool = field(default=False, metadata={"help": "keep an EMA of the weights (timm ModelEmaV3) and evaluate it"})
     ema_decay: float = field(default=0.999, metadata={"help": "EMA decay per step"})
+    lookahead: bool = field(default=False, metadata={"help": "airbench's Lookahead: every 5 steps a slow copy of the weights (BatchNorm statistics included) moves toward the trained ones and the network is reset to it, averaging little early and most late (decay 0.95^5 x progress^3); the last step leaves the network at the slow copy"})
     clip_grad: float | None = field(default=None, metadata={"help": "clip the gradient norm to this value"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format"})
@@ -364,6 +366,8 @@ def recipe_config(args: argparse.Namespace | dict) -> TrainConfig:
         raise SystemExit(f"--augment-magnitude {cfg.augment_magnitude}: choose 1-29")
     if cfg.cutout < 0 or cfg.crop_padding < 0:
         raise SystemExit("--cutout and --crop-padding are sizes in pixels: give 0 (off) or more")
+    if cfg.alternating_flip and not cfg.hflip:
+        raise SystemExit("--alternating-flip decides how images are flipped: it needs flips (drop --no-hflip)")
     # Options a recipe-less model still needs.
     for name, fallback in dict(epochs=10, batch_size=128, lr=1e-3, lr_base_size=256, weight_decay=0.05,
                                warmup_epochs=1).items():

@@ -197,19 +197,27 @@ def with_card_data(text: str, data) -> str:
 #: CARD_RECIPE_ARGS that differ from the model's recipe (e.g. a member trained with --cutout).
 CARD_TRAINING_ARGS = ("model", "img_size", "epochs", "batch_size", "lr", "seed", "split_seed", "data_dir")
 CARD_RECIPE_ARGS = ("opt", "momentum", "weight_decay", "warmup_epochs", "label_smoothing", "mixup_alpha",
-                    "cutmix_alpha", "augment", "crop_padding", "cutout", "ema")
+                    "cutmix_alpha", "augment", "crop_padding", "cutout", "alternating_flip", "ema", "lookahead")
 
 
 def training_command_args(training_args: dict) -> str:
     """The options of the member's training command, as `--name value`: CARD_TRAINING_ARGS, then the
-    CARD_RECIPE_ARGS that differ from what `--model` alone would have used."""
-    from .config import recipe_config
+    CARD_RECIPE_ARGS that differ from what `--model` alone would use now.  An option the member's
+    training_args.json lacks did not exist when it trained: it ran at the option's default (off), which a recipe
+    that has since turned it on must be told."""
+    from .config import TrainConfig, recipe_config
 
-    recipe = vars(recipe_config({"model": training_args["model"]})) if training_args.get("model") else {}
-    changed = [k for k in CARD_RECIPE_ARGS if k in training_args and k in recipe
-               and training_args[k] != recipe[k] and not (k == "augment" and recipe[k] == "auto")]
-    return " ".join(f"--{k.replace('_', '-')} {training_args[k]}" for k in (*CARD_TRAINING_ARGS, *changed)
-                    if training_args.get(k) is not None)  # seed 0 too
+    args = {**{k: getattr(TrainConfig, k) for k in CARD_RECIPE_ARGS if hasattr(TrainConfig, k)}, **training_args}
+    recipe = vars(recipe_config({"model": args["model"]})) if args.get("model") else {}
+    changed = [k for k in CARD_RECIPE_ARGS if k in args and k in recipe
+               and args[k] != recipe[k] and not (k == "augment" and recipe[k] == "auto")]
+
+    def option(name: str, value) -> str:  # switches as the parser takes them: --ema, --no-ema
+        flag = name.replace("_", "-")
+        return (f"--{flag}" if value else f"--no-{flag}") if isinstance(value, bool) else f"--{flag} {value}"
+
+    return " ".join(option(k, args[k]) for k in (*CARD_TRAINING_ARGS, *changed)
+                    if args.get(k) is not None)  # seed 0 too
 
 
 def member_card(model_name: str, metrics: dict, training_args: dict, class_names: list[str],

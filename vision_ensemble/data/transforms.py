@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import TrainConfig
+from .sources import DataError
 
 
 _INTERPOLATION = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nearest", "area": "area"}
@@ -26,6 +27,9 @@ class BatchTransform:
     resolution (cheap), then the shared resize + normalise, then cutout (a `cutout`-pixel square per image,
     inside the image, set to 0: the mean colour).  Eval: resize + normalise only.  The resize
     follows timm's eval geometry: shorter side to size / crop_pct, centre crop to size.
+
+    After `alternate_flips`, the flip is airbench's derandomized one: a batch is then called with its images'
+    dataset indices and the (1-based) epoch.
     """
 
     def __init__(self, input_size: tuple[int, int, int], mean, std, interpolation: str = "bilinear",
@@ -39,6 +43,7 @@ class BatchTransform:
         self.train, self.crop_padding, self.hflip = train, crop_padding if train else 0, hflip and train
         self.cutout = min(cutout, *self.size) if train else 0
         self.channels_last = channels_last
+        self.first_flips: torch.Tensor | None = None  # per dataset image, after alternate_flips
 
     @classmethod
     def from_data_config(cls, data_config: dict, **kwargs) -> "BatchTransform":
@@ -56,8 +61,21 @@ class BatchTransform:
         batch = torch.arange(n, device=images.device).view(n, 1, 1).expand(n, h, w)
         return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
-    def random_flip(self, images: torch.Tensor) -> torch.Tensor:
-        flip = torch.rand(images.shape[0], device=images.device) < 0.5
+    def alternate_flips(self, num_images: int, seed: int) -> None:
+        """airbench's alternating flip (Jordan, 2024): each of the dataset's `num_images` images is flipped at random
+        (seeded) in the first epoch and the other way round in every epoch after, so that any two consecutive
+        epochs show it both ways, where random flips show the same view twice in a row half the time."""
+        self.first_flips = torch.rand(num_images, generator=torch.Generator().manual_seed(seed)) < 0.5
+
+    def random_flip(self, images: torch.Tensor, indices: torch.Tensor | None = None, epoch: int = 1) -> torch.Tensor:
+        if self.first_flips is None:
+            flip = torch.rand(images.shape[0], device=images.device) < 0.5
+        elif indices is None:
+            raise ValueError("alternating flips need each image's dataset index (a loader with_indices)")
+        else:
+            if self.first_flips.device != images.device:
+                self.first_flips = self.first_flips.to(images.device)
+            flip = self.first_flips[indices.to(images.device)] ^ (epoch % 2 == 0)
         return torch.where(flip.view(-1, 1, 1, 1), images.flip(3), images)
 
     def random_cutout(self, x: torch.Tensor) -> torch.Tensor:
@@ -109,12 +127,12 @@ class BatchTransform:
         top, left = int(round((rh - th) / 2)), int(round((rw - tw) / 2))
         return images[..., top:top + th, left:left + tw]
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor | None = None, epoch: int = 1) -> torch.Tensor:
         x = images.float()
         if self.crop_padding:
             x = self.random_crop(x)
         if self.hflip:
-            x = self.random_flip(x)
+            x = self.random_flip(x, indices, epoch)
         x = self.resize(x)
         if self.mean.device != x.device:  # moved once, not per batch
             self.mean, self.std = self.mean.to(x.device), self.std.to(x.device)
@@ -158,7 +176,8 @@ class PhotoTrainTransform(torch.nn.Module):
         self.channels_last = channels_last
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, indices: torch.Tensor | None = None, epoch: int = 1) -> torch.Tensor:
+        """`indices` and `epoch`, which BatchTransform's alternating flips use, are accepted and unused."""
         x = self.flip(self.crop(images.float() / 255.0)).clamp_(0, 1)  # bicubic overshoots
         if self.policy is not None:
             x = torch.cat([self.policy(group) for group in x.split(self.POLICY_GROUP)]).clamp_(0, 1)
@@ -179,11 +198,18 @@ def choose_augment(augment: str, image_size: int) -> str:
     return "cifar" if image_size <= THUMBNAIL_MAX_SIZE else "photo"
 
 
-def train_transform(cfg: TrainConfig, data_config: dict):
-    """The training transform for `cfg.augment` (cifar or photo, already resolved) at the model's input."""
+def train_transform(cfg: TrainConfig, data_config: dict, num_images: int):
+    """The training transform for `cfg.augment` (cifar or photo, already resolved) at the model's input, for a
+    training set of `num_images` images."""
     if cfg.augment == "cifar":
-        return BatchTransform.from_data_config(data_config, train=True, crop_padding=cfg.crop_padding,
-                                               hflip=cfg.hflip, cutout=cfg.cutout, channels_last=cfg.channels_last)
+        transform = BatchTransform.from_data_config(data_config, train=True, crop_padding=cfg.crop_padding,
+                                                    hflip=cfg.hflip, cutout=cfg.cutout, channels_last=cfg.channels_last)
+        if cfg.alternating_flip:
+            transform.alternate_flips(num_images, cfg.seed)
+        return transform
+    if cfg.alternating_flip:
+        raise DataError("--alternating-flip is CIFAR augmentation's (--augment cifar, images up to "
+                        f"{THUMBNAIL_MAX_SIZE} px under auto); photo augmentation flips at random: drop the option")
     return PhotoTrainTransform(data_config["input_size"], data_config["mean"], data_config["std"],
                                data_config.get("interpolation", "bilinear"), hflip=cfg.hflip,
                                auto_augment=cfg.auto_augment, magnitude=cfg.augment_magnitude,

@@ -44,7 +44,8 @@ def fit_batch_size(batch_size: int, cfg: TrainConfig, model, train_augment, eval
             images = torch.randint(0, 256, (size, channels, height, width), dtype=torch.uint8, device=device)
             labels = torch.randint(0, num_classes, (size,), device=device)
             with accelerator.autocast():
-                F.cross_entropy(model.train()(train_augment(images)), labels).backward()
+                inputs = train_augment(images, torch.arange(size, device=device))  # dataset indices, for flips
+                F.cross_entropy(model.train()(inputs), labels).backward()
             optimizer.step()
             with torch.no_grad(), accelerator.autocast():
                 model.eval()(eval_transform(torch.cat([images, images])))
