@@ -144,6 +144,9 @@ def test_headless_chromium_renders_every_tab(app, tmp_path):
     with browser_page(url) as page:
         page.get_by_role("tab", name="Classify").click()
         page.locator(".gallery-item, button.gallery-item, [data-testid='examples'] button").nth(2).click()
+        # An example loads through a server call; a click before it lands classifies nothing (an error). On a busy
+        # CI machine it landed after the click.
+        page.locator("[data-testid='image'] img").first.wait_for(state="visible", timeout=30_000)
         page.get_by_role("button", name="Classify").click()
         page.get_by_text("members agree").first.wait_for(state="visible", timeout=30_000)
         page.get_by_role("tab", name="Threshold optimization").click()
