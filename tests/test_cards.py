@@ -85,6 +85,29 @@ def test_a_member_card_repeats_the_training_command_seed_0_included(tmp_path):
     assert "--data-dir cifar10.tar.gz --alternating-flip --lookahead`" in text
 
 
+@pytest.mark.parametrize("plans, says", [
+    # decided once, after epoch 2 of airbench's 2-epoch warmup, on a count of at least ten warmups
+    ([[0, 20], [2, 31]], "inside the warmup that every schedule of 31 epochs shares: the command trains this run's "
+                         "schedule step for step."),
+    # re-planned as the machine's pace changed: the horizons differ up to the last re-plan
+    ([[0, 20], [2, 30], [9, 28], [14, 26]], "(30 epochs planned after epoch 2, re-planned to 28 after epoch 9, "
+     "re-planned to 26 after epoch 14): the command trains the same recipe for 26 epochs, on a schedule that differs "
+     "from this run's in its first 14 epoch(s)."),
+    # fewer than ten warmups fit: the warmup is capped shorter than the one the run began on
+    ([[0, 20], [2, 13]], "the command trains the same recipe for 13 epochs, on a schedule that differs from this "
+                         "run's in its first 2 epoch(s)."),
+    ([[0, 20]], None)])  # not decided yet (a best epoch exported before the decision)
+def test_a_time_limited_members_card_says_whether_its_command_trains_the_same_schedule(plans, says):
+    args = asdict(recipe_config({"model": "airbench_s", "seed": 0, "data_dir": "cifar10.tar.gz", "time_limit": 60.0}))
+    args["epochs"], args["epochs_plans"] = plans[-1][1], plans  # as finetune.py records them
+    text = member_card("airbench_s", {"epoch": 12, "val_top1": 90.3, "val_top5": 99.6}, args, ["cat", "dog"])
+    assert f"--epochs {plans[-1][1]} --batch-size" in text
+    if says is None:
+        assert "chosen by" not in text
+    else:
+        assert f"--data-dir cifar10.tar.gz`. Its length was chosen by `--time-limit 60` " in text and says in text
+
+
 def test_a_card_turns_off_what_a_recipe_turned_on_after_the_member_trained(monkeypatch):
     """A member trained before an option existed ran without it: once its recipe turns it on, the card's command
     must turn it off to train that member again."""

@@ -17,6 +17,7 @@ from conftest import FINETUNE, run
 from vision_ensemble.config import default_cache_size
 from vision_ensemble.training import time_budget
 from vision_ensemble.evaluation.predictions import prediction_images
+from vision_ensemble.hub import schedule_note
 from vision_ensemble.training.time_budget import TAIL_FIXED_S, TimeBudget, fit_epochs
 
 MIN_LR = 1e-6  # TrainConfig.min_lr: where the cosine schedule ends
@@ -225,6 +226,8 @@ def test_a_time_limited_run_ends_on_time_with_its_schedule_completed(decoded, ci
     # Fixed after epoch 2 (after epoch 1 when fewer than 3 fit): from there the cosine only falls, but for the
     # small step a re-plan makes in the epoch after it.
     replanned = {int(line.split("re-planned after epoch ")[1].split(",")[0]) for line in plan[1:]}
+    plans = json.loads((tmp_path / "training_args.json").read_text())["epochs_plans"]  # what the card reads
+    assert [e for e, _ in plans[2:]] == sorted(replanned) and plans[-1][1] == chosen
     assert max(lrs) > 100 * MIN_LR
     assert all(lrs[i] <= lrs[i - 1] or i in replanned for i in range(3, len(lrs))), (lrs, replanned)
     # The tail kept for the predictions counts every image they cover (the training images' too).
@@ -241,11 +244,14 @@ def test_two_processes_agree_on_the_count_and_a_resume_keeps_it(decoded, cifar10
               "--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no", FINETUNE]
     args = time_limited_args(cifar10_archive, cache_root, tmp_path, 0.5)  # over 2 epochs fit: a decision to keep
     first = run([*launch, *args, "--stop-after-epoch", "2"])
-    chosen = json.loads((tmp_path / "training_args.json").read_text())["epochs"]
+    first_args = json.loads((tmp_path / "training_args.json").read_text())
+    chosen = first_args["epochs"]
     assert first.stdout.count("epoch(s) fit") == 1 and chosen > 2  # one decision, printed by the main process
     second = run([*launch, *args, "--resume", "latest"])
     assert "resumed from" in second.stdout and "epoch(s) fit" not in second.stdout  # no new measurement
-    assert json.loads((tmp_path / "training_args.json").read_text())["epochs"] == chosen
+    second_args = json.loads((tmp_path / "training_args.json").read_text())
+    assert second_args["epochs"] == chosen
+    assert second_args["epochs_plans"] == first_args["epochs_plans"]  # from the checkpoint: the card keeps them
     rows = read_rows(tmp_path)
     assert [r["epoch"] for r in rows] == list(range(1, chosen + 1))
     assert rows[-1]["lr"] == pytest.approx(MIN_LR)
@@ -258,8 +264,12 @@ def test_until_the_decision_a_run_trains_as_epochs_n_does(decoded, cifar10_archi
     timed_args = time_limited_args(cifar10_archive, cache_root, tmp_path / "timed", 60, "--warmup-epochs", "2",
                                    "--stop-after-epoch", "2")  # an hour: far more than 20 epochs fit; stopped at 2
     run([sys.executable, FINETUNE, *timed_args])
-    chosen = json.loads((tmp_path / "timed" / "training_args.json").read_text())["epochs"]
+    timed_training_args = json.loads((tmp_path / "timed" / "training_args.json").read_text())
+    chosen = timed_training_args["epochs"]
     assert chosen >= 20  # a count whose warmup is the recipe's whole 2 epochs
+    # ten warmups until the decision after epoch 2, then the count: the card says its command is this run
+    assert timed_training_args["epochs_plans"] == [[0, 20], [2, chosen]]
+    assert "step for step" in schedule_note(timed_training_args)
     fixed_args = time_limited_args(cifar10_archive, cache_root, tmp_path / "fixed", 60, "--warmup-epochs", "2",
                                    "--stop-after-epoch", "2")
     at = fixed_args.index("--time-limit")

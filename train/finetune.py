@@ -70,13 +70,15 @@ class RunState:
     def __init__(self):
         self.epoch, self.num_updates, self.best_top1 = 0, 0, -1.0
         self.epochs = None  # the run's length when --time-limit chose it
+        self.epochs_plans = []  # --time-limit: [epochs done, schedule length] at the start, decision and re-plans
 
     def state_dict(self):
-        return dict(epoch=self.epoch, num_updates=self.num_updates, best_top1=self.best_top1, epochs=self.epochs)
+        return dict(epoch=self.epoch, num_updates=self.num_updates, best_top1=self.best_top1, epochs=self.epochs,
+                    epochs_plans=self.epochs_plans)
 
     def load_state_dict(self, state):
         self.epoch, self.num_updates, self.best_top1 = state["epoch"], state["num_updates"], state["best_top1"]
-        self.epochs = state.get("epochs")
+        self.epochs, self.epochs_plans = state.get("epochs"), state.get("epochs_plans", [])
 
 
 @torch.no_grad()
@@ -249,6 +251,9 @@ def train(argv=None) -> int:
         accelerator.load_state(str(checkpoint))
         cfg.epochs = state.epochs or cfg.epochs  # the count --time-limit chose (the schedule's horizon is restored)
         print_main(f"resumed from {checkpoint} (epoch {state.epoch}, best val top-1 {state.best_top1:.2f})")
+    if cfg.time_limit is not None:
+        state.epochs_plans = state.epochs_plans or [[0, undecided_horizon(cfg)]]
+        cfg.epochs_plans = state.epochs_plans
 
     metrics_file = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:
@@ -297,6 +302,7 @@ def train(argv=None) -> int:
 
     def fix_epochs(epochs: int) -> None:
         cfg.epochs = state.epochs = epochs
+        state.epochs_plans.append([state.epoch, epochs])
         scheduler.load_state_dict(cosine_schedule(optimizer, cfg, steps_per_epoch)[0].state_dict())
         scheduler.step_update(num_updates=state.num_updates)
         if accelerator.is_main_process:

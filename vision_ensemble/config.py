@@ -293,6 +293,9 @@ class TrainConfig:
     effective_lr: float | None = field(default=None, init=False)
     train_class_counts: dict | None = field(default=None, init=False)  # images per class trained on (the card)
     batch_size_auto: list | None = field(default=None, init=False)  # --batch-size auto: the sizes tried, last fits
+    # --time-limit: [epochs done, the schedule's length in epochs] at the start (the undecided horizon), at the
+    # decision and at each re-plan (the card says whether its --epochs command trains this run's schedule)
+    epochs_plans: list | None = field(default=None, init=False)
 
 
 CHOICES = {"data_mode": ("auto", "device", "stream"), "report_to": ("none", *TRACKERS, "all"),

@@ -233,7 +233,7 @@ def member_card(model_name: str, metrics: dict, training_args: dict, class_names
                f"Trained with `accelerate launch train/finetune.py {args}`"
                + (f", distilled from the ensemble `{' '.join(training_args['teacher'])}` (`--teacher`: "
                   f"alpha {training_args['distill_alpha']}, T {training_args['distill_temperature']}; fp16 weights)"
-                  if training_args.get("teacher") else "") + f".{imbalance_note(training_args)}"
+                  if training_args.get("teacher") else "") + f".{schedule_note(training_args)}{imbalance_note(training_args)}"
                + (f" {weights_note}" if weights_note else "") + "\n\n"
                f"```python\nimport timm\nmodel = timm.create_model(\"hf-hub:<this repo>\", pretrained=True).eval()\n```")
     measured = {"accuracy": ("Top-1 accuracy (%)", metrics["val_top1"]),
@@ -283,6 +283,28 @@ def imbalance_note(training_args: dict) -> str:
            "no correction: expect lower recall on the rare classes")
     return (f"\n\n**The training data was imbalanced**: {big} had {counts[big] / counts[small]:.1f}x the images of "
             f"{small} ({counts[big]:,} vs {counts[small]:,}); trained with {fix}.")
+
+
+def schedule_note(training_args: dict) -> str:
+    """A sentence for the card of a `--time-limit` run: whether its command (`--epochs N`) trains this run's
+    schedule step for step, or the same recipe on a schedule that differed early on.  Until the decision the run
+    follows the schedule of a long horizon (finetune.py's `undecided_horizon`); an N-epoch schedule has the same
+    steps up to there when its warmup is the same length (warmups are capped at a tenth of the run) and the
+    decision came inside it.  A re-plan moves the horizon: the schedules then differ up to the last re-plan."""
+    plans = training_args.get("epochs_plans") or []
+    if training_args.get("time_limit") is None or len(plans) < 2:  # no limit, or not decided yet
+        return ""
+    (_, horizon), (decided_after, decided), *replans = plans
+    epochs, warmup = plans[-1][1], training_args.get("warmup_epochs") or 0
+    limit = f"`--time-limit {training_args['time_limit']:g}`"
+    when = f"after epoch {decided_after}" if decided_after else "during epoch 1"
+    if not replans and min(warmup, horizon / 10) == min(warmup, epochs / 10) and decided_after <= warmup:
+        return (f" Its length was chosen by {limit} {when}, inside the warmup that every schedule of {epochs} "
+                f"epochs shares: the command trains this run's schedule step for step.")
+    history = f"{decided} epochs planned {when}" + "".join(f", re-planned to {n} after epoch {e}" for e, n in replans)
+    differs = replans[-1][0] if replans else max(decided_after, 1)
+    return (f" Its length was chosen by {limit} ({history}): the command trains the same recipe for {epochs} "
+            f"epochs, on a schedule that differs from this run's in its first {differs} epoch(s).")
 
 
 def results_markdown(report: dict) -> str:
