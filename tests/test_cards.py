@@ -105,7 +105,7 @@ def test_a_time_limited_members_card_says_whether_its_command_trains_the_same_sc
     if says is None:
         assert "chosen by" not in text
     else:
-        assert f"--data-dir cifar10.tar.gz`. Its length was chosen by `--time-limit 60` " in text and says in text
+        assert "--data-dir cifar10.tar.gz`. Its length was chosen by `--time-limit 60` " in text and says in text
 
 
 def test_a_card_turns_off_what_a_recipe_turned_on_after_the_member_trained(monkeypatch):

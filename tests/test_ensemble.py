@@ -118,11 +118,12 @@ def test_hub_layout_loads_offline_through_huggingface_hub_and_timm(members, tmp_
             "from vision_ensemble.model import Member\n"
             "m = timm.create_model('hf-hub:someone/tiny-member', pretrained=True).eval()\n"
             "ours = Member.load('someone/tiny-member')\n"
-            "mine = ours.model.state_dict()\n"
-            "assert all(torch.equal(t, mine[k]) for k, t in m.state_dict().items()) and m.state_dict().keys() == mine.keys()\n"
+            "theirs, mine = m.state_dict(), ours.model.state_dict()\n"
+            "assert theirs.keys() == mine.keys() and all(torch.equal(t, mine[k]) for k, t in theirs.items())\n"
             "x = torch.randn(2, 3, 32, 32)\n"
             # Member.load runs channels_last, timm's model NCHW: other kernels, the same numbers to float precision.
-            "torch.testing.assert_close(m(x), ours.model(x), rtol=1e-4, atol=1e-5); print('ok', ours.class_names[0])") % str(REPO)
+            "torch.testing.assert_close(m(x), ours.model(x), rtol=1e-4, atol=1e-5)\n"
+            "print('ok', ours.class_names[0])") % str(REPO)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ.copy())
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "ok airplane"

@@ -251,7 +251,7 @@ def train(argv=None) -> int:
         accelerator.load_state(str(checkpoint))
         cfg.epochs = state.epochs or cfg.epochs  # the count --time-limit chose (the schedule's horizon is restored)
         print_main(f"resumed from {checkpoint} (epoch {state.epoch}, best val top-1 {state.best_top1:.2f})")
-    if cfg.time_limit is not None:
+    if cfg.time_limit is not None:  # one list: what fix_epochs appends is checkpointed and in training_args.json
         state.epochs_plans = state.epochs_plans or [[0, undecided_horizon(cfg)]]
         cfg.epochs_plans = state.epochs_plans
 

@@ -233,7 +233,8 @@ def member_card(model_name: str, metrics: dict, training_args: dict, class_names
                f"Trained with `accelerate launch train/finetune.py {args}`"
                + (f", distilled from the ensemble `{' '.join(training_args['teacher'])}` (`--teacher`: "
                   f"alpha {training_args['distill_alpha']}, T {training_args['distill_temperature']}; fp16 weights)"
-                  if training_args.get("teacher") else "") + f".{schedule_note(training_args)}{imbalance_note(training_args)}"
+                  if training_args.get("teacher") else "")
+               + f".{schedule_note(training_args)}{imbalance_note(training_args)}"
                + (f" {weights_note}" if weights_note else "") + "\n\n"
                f"```python\nimport timm\nmodel = timm.create_model(\"hf-hub:<this repo>\", pretrained=True).eval()\n```")
     measured = {"accuracy": ("Top-1 accuracy (%)", metrics["val_top1"]),
