@@ -108,6 +108,18 @@ def test_a_time_limited_members_card_says_whether_its_command_trains_the_same_sc
         assert "--data-dir cifar10.tar.gz`. Its length was chosen by `--time-limit 60` " in text and says in text
 
 
+def test_a_time_limited_member_older_than_its_plans_record_says_its_schedule_may_differ():
+    """The shipped seeds trained before training_args.json recorded `epochs_plans`: their cards must not imply that
+    `--epochs N` trains their schedule step for step."""
+    args = asdict(recipe_config({"model": "airbench_s", "seed": 1, "data_dir": "cifar10.tar.gz", "time_limit": 60.0}))
+    args["epochs"] = 26
+    del args["epochs_plans"]  # it predates the record
+    text = member_card("airbench_s", {"epoch": 26, "val_top1": 89.7, "val_top5": 99.6}, args, ["cat", "dog"])
+    assert ("--data-dir cifar10.tar.gz`. Its length was chosen by `--time-limit 60` in a run that predates the record "
+            "of its plans: the command trains the same recipe for 26 epochs, on a schedule that may differ") in text
+    assert "step for step" not in text
+
+
 def test_a_card_turns_off_what_a_recipe_turned_on_after_the_member_trained(monkeypatch):
     """A member trained before an option existed ran without it: once its recipe turns it on, the card's command
     must turn it off to train that member again."""

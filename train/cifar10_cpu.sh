@@ -25,7 +25,7 @@ DATA=${DATA:-../shared/data/cifar10.tar.gz}
 RUNS=${RUNS:-$HOME/runs/cifar10-cpu}
 MINUTES=${MINUTES:-60}
 PY=${PY:-python}
-SHIPPED="airbench_s-seed0 airbench_s-seed1 airbench_s-seed2"
+SHIPPED="airbench_s-seed0 airbench_s-seed1 airbench_s-seed2 airbench_s-cutout-seed4"
 
 member() {  # member MODEL[-cutout]-seedN
   local name=$1 out="$RUNS/$1" resume=() augment=()

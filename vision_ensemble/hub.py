@@ -291,13 +291,20 @@ def schedule_note(training_args: dict) -> str:
     schedule step for step, or the same recipe on a schedule that differed early on.  Until the decision the run
     follows the schedule of a long horizon (finetune.py's `undecided_horizon`); an N-epoch schedule has the same
     steps up to there when its warmup is the same length (warmups are capped at a tenth of the run) and the
-    decision came inside it.  A re-plan moves the horizon: the schedules then differ up to the last re-plan."""
-    plans = training_args.get("epochs_plans") or []
-    if training_args.get("time_limit") is None or len(plans) < 2:  # no limit, or not decided yet
+    decision came inside it.  A re-plan moves the horizon: the schedules then differ up to the last re-plan.
+    A run that predates the record of its plans (no `epochs_plans`) gets a sentence that says only what is known."""
+    if training_args.get("time_limit") is None:
+        return ""
+    limit = f"`--time-limit {training_args['time_limit']:g}`"
+    if "epochs_plans" not in training_args:
+        return (f" Its length was chosen by {limit} in a run that predates the record of its plans: the command "
+                f"trains the same recipe for {training_args['epochs']} epochs, on a schedule that may differ from this "
+                f"run's in the epochs before it chose.")
+    plans = training_args["epochs_plans"] or []
+    if len(plans) < 2:  # not decided yet
         return ""
     (_, horizon), (decided_after, decided), *replans = plans
     epochs, warmup = plans[-1][1], training_args.get("warmup_epochs") or 0
-    limit = f"`--time-limit {training_args['time_limit']:g}`"
     when = f"after epoch {decided_after}" if decided_after else "during epoch 1"
     if not replans and min(warmup, horizon / 10) == min(warmup, epochs / 10) and decided_after <= warmup:
         return (f" Its length was chosen by {limit} {when}, inside the warmup that every schedule of {epochs} "
