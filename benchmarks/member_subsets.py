@@ -26,6 +26,11 @@ sys.path.insert(0, str(REPO))
 import numpy as np
 from scipy.stats import binomtest
 
+from vision_ensemble.config import models_cache_size
+from vision_ensemble.data import load_dataset
+from vision_ensemble.evaluation.predictions import evaluation_batch, load_predictions
+from vision_ensemble.model import Member
+
 
 def member_name(path: Path) -> str:
     return path.parent.name if path.name in ("predictions.npz", "best") else path.name
@@ -33,8 +38,6 @@ def member_name(path: Path) -> str:
 
 def test_probabilities(paths: list[Path], data_dir: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """{member name: flip-TTA test probabilities}, and the test labels they share."""
-    from vision_ensemble.evaluation.predictions import evaluation_batch, load_predictions
-
     probs, labels, images = {}, None, None
     for path in paths:
         npz = path / "predictions.npz" if path.is_dir() else path
@@ -42,10 +45,6 @@ def test_probabilities(paths: list[Path], data_dir: str) -> tuple[dict[str, np.n
             run = load_predictions(npz)
             p, run_labels = run.test_probs_flip, run.test_labels
         else:  # an exported model folder
-            from vision_ensemble.config import models_cache_size
-            from vision_ensemble.data import load_dataset
-            from vision_ensemble.model import Member
-
             member = Member.load(str(path), device="cpu")
             if images is None:  # the training cache of the first such member; only its test split is read
                 data = load_dataset(data_dir, None, cache_size=models_cache_size([member.data_config]))
