@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_session.sh all                      # the session (BENCHMARKS.md: the exact device call)
 #   bash benchmarks/gpu_session.sh extras                   # minutes left: torchvision baseline, --compile
 #   bash benchmarks/gpu_session.sh rerun MODEL [options]    # minutes left: one member again, options to finetune.py
+#   bash benchmarks/gpu_session.sh variants "NAME OPTIONS" ... # minutes left: a recipe's variants side by side
 #   bash benchmarks/gpu_session.sh ensemble [FOLDER]        # back here, on CPU: results/cifar10/ from the files
 #
 # `all` runs these named steps in order (seconds from the command's start, on the H200):
@@ -139,19 +140,36 @@ pack() {  # pack NAME [FILE...]: $RUNS/NAME's small files (no weights) and FILEs
     say "$OUT/$name.tar.gz: $(du -h "$OUT/$name.tar.gz" | cut -f1), ${#files[@]} files"
 }
 
-member() {  # member MODEL MINUTES [finetune.py options]: train, summarise and pack it; its log in runs/MODEL/
-    local model=$1 minutes=$2 run=$RUNS/$1 start=$SECONDS status=0
-    shift 2
+train_run() {  # train_run NAME [finetune.py options]: train into $RUNS/NAME, summarise and pack it; its log there
+    local name=$1 run=$RUNS/$1 start=$SECONDS status=0
+    shift
     rm -rf "$run" && mkdir -p "$run"
     # --no-data-check: the box has no imagehash; CIFAR-10's check runs on CPU (BENCHMARKS.md: data check)
     # shellcheck disable=SC2086  # MEMBER_ARGS is a list of options
-    python3 train/finetune.py --model "$model" --data-dir "$DATA" --cache-size "$CACHE_SIZE" --no-data-check \
-        --output-dir "$run" --hub-repo-id "$HUB_OWNER/$model-cifar10" --time-limit "$minutes" $MEMBER_ARGS "$@" >"$run/train.log" 2>&1 ||
-        status=$?
-    say "$model: exit $status after $((SECONDS - start)) s; $(grep -m1 'epoch(s) fit' "$run/train.log" || true)"
+    python3 train/finetune.py --data-dir "$DATA" --cache-size "$CACHE_SIZE" --no-data-check --output-dir "$run" \
+        $MEMBER_ARGS "$@" >"$run/train.log" 2>&1 || status=$?
+    say "$name: exit $status after $((SECONDS - start)) s; $(grep -m1 'epoch(s) fit' "$run/train.log" || true)"
     [[ $status == 0 ]] || tail -n 5 "$run/train.log" | tee -a "$LOG"
     if [[ -f $run/metrics.jsonl ]]; then summarise "$run" $((SECONDS - start)) | tee -a "$LOG" || true; fi
-    pack "$model"
+    pack "$name"
+}
+
+member() {  # member MODEL MINUTES [finetune.py options]: one of the mission's members, under a time limit
+    local model=$1 minutes=$2
+    shift 2
+    train_run "$model" --model "$model" --hub-repo-id "$HUB_OWNER/$model-cifar10" --time-limit "$minutes" "$@"
+}
+
+variants() {  # variants "NAME OPTIONS" ...: one recipe's variants trained at the same time, each `finetune.py
+    # OPTIONS` into $RUNS/NAME and packed into $OUT/NAME.tar.gz the moment it ends (at most 7: session.log is the
+    # eighth file that may come back); an A/B of a recipe change in seconds of GPU time instead of CPU hours
+    local spec
+    (($# <= 7)) || { say "variants: $# given, at most 7 can come back"; exit 2; }
+    for spec in "$@"; do
+        # shellcheck disable=SC2086  # a spec is a name and a list of options
+        train_run ${spec%% *} ${spec#* } &
+    done
+    wait
 }
 
 minutes_until() {  # minutes_until END_S: the time limit that ends a run started now at END_S (at least MIN_LIMIT_MIN)
@@ -232,6 +250,8 @@ case $step in
         say "done: $(cd "$OUT" && echo *)" ;;
     extras)
         check && decode && extras ;;
+    variants)
+        check && decode && variants "$@" ;;
     rerun)
         [[ -n ${1:-} ]] || { echo "rerun MODEL [finetune.py options]" >&2; exit 2; }
         model=$1
@@ -240,6 +260,6 @@ case $step in
     ensemble)
         ensemble "$@" ;;
     *)
-        echo "unknown step '$step': all, extras, rerun MODEL, ensemble" >&2
+        echo "unknown step '$step': all, extras, rerun MODEL, variants SPEC..., ensemble" >&2
         exit 2 ;;
 esac
