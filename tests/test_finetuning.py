@@ -164,6 +164,30 @@ def test_cpu_recipes_use_bf16_only_where_the_cpu_computes_it(monkeypatch):
         assert finetuning.resolve_mixed_precision("bf16-if-native", on_gpu=False) == ("bf16" if native else "no")
 
 
+
+@pytest.mark.parametrize("native", [False, True])
+def test_muon_orthogonalises_in_fp32_on_a_cpu_without_native_bf16(monkeypatch, native):
+    """timm's Muon works in bf16, emulated (35x slower) on such a CPU: there the step is fp32's, to rounding."""
+    import timm.optim.muon as timm_muon
+
+    monkeypatch.setattr(timm_muon, "zeropower_via_newtonschulz", timm_muon.zeropower_via_newtonschulz)  # restored
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 32, bias=False)
+    before, grad = model.weight.detach().clone(), torch.randn(32, 64)
+    model.weight.grad = grad.clone()
+    cfg = recipe_config({"model": "airbench_s", "opt": "muon", "momentum": 0.0, "weight_decay": 0.0,
+                         "norm_bias_lr_scale": 1.0})
+    create_optimizer(model, cfg, lr=0.1).step()
+    coefficients = timm_muon.resolve_ns_coefficients("quintic", timm_muon._COEFFICIENTS)
+    scale = timm_muon.get_lr_scale(grad.shape, "match_rms_adamw")
+    orthogonalised = {dtype: timm_muon.zeropower_via_newtonschulz(grad, 5, coefficients, dtype=dtype).float()
+                      for dtype in (torch.float32, torch.bfloat16)}
+    steps = {dtype: before - 0.1 * scale * update for dtype, update in orthogonalised.items()}
+    assert not torch.allclose(steps[torch.float32], steps[torch.bfloat16], atol=1e-5)  # the two can be told apart
+    assert torch.allclose(model.weight.detach(), steps[torch.bfloat16 if native else torch.float32], atol=1e-5)
+
 def test_lookahead_resets_the_network_to_a_slow_copy_on_airbenchs_schedule():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
     lookahead = Lookahead(model, every=5)

@@ -6,7 +6,7 @@
 # the test split (evaluation/evaluate.py --tta) into results/cifar10/, whose ensemble.json is the manifest the
 # Space serves (the README's results table is written from its report).
 # A member whose run folder already holds best/ and predictions.npz is skipped; one cut short continues with
-# --resume latest.  MODEL-cutout-seedN trains with cutout (see member below).  All members share the train/val
+# --resume latest.  MODEL-cutout-seedN trains with cutout, MODEL-muon-seedN with Muon (see member below).  All members share the train/val
 # split (--split-seed 0), which the ensemble's weights, temperature and conformal rule are fitted on.
 #
 # The student: airbench_s distilled (`--teacher`) from the members' predictions.npz (their training-split
@@ -27,16 +27,21 @@ MINUTES=${MINUTES:-60}
 PY=${PY:-python}
 SHIPPED="airbench_s-seed0 airbench_s-seed1 airbench_s-seed2 airbench_s-cutout-seed4"
 
-member() {  # member MODEL[-cutout]-seedN
-  local name=$1 out="$RUNS/$1" resume=() augment=()
-  [[ $name =~ ^(airbench_[sml])(-cutout)?-seed([0-9]+)$ ]] || { echo "member $name: give MODEL[-cutout]-seedN, e.g. airbench_s-cutout-seed3" >&2; exit 2; }
-  # -cutout: airbench96's augmentation (4 px translation, a 12 px cutout square) against the recipe's 2 px: an
-  # hour's 30 epochs fit the training images (99.9% top-1) where airbench94's 10 do not.
-  [[ -n ${BASH_REMATCH[2]} ]] && augment=(--crop-padding 4 --cutout 12)
+member() {  # member MODEL[-cutout|-muon]-seedN
+  local name=$1 out="$RUNS/$1" resume=() recipe=()
+  [[ $name =~ ^(airbench_[sml])(-cutout|-muon)?-seed([0-9]+)$ ]] || { echo "member $name: give MODEL[-cutout|-muon]-seedN, e.g. airbench_s-cutout-seed3" >&2; exit 2; }
+  case ${BASH_REMATCH[2]} in
+    # airbench96's augmentation (4 px translation, a 12 px cutout square) against the recipe's 2 px: an hour's 30
+    # epochs fit the training images (99.9% top-1) where airbench94's 10 do not.
+    -cutout) recipe=(--crop-padding 4 --cutout 12) ;;
+    # timm's Muon (Nesterov) for the conv and head weights, its AdamW for the biases, at the momentum of
+    # airbench94_muon: the best of a GPU grid at 8 epochs (BENCHMARKS.md "Muon on the GPU").
+    -muon) recipe=(--opt nmuon --lr 0.02 --lr-base-size 1024 --momentum 0.6 --weight-decay 1 --norm-bias-lr-scale 1) ;;
+  esac
   if [[ -f $out/predictions.npz && -d $out/best ]]; then echo "member $name: done ($out)"; return; fi
   [[ -d $out/checkpoints ]] && resume=(--resume latest)
   "$PY" -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-    train/finetune.py --model "${BASH_REMATCH[1]}" --seed "${BASH_REMATCH[3]}" --split-seed 0 "${augment[@]}" \
+    train/finetune.py --model "${BASH_REMATCH[1]}" --seed "${BASH_REMATCH[3]}" --split-seed 0 "${recipe[@]}" \
     --data-dir "$DATA" --time-limit "$MINUTES" --hub-repo-id "vision-ensemble/cifar10-$name" --output-dir "$out" \
     "${resume[@]}"
 }
