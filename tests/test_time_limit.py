@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from conftest import FINETUNE, run
 from vision_ensemble.config import default_cache_size
 from vision_ensemble.training import time_budget
-from vision_ensemble.evaluation.predictions import prediction_images
+from vision_ensemble.evaluation.predictions import prediction_images, seconds_per_predicted_image
 from vision_ensemble.hub import schedule_note
 from vision_ensemble.training.time_budget import TAIL_FIXED_S, TimeBudget, fit_epochs
 
@@ -171,6 +171,24 @@ def test_the_predictions_are_timed_once_and_the_timing_is_not_an_epoch(clock):
     elapsed = 30 + (2 + 49 * 0.2 + 8) + 5 + (50 * 0.2 + 3)
     assert epochs == fit_epochs(600 * (1 - time_budget.MARGIN), elapsed, 0.2, 50, 3.0, 20 + TAIL_FIXED_S, 100, 2)
 
+
+
+def test_the_predictions_pace_leaves_out_the_first_pass_at_the_timed_batch_shape():
+    """A device that tunes itself for each new batch shape (cuDNN's autotuning, oneDNN's kernels) spends that once:
+    it must not be counted in every image of the tail."""
+    class TuningMember:  # Member.probabilities' signature; 0.2 s for each new shape, then nothing
+        def __init__(self):
+            self.shapes = set()
+
+        def probabilities(self, images, flip=False, batch_size=500):
+            for batch in images.split(batch_size):
+                if batch.shape not in self.shapes:
+                    self.shapes.add(batch.shape)
+                    time.sleep(0.2)
+            return torch.zeros(len(images), 10)
+
+    pace = seconds_per_predicted_image(TuningMember(), torch.zeros(512, 3, 32, 32, dtype=torch.uint8), 1024)
+    assert pace < 0.02 / 512  # untuned, it is 0.2 s / 512 images
 
 def test_a_budget_for_fewer_than_three_epochs_is_decided_after_the_first(clock):
     budget = TimeBudget(1, CpuAccelerator(), steps_per_epoch=50, eval_batches=4, **SIX_SECOND_TAIL,

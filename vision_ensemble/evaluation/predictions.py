@@ -97,7 +97,10 @@ def prediction_images(data: DecodedDataset, cfg: TrainConfig, train_images: int)
 def seconds_per_predicted_image(member: Member, images: torch.Tensor, batch_size: int) -> float:
     """The pace of `save_predictions` per image (with and without flip), timed on `images` (uint8 NCHW) through
     the same `Member.probabilities`; for `--time-limit`, which keeps that time free at the end of a run."""
-    member.probabilities(images[:8])  # one-off costs (oneDNN's kernels for the first shapes) are not the pace
+    # One-off costs are not the pace: oneDNN's kernels and cuDNN's autotuning for each new batch shape (with three
+    # trainings starting at once on an H200, efficientnet_b0's first batch of 512 took 7.7 s, and the run kept 451 s
+    # of a 6-minute limit for its predictions; BENCHMARKS.md), so the timed shape runs once untimed.
+    member.probabilities(images, False, batch_size)
     start = time.perf_counter()
     for flip in (False, True):
         member.probabilities(images, flip, batch_size)
