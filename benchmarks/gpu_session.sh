@@ -164,7 +164,6 @@ variants() {  # variants "NAME OPTIONS" ...: one recipe's variants trained at th
     # OPTIONS` into $RUNS/NAME and packed into $OUT/NAME.tar.gz the moment it ends (at most 7: session.log is the
     # eighth file that may come back); an A/B of a recipe change in seconds of GPU time instead of CPU hours
     local spec
-    (($# <= 7)) || { say "variants: $# given, at most 7 can come back"; exit 2; }
     for spec in "$@"; do
         # shellcheck disable=SC2086  # a spec is a name and a list of options
         train_run ${spec%% *} ${spec#* } &
@@ -251,6 +250,7 @@ case $step in
     extras)
         check && decode && extras ;;
     variants)
+        (($# >= 1 && $# <= 7)) || { echo "variants: 1 to 7 \"NAME OPTIONS\" (session.log is the 8th file back)" >&2; exit 2; }
         check && decode && variants "$@" ;;
     rerun)
         [[ -n ${1:-} ]] || { echo "rerun MODEL [finetune.py options]" >&2; exit 2; }

@@ -73,3 +73,34 @@ def test_cpu_dry_run_of_all_returns_every_file_and_the_ensemble_builds(cifar10_a
     from vision_ensemble.evaluation.ensemble import Ensemble
     served = Ensemble.from_manifest(results / "student" / "ensemble.json")
     assert [m.source for m in served.members] == ["model"] and served.class_names == report["class_names"]
+
+
+@pytest.mark.slow
+def test_cpu_dry_run_of_variants_packs_each_run_as_it_ends(cifar10_archive, cache_root, tmp_path):
+    """`variants`, the A/B for the minutes after `all`: each "NAME OPTIONS" trains into its own run and comes back
+    as NAME.tar.gz; more than can come back is refused before anything runs."""
+    from vision_ensemble.data import prepare_cache
+
+    prepare_cache(cifar10_archive, cache_root, 64)
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "python3").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (shim / "python3").chmod(0o755)
+    out = tmp_path / "out"
+    env = {**ENV, "PATH": f"{shim}:{os.environ['PATH']}", "OUT": str(out), "RUNS": str(tmp_path / "runs"),
+           "GPU_SESSION_CPU": "1", "DATA": str(cifar10_archive), "VISION_ENSEMBLE_CACHE": str(cache_root),
+           "SITE": str(tmp_path / "site")}
+    specs = ["sgd --model airbench_s --epochs 1", "muon --model airbench_s --epochs 1 --opt nmuon --lr 0.02"]
+    result = subprocess.run(["bash", str(SCRIPT), "variants", *specs], env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    assert {p.name for p in out.iterdir()} == {"session.log", "sgd.tar.gz", "muon.tar.gz"}
+    for name, opt in (("sgd", "sgd"), ("muon", "nmuon")):
+        with tarfile.open(out / f"{name}.tar.gz") as archive:
+            assert {n.removeprefix(f"{name}/") for n in archive.getnames()} == MEMBER_FILES
+            assert json.load(archive.extractfile(f"{name}/training_args.json"))["opt"] == opt
+        assert f"{name}: exit 0" in (out / "session.log").read_text()
+
+    too_many = subprocess.run(["bash", str(SCRIPT), "variants", *[f"v{i} --epochs 1" for i in range(8)]], env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert too_many.returncode == 2 and "1 to 7" in too_many.stderr
