@@ -128,7 +128,7 @@ def newton_schulz_in_fp32() -> None:
     """Make timm's Muon orthogonalise its updates (Newton-Schulz) in fp32 instead of bf16, for this process.
 
     timm fixes bf16, which a CPU without native bf16 kernels emulates: the orthogonalisation of airbench_s's
-    weights took 4.5 s a step in bf16 against 0.13 s in fp32 on 2 AMD EPYC (AVX2) cores, beside a 9 s training
+    weights took 4.3 s a step in bf16 against 0.07 s in fp32 on 2 AMD EPYC (AVX2) cores, beside a 9 s training
     step (BENCHMARKS.md).  fp32 is the more exact of the two, so only speed changes."""
     orthogonalise = timm.optim.muon.zeropower_via_newtonschulz
     if not isinstance(orthogonalise, functools.partial):  # the module's function, looked up at each step
