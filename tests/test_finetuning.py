@@ -164,7 +164,6 @@ def test_cpu_recipes_use_bf16_only_where_the_cpu_computes_it(monkeypatch):
         assert finetuning.resolve_mixed_precision("bf16-if-native", on_gpu=False) == ("bf16" if native else "no")
 
 
-
 @pytest.mark.parametrize("native", [False, True])
 def test_muon_orthogonalises_in_fp32_on_a_cpu_without_native_bf16(monkeypatch, native):
     """timm's Muon works in bf16, emulated (35x slower) on such a CPU: there the step is fp32's, to rounding."""
@@ -187,6 +186,7 @@ def test_muon_orthogonalises_in_fp32_on_a_cpu_without_native_bf16(monkeypatch, n
     steps = {dtype: before - 0.1 * scale * update for dtype, update in orthogonalised.items()}
     assert not torch.allclose(steps[torch.float32], steps[torch.bfloat16], atol=1e-5)  # the two can be told apart
     assert torch.allclose(model.weight.detach(), steps[torch.bfloat16 if native else torch.float32], atol=1e-5)
+
 
 def test_lookahead_resets_the_network_to_a_slow_copy_on_airbenchs_schedule():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))

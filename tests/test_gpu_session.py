@@ -19,18 +19,25 @@ MEMBER_FILES = {"metrics.jsonl", "training_curves.png", "predictions.npz", "summ
                 "train.log", "best/config.json", "best/metrics.json"}
 
 
-@pytest.mark.slow
-def test_cpu_dry_run_of_all_returns_every_file_and_the_ensemble_builds(cifar10_archive, cache_root, tmp_path):
+def dry_run_env(cifar10_archive, cache_root, tmp_path) -> dict:
+    """The script's environment for a CPU dry run in tmp_path: the venv's Python as python3, files back in
+    tmp_path/out, runs in tmp_path/runs, the 64 px cache built (shared with the other tests' 32 px runs)."""
     from vision_ensemble.data import prepare_cache
 
-    prepare_cache(cifar10_archive, cache_root, 64)  # shared with the other tests' 32 px runs
+    prepare_cache(cifar10_archive, cache_root, 64)
     shim = tmp_path / "bin"
     shim.mkdir()
-    (shim / "python3").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')  # the venv's Python as python3
+    (shim / "python3").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
     (shim / "python3").chmod(0o755)
-    out, runs = tmp_path / "out", tmp_path / "runs"
-    env = {**ENV, "PATH": f"{shim}:{os.environ['PATH']}", "OUT": str(out), "RUNS": str(runs), "GPU_SESSION_CPU": "1",
-           "DATA": str(cifar10_archive), "VISION_ENSEMBLE_CACHE": str(cache_root), "SITE": str(tmp_path / "site"),
+    return {**ENV, "PATH": f"{shim}:{os.environ['PATH']}", "OUT": str(tmp_path / "out"),
+            "RUNS": str(tmp_path / "runs"), "GPU_SESSION_CPU": "1", "DATA": str(cifar10_archive),
+            "VISION_ENSEMBLE_CACHE": str(cache_root), "SITE": str(tmp_path / "site")}
+
+
+@pytest.mark.slow
+def test_cpu_dry_run_of_all_returns_every_file_and_the_ensemble_builds(cifar10_archive, cache_root, tmp_path):
+    out = tmp_path / "out"
+    env = {**dry_run_env(cifar10_archive, cache_root, tmp_path),
            "MEMBERS_END_S": "0", "STUDENT_END_S": "0"}  # every run gets the CPU minimum, MIN_LIMIT_MIN
     result = subprocess.run(["bash", str(SCRIPT), "all"], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
@@ -79,17 +86,7 @@ def test_cpu_dry_run_of_all_returns_every_file_and_the_ensemble_builds(cifar10_a
 def test_cpu_dry_run_of_variants_packs_each_run_as_it_ends(cifar10_archive, cache_root, tmp_path):
     """`variants`, the A/B for the minutes after `all`: each "NAME OPTIONS" trains into its own run and comes back
     as NAME.tar.gz; more than can come back is refused before anything runs."""
-    from vision_ensemble.data import prepare_cache
-
-    prepare_cache(cifar10_archive, cache_root, 64)
-    shim = tmp_path / "bin"
-    shim.mkdir()
-    (shim / "python3").write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-    (shim / "python3").chmod(0o755)
-    out = tmp_path / "out"
-    env = {**ENV, "PATH": f"{shim}:{os.environ['PATH']}", "OUT": str(out), "RUNS": str(tmp_path / "runs"),
-           "GPU_SESSION_CPU": "1", "DATA": str(cifar10_archive), "VISION_ENSEMBLE_CACHE": str(cache_root),
-           "SITE": str(tmp_path / "site")}
+    out, env = tmp_path / "out", dry_run_env(cifar10_archive, cache_root, tmp_path)
     specs = ["sgd --model airbench_s --epochs 1", "muon --model airbench_s --epochs 1 --opt nmuon --lr 0.02"]
     result = subprocess.run(["bash", str(SCRIPT), "variants", *specs], env=env, capture_output=True, text=True,
                             timeout=600)

@@ -172,7 +172,6 @@ def test_the_predictions_are_timed_once_and_the_timing_is_not_an_epoch(clock):
     assert epochs == fit_epochs(600 * (1 - time_budget.MARGIN), elapsed, 0.2, 50, 3.0, 20 + TAIL_FIXED_S, 100, 2)
 
 
-
 def test_the_predictions_pace_leaves_out_the_first_pass_at_the_timed_batch_shape():
     """A device that tunes itself for each new batch shape (cuDNN's autotuning, oneDNN's kernels) spends that once:
     it must not be counted in every image of the tail."""
@@ -189,6 +188,7 @@ def test_the_predictions_pace_leaves_out_the_first_pass_at_the_timed_batch_shape
 
     pace = seconds_per_predicted_image(TuningMember(), torch.zeros(512, 3, 32, 32, dtype=torch.uint8), 1024)
     assert pace < 0.02 / 512  # untuned, it is 0.2 s / 512 images
+
 
 def test_a_budget_for_fewer_than_three_epochs_is_decided_after_the_first(clock):
     budget = TimeBudget(1, CpuAccelerator(), steps_per_epoch=50, eval_batches=4, **SIX_SECOND_TAIL,

@@ -6,8 +6,9 @@
 # the test split (evaluation/evaluate.py --tta) into results/cifar10/, whose ensemble.json is the manifest the
 # Space serves (the README's results table is written from its report).
 # A member whose run folder already holds best/ and predictions.npz is skipped; one cut short continues with
-# --resume latest.  MODEL-cutout-seedN trains with cutout, MODEL-muon-seedN with Muon (see member below).  All members share the train/val
-# split (--split-seed 0), which the ensemble's weights, temperature and conformal rule are fitted on.
+# --resume latest.  MODEL-cutout-seedN trains with cutout, MODEL-muon-seedN with Muon (see member below).  All
+# members share the train/val split (--split-seed 0), which the ensemble's weights, temperature and conformal rule
+# are fitted on.
 #
 # The student: airbench_s distilled (`--teacher`) from the members' predictions.npz (their training-split
 # probabilities, combined with weights and a temperature fitted on val as evaluate.py fits them) into
