@@ -10,6 +10,11 @@ averaged with equal weights (a screen: the shipped ensemble's weights and temper
 it turns right and turns wrong, and a sign test of those (is "fixed" more than a fair coin would give of the
 changed answers: z, and scipy's exact two-sided p). Members of one recipe change a few hundred answers, so a
 0.2-point difference can be chance; the sign test says when it is not.
+
+How far more members can go: `--growth PLOT.png` (with `--min-size` past the member count, to skip the subsets)
+adds members one at a time, in 200 random orders (the mean and range of the test top-1 after k members) and
+greedily (each time the member that raises test top-1 most: chosen on the test split itself, so an optimistic
+bound on any k members of these), and plots both against k.
 """
 
 from __future__ import annotations
@@ -76,6 +81,49 @@ def subset_table(probs: dict[str, np.ndarray], labels: np.ndarray, baseline: lis
     return rows
 
 
+def growth(probs: dict[str, np.ndarray], labels: np.ndarray, orders: int = 200, seed: int = 0) -> list[dict]:
+    """Per ensemble size k (1..n): the equal-weight test top-1 (%) of the first k members over `orders` random
+    orders (mean, min, max), and that of k members added greedily, each the one that raises test top-1 most."""
+    names, rng = list(probs), np.random.default_rng(seed)
+    stacked = np.stack([probs[name] for name in names])
+
+    def right(summed: np.ndarray) -> float:  # a sum of probabilities ranks classes as their mean does
+        return 100 * float((summed.argmax(1) == labels).mean())
+
+    by_order = np.array([[right(summed) for summed in stacked[rng.permutation(len(names))].cumsum(0)]
+                         for _ in range(orders)])
+    chosen, total, rows = [], np.zeros_like(stacked[0]), []
+    for k in range(1, len(names) + 1):
+        best = max((i for i in range(len(names)) if i not in chosen), key=lambda i: right(total + stacked[i]))
+        chosen.append(best)
+        total += stacked[best]
+        after_k = by_order[:, k - 1]
+        rows.append({"k": k, "random_mean": float(after_k.mean()), "random_min": float(after_k.min()),
+                     "random_max": float(after_k.max()), "greedy": right(total), "greedy_added": names[best]})
+    return rows
+
+
+def plot_growth(rows: list[dict], path: Path, target: float | None = None) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k = [row["k"] for row in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    ax.fill_between(k, [r["random_min"] for r in rows], [r["random_max"] for r in rows], alpha=0.2,
+                    label="random orders: range")
+    ax.plot(k, [r["random_mean"] for r in rows], marker="o", label="random orders: mean")
+    ax.plot(k, [r["greedy"] for r in rows], marker="s", label="greedy on test (optimistic)")
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle="--", label=f"target {target:g}%")
+    ax.set(xlabel="members (equal weights)", ylabel="test top-1 (%)", title="Ensemble top-1 against its size")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("members", nargs="+", type=Path,
@@ -86,6 +134,9 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data" / "cifar10.tar.gz"),
                         help="the dataset whose test split model folders are run on (default: the shared CIFAR-10)")
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
+    parser.add_argument("--growth", type=Path, metavar="PNG", help="also add the members one at a time (random "
+                        "orders, and greedily on test), print the top-1 per size and plot it to this file")
+    parser.add_argument("--target", type=float, help="a top-1 (%%) to draw across the --growth plot")
     args = parser.parse_args(argv)
 
     names = [member_name(path) for path in args.members]
@@ -99,14 +150,24 @@ def main(argv=None) -> int:
     for name, p in probs.items():
         print(f"{name}: {100 * float((p.argmax(1) == labels).mean()):.2f}% test top-1 (flip TTA)")
     rows = subset_table(probs, labels, baseline, args.min_size)
-    print(f"\nagainst {' + '.join(baseline)} (equal weights), {len(labels):,} test images:")
-    width = max(len(" + ".join(row["members"])) for row in rows)
-    print(f"{'members':{width}s} {'top-1':>6s} {'fixed':>6s} {'broken':>6s} {'z':>6s} {'p':>8s}")
-    for row in sorted(rows, key=lambda row: -row["top1"]):
-        print(f"{' + '.join(row['members']):{width}s} {row['top1']:6.2f} {row['fixed']:6d} {row['broken']:6d} "
-              f"{row['z']:6.2f} {row['p']:8.2g}")
+    if rows:
+        print(f"\nagainst {' + '.join(baseline)} (equal weights), {len(labels):,} test images:")
+        width = max(len(" + ".join(row["members"])) for row in rows)
+        print(f"{'members':{width}s} {'top-1':>6s} {'fixed':>6s} {'broken':>6s} {'z':>6s} {'p':>8s}")
+        for row in sorted(rows, key=lambda row: -row["top1"]):
+            print(f"{' + '.join(row['members']):{width}s} {row['top1']:6.2f} {row['fixed']:6d} {row['broken']:6d} "
+                  f"{row['z']:6.2f} {row['p']:8.2g}")
+    curve = growth(probs, labels) if args.growth else []
+    if curve:
+        print(f"\n{'k':>3s} {'random: mean':>12s} {'min':>6s} {'max':>6s} {'greedy':>7s}  added")
+        for row in curve:
+            print(f"{row['k']:3d} {row['random_mean']:12.2f} {row['random_min']:6.2f} {row['random_max']:6.2f} "
+                  f"{row['greedy']:7.2f}  {row['greedy_added']}")
+        plot_growth(curve, args.growth, args.target)
+        print(f"plot: {args.growth}")
     if args.json:
-        args.json.write_text(json.dumps({"baseline": baseline, "test_images": len(labels), "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"baseline": baseline, "test_images": len(labels), "rows": rows,
+                                         "growth": curve}, indent=1))
     return 0
 
 

@@ -19,7 +19,8 @@ from vision_ensemble.training.finetuning import create_optimizer
 
 
 def test_each_variant_is_a_timm_model_with_the_widths_it_names():
-    for name, widths in (("airbench_s", (64, 256, 256)), ("airbench_m", (96, 384, 384)), ("airbench_l", (128, 512, 512))):
+    for name, widths in (("airbench_s", (64, 256, 256)), ("airbench95", (128, 384, 384)), ("airbench_m", (96, 384, 384)),
+                         ("airbench_l", (128, 512, 512))):
         assert name in timm.list_models("airbench*")
         model = timm.create_model(name, num_classes=7)
         assert [stage.conv2.out_channels for stage in model.stages] == list(widths)
@@ -84,3 +85,10 @@ def test_a_cpu_training_process_gets_the_cores_shared_among_the_machine_s_proces
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
     assert cpu_threads(None) == 1
     assert cpu_threads(3) == 3
+
+
+def test_airbench95s_recipe_changes_its_own_entry_only():
+    s, wider = recipe_config({"model": "airbench_s"}), recipe_config({"model": "airbench95"})
+    assert (wider.lr, wider.epochs) != (s.lr, s.epochs)
+    assert (wider.momentum, wider.label_smoothing, wider.norm_bias_lr_scale) == (s.momentum, s.label_smoothing,
+                                                                                s.norm_bias_lr_scale)

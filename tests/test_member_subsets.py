@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, make_member
+from vision_ensemble.config import recipe_config
+from vision_ensemble.evaluation.predictions import save_predictions
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from member_subsets import main, subset_table  # noqa: E402
+from member_subsets import growth, main, subset_table  # noqa: E402
 
 
 def one_hot(right: np.ndarray, labels: np.ndarray, confidence: float) -> np.ndarray:
@@ -44,3 +47,34 @@ def test_the_command_line_names_a_missing_file_and_refuses_an_unknown_baseline(t
     member = REPO / "models" / "cifar10" / "airbench_s-seed0"  # refused before any member is run
     with pytest.raises(SystemExit, match="--baseline names no member: nobody"):
         main([str(member), "--baseline", "nobody", "--data-dir", str(tmp_path / "never-read.tar.gz")])
+
+
+def test_growth_adds_the_best_member_first_and_every_order_ends_at_the_whole_ensemble():
+    labels = np.array([0, 1] * 10)
+    index = np.arange(20)
+    probs = {"weak": one_hot(index < 10, labels, 0.7), "strong": one_hot(index >= 4, labels, 0.8),
+             "other": one_hot(index % 4 != 0, labels, 0.65)}  # no two sums tie
+    rows = growth(probs, labels, orders=50)
+    assert [row["k"] for row in rows] == [1, 2, 3]
+    assert rows[0]["greedy_added"] == "strong" and rows[0]["greedy"] == 80.0
+    assert rows[0]["random_min"] == 50.0 and rows[0]["random_max"] == 80.0  # each member leads some order
+    whole = subset_table(probs, labels, baseline=["weak"], min_size=3)[0]["top1"]
+    assert rows[-1]["random_min"] == rows[-1]["random_mean"] == rows[-1]["random_max"] == rows[-1]["greedy"] == whole
+    assert all(row["random_min"] <= row["random_mean"] <= row["random_max"] for row in rows)
+
+
+def test_the_command_line_plots_the_growth_of_members_from_their_prediction_files(cifar10, cifar10_archive, tmp_path):
+    paths = []
+    for seed in range(3):  # predictions.npz as a training run writes them, of untrained members
+        folder = make_member(tmp_path / f"m{seed}" / "best", seed=seed, img_size=32)
+        (folder / "metrics.json").write_text(json.dumps({"epoch": 1, "val_top1": 0.0}))
+        cfg = recipe_config({"model": "test_resnet", "data_dir": str(cifar10_archive), "max_eval_samples": 64,
+                             "max_train_samples": 64})
+        paths.append(str(save_predictions(folder.parent / "predictions.npz", folder, cifar10, cfg, f"someone/m{seed}")))
+    plot, table = tmp_path / "growth.png", tmp_path / "rows.json"
+    assert main([*paths, "--min-size", "4", "--growth", str(plot), "--target", "92.5",
+                 "--json", str(table)]) == 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads(table.read_text())
+    assert saved["rows"] == [] and [row["k"] for row in saved["growth"]] == [1, 2, 3]
+    assert sorted(row["greedy_added"] for row in saved["growth"]) == ["m0", "m1", "m2"]

@@ -77,10 +77,12 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(trained_run, ci
                                                                   tmp_path):
     full, resumed = trained_run, tmp_path / "resumed"  # the shared run: the same arguments, never interrupted
     first = run_in_process(FINETUNE, *tiny_run_args(cifar10_archive, cache_root, resumed, "--stop-after-epoch", "1"))
-    assert "stopping after epoch 1" in first.stdout
+    assert "stopping after epoch 1 of 2" in first.stdout
     assert not (resumed / "checkpoints" / "epoch_002").exists()
+    assert not (resumed / "predictions.npz").exists()  # a paused run is not finished: nothing to ensemble yet
     second = run_in_process(FINETUNE, *tiny_run_args(cifar10_archive, cache_root, resumed, "--resume", "latest"))
     assert "resumed from" in second.stdout
+    assert (resumed / "predictions.npz").exists()
     a = load_file(full / "checkpoints" / "epoch_002" / "model.safetensors")
     b = load_file(resumed / "checkpoints" / "epoch_002" / "model.safetensors")
     assert a.keys() == b.keys()

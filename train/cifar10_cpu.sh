@@ -18,6 +18,7 @@
 #   bash train/cifar10_cpu.sh                                  # members, student, then the ensemble + student
 #   bash train/cifar10_cpu.sh members airbench_m-seed3         # one member
 #   bash train/cifar10_cpu.sh members airbench_s-cutout-seed3  # one member, with airbench96's augmentation
+#   EPOCHS=16 STOP_AFTER_EPOCH=12 bash train/cifar10_cpu.sh members airbench95-seed7  # 12 of 16 epochs; again: the rest
 #   bash train/cifar10_cpu.sh ensemble "airbench_s-seed0 airbench_s-seed1"  # the ensemble of members already trained
 #   bash train/cifar10_cpu.sh student                          # the student of the shipped members
 set -euo pipefail
@@ -29,8 +30,11 @@ PY=${PY:-python}
 SHIPPED="airbench_s-seed0 airbench_s-seed1 airbench_s-seed2 airbench_s-cutout-seed4"
 
 member() {  # member MODEL[-cutout|-muon]-seedN
-  local name=$1 out="$RUNS/$1" resume=() recipe=()
-  [[ $name =~ ^(airbench_[sml])(-cutout|-muon)?-seed([0-9]+)$ ]] || { echo "member $name: give MODEL[-cutout|-muon]-seedN, e.g. airbench_s-cutout-seed3" >&2; exit 2; }
+  local name=$1 out="$RUNS/$1" resume=() recipe=() length=(--time-limit "$MINUTES")
+  [[ $name =~ ^(airbench_[sml]|airbench95)(-cutout|-muon)?-seed([0-9]+)$ ]] || { echo "member $name: give MODEL[-cutout|-muon]-seedN, e.g. airbench_s-cutout-seed3" >&2; exit 2; }
+  # EPOCHS fixes the schedule instead of MINUTES; STOP_AFTER_EPOCH pauses it there (the same command resumes it).
+  [[ -n ${EPOCHS:-} ]] && length=(--epochs "$EPOCHS")
+  [[ -n ${STOP_AFTER_EPOCH:-} ]] && length+=(--stop-after-epoch "$STOP_AFTER_EPOCH")
   case ${BASH_REMATCH[2]} in
     # airbench96's augmentation (4 px translation, a 12 px cutout square) against the recipe's 2 px: an hour's 30
     # epochs fit the training images (99.9% top-1) where airbench94's 10 do not.
@@ -43,7 +47,7 @@ member() {  # member MODEL[-cutout|-muon]-seedN
   [[ -d $out/checkpoints ]] && resume=(--resume latest)
   "$PY" -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
     train/finetune.py --model "${BASH_REMATCH[1]}" --seed "${BASH_REMATCH[3]}" --split-seed 0 "${recipe[@]}" \
-    --data-dir "$DATA" --time-limit "$MINUTES" --hub-repo-id "vision-ensemble/cifar10-$name" --output-dir "$out" \
+    --data-dir "$DATA" "${length[@]}" --hub-repo-id "vision-ensemble/cifar10-$name" --output-dir "$out" \
     "${resume[@]}"
 }
 

@@ -309,7 +309,7 @@ def train(argv=None) -> int:
             (output_dir / "training_args.json").write_text(json.dumps(asdict(cfg), indent=2))
         print_main(budget.describe())
 
-    epoch = state.epoch
+    epoch, paused = state.epoch, False
     while epoch < cfg.epochs:
         epoch += 1
         keep_frozen_norms_in_eval(model.train())
@@ -387,8 +387,9 @@ def train(argv=None) -> int:
             print_main(f"--time-limit: stopping after epoch {epoch} of {cfg.epochs}, the schedule cut short: the "
                        "epochs ran slower than the first one measured")
             break
-        if cfg.stop_after_epoch == epoch:
-            print_main(f"stopping after epoch {epoch} (--stop-after-epoch)")
+        if paused := cfg.stop_after_epoch == epoch and epoch < cfg.epochs:
+            print_main(f"stopping after epoch {epoch} of {cfg.epochs} (--stop-after-epoch): continue with the same "
+                       "arguments and --resume latest")
             break
 
     accelerator.end_training()
@@ -396,6 +397,8 @@ def train(argv=None) -> int:
         plot_training_curves(metrics_file, output_dir / "training_curves.png")
         log_run_files(accelerator, output_dir)
         print_main(f"best val top-1 {state.best_top1:.2f}%; model folder: {output_dir / 'best'}")
+        if paused:  # not finished: the predictions and the push are the finished run's
+            return 0
         repo_id = cfg.hub_repo_id or default_repo_id(cfg.model, cfg.data_dir) + ("-student" if cfg.teacher else "")
         # The best epoch's val/test probabilities, small enough to bring back instead of the weights.
         predictions = save_predictions(output_dir / "predictions.npz", output_dir / "best", data, cfg, repo_id,
