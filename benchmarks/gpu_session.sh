@@ -251,6 +251,9 @@ case $step in
         check && decode && extras ;;
     variants)
         (($# >= 1 && $# <= 7)) || { echo "variants: 1 to 7 \"NAME OPTIONS\" (session.log is the 8th file back)" >&2; exit 2; }
+        for spec in "$@"; do
+            [[ $spec == *" "* ]] || { echo "variants: '$spec' has no options: give \"NAME OPTIONS\", e.g. \"s24 --model airbench_s --epochs 24\"" >&2; exit 2; }
+        done
         check && decode && variants "$@" ;;
     rerun)
         [[ -n ${1:-} ]] || { echo "rerun MODEL [finetune.py options]" >&2; exit 2; }

@@ -85,7 +85,7 @@ def test_cpu_dry_run_of_all_returns_every_file_and_the_ensemble_builds(cifar10_a
 @pytest.mark.slow
 def test_cpu_dry_run_of_variants_packs_each_run_as_it_ends(cifar10_archive, cache_root, tmp_path):
     """`variants`, the A/B for the minutes after `all`: each "NAME OPTIONS" trains into its own run and comes back
-    as NAME.tar.gz; more than can come back is refused before anything runs."""
+    as NAME.tar.gz."""
     out, env = tmp_path / "out", dry_run_env(cifar10_archive, cache_root, tmp_path)
     specs = ["sgd --model airbench_s --epochs 1", "muon --model airbench_s --epochs 1 --opt nmuon --lr 0.02"]
     result = subprocess.run(["bash", str(SCRIPT), "variants", *specs], env=env, capture_output=True, text=True,
@@ -98,6 +98,16 @@ def test_cpu_dry_run_of_variants_packs_each_run_as_it_ends(cifar10_archive, cach
             assert json.load(archive.extractfile(f"{name}/training_args.json"))["opt"] == opt
         assert f"{name}: exit 0" in (out / "session.log").read_text()
 
-    too_many = subprocess.run(["bash", str(SCRIPT), "variants", *[f"v{i} --epochs 1" for i in range(8)]], env=env,
-                              capture_output=True, text=True, timeout=60)
+
+def test_variants_refuse_what_could_not_run_before_anything_runs(tmp_path):
+    env = {**ENV, "OUT": str(tmp_path / "out"), "RUNS": str(tmp_path / "runs"), "GPU_SESSION_CPU": "1"}
+
+    def variants(*specs):
+        return subprocess.run(["bash", str(SCRIPT), "variants", *specs], env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    too_many = variants(*[f"v{i} --epochs 1" for i in range(8)])
     assert too_many.returncode == 2 and "1 to 7" in too_many.stderr
+    no_options = variants("sgd --model airbench_s --epochs 1", "s24")
+    assert no_options.returncode == 2 and "'s24' has no options" in no_options.stderr
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.tar.gz"))
