@@ -70,7 +70,7 @@ ensemble() {  # ensemble "MODEL-seedN ...", with the student when its run has fi
       exit 2
     fi
   done
-  for folder in models/cifar10/airbench_*; do  # what is no longer listed leaves the shipped folder
+  for folder in models/cifar10/airbench*; do  # what is no longer listed leaves the shipped folder
     [[ -e $folder && " $1 " != *" ${folder##*/} "* ]] && rm -rf "$folder" "results/cifar10/training_curves-${folder##*/}.png"
   done
   rm -rf models/cifar10/student
