@@ -19,18 +19,20 @@ def launch(tmp_path, name: str, **env: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "PY": str(recorder), "RUNS": str(tmp_path / "runs"), **env})
 
 
-def test_a_member_trains_for_minutes_unless_given_a_fixed_schedule_that_it_may_pause(tmp_path):
+def test_a_member_trains_for_minutes_unless_its_schedule_is_fixed_and_then_it_may_pause(tmp_path):
     assert launch(tmp_path, "airbench_s-cutout-seed3", MINUTES="90").returncode == 0
     assert launch(tmp_path, "airbench95-seed7", EPOCHS="16", STOP_AFTER_EPOCH="11").returncode == 0
     (tmp_path / "runs" / "airbench95-seed7" / "checkpoints").mkdir(parents=True)  # the paused run's
     assert launch(tmp_path, "airbench95-seed7", EPOCHS="16").returncode == 0
-    timed, paused, resumed = (line.split() for line in (tmp_path / "argv").read_text().splitlines())
+    assert launch(tmp_path, "airbench95-seed8", MINUTES="60").returncode == 0
+    timed, paused, resumed, recipes = (line.split() for line in (tmp_path / "argv").read_text().splitlines())
     assert timed[timed.index("--model") + 1] == "airbench_s" and timed[timed.index("--time-limit") + 1] == "90"
     assert timed[timed.index("--cutout") + 1] == "12" and "--epochs" not in timed
     assert paused[paused.index("--model") + 1] == "airbench95" and paused[paused.index("--seed") + 1] == "7"
     assert paused[paused.index("--epochs") + 1] == "16" and paused[paused.index("--stop-after-epoch") + 1] == "11"
     assert "--time-limit" not in paused and "--resume" not in paused
     assert resumed[resumed.index("--resume") + 1] == "latest" and "--stop-after-epoch" not in resumed
+    assert "--time-limit" not in recipes and "--epochs" not in recipes  # airbench95's recipe: its own 16 epochs
 
 
 def test_a_member_name_the_script_does_not_know_is_refused_with_an_example(tmp_path):
