@@ -64,12 +64,11 @@ def test_growth_adds_the_best_member_first_and_every_order_ends_at_the_whole_ens
 
 
 def test_the_command_line_plots_the_growth_of_members_from_their_prediction_files(cifar10, cifar10_archive, tmp_path):
-    paths = []
+    paths, cfg = [], recipe_config({"model": "test_resnet", "data_dir": str(cifar10_archive), "max_eval_samples": 64,
+                                    "max_train_samples": 64})
     for seed in range(3):  # predictions.npz as a training run writes them, of untrained members
         folder = make_member(tmp_path / f"m{seed}" / "best", seed=seed, img_size=32)
         (folder / "metrics.json").write_text(json.dumps({"epoch": 1, "val_top1": 0.0}))
-        cfg = recipe_config({"model": "test_resnet", "data_dir": str(cifar10_archive), "max_eval_samples": 64,
-                             "max_train_samples": 64})
         paths.append(str(save_predictions(folder.parent / "predictions.npz", folder, cifar10, cfg, f"someone/m{seed}")))
     plot, table = tmp_path / "growth.png", tmp_path / "rows.json"
     assert main([*paths, "--min-size", "4", "--growth", str(plot), "--target", "92.5",

@@ -387,7 +387,8 @@ def train(argv=None) -> int:
             print_main(f"--time-limit: stopping after epoch {epoch} of {cfg.epochs}, the schedule cut short: the "
                        "epochs ran slower than the first one measured")
             break
-        if paused := cfg.stop_after_epoch == epoch and epoch < cfg.epochs:
+        paused = cfg.stop_after_epoch == epoch and epoch < cfg.epochs
+        if paused:
             print_main(f"stopping after epoch {epoch} of {cfg.epochs} (--stop-after-epoch): continue with the same "
                        "arguments and --resume latest")
             break
