@@ -15,6 +15,10 @@ How far more members can go: `--growth PLOT.png` (with `--min-size` past the mem
 adds members one at a time, in 200 random orders (the mean and range of the test top-1 after k members) and
 greedily (each time the member that raises test top-1 most: chosen on the test split itself, so an optimistic
 bound on any k members of these), and plots both against k.
+
+Where the members disagree: `--agreement` counts the test images that k of the n members get right (k = 0..n) and
+how many of each the equal-weight ensemble gets right, and per pair of members the share of one's errors the other
+makes too (members that share most of their errors add little to each other).
 """
 
 from __future__ import annotations
@@ -103,6 +107,19 @@ def growth(probs: dict[str, np.ndarray], labels: np.ndarray, orders: int = 200, 
     return rows
 
 
+def agreement(probs: dict[str, np.ndarray], labels: np.ndarray) -> dict:
+    """How many test images k members get right (k = 0..n, `right_by_count`), how many of those the equal-weight
+    ensemble gets right (`ensemble_right_by_count`), and `shared_errors[a][b]`: the share of a's errors b makes too."""
+    names = list(probs)
+    right = np.stack([probs[name].argmax(1) == labels for name in names])
+    count = right.sum(0)
+    ensemble = np.mean([probs[name] for name in names], axis=0).argmax(1) == labels
+    return {"right_by_count": np.bincount(count, minlength=len(names) + 1).tolist(),
+            "ensemble_right_by_count": np.bincount(count[ensemble], minlength=len(names) + 1).tolist(),
+            "shared_errors": {a: {b: float((~right[i] & ~right[j]).sum() / max(int((~right[i]).sum()), 1))
+                                  for j, b in enumerate(names)} for i, a in enumerate(names)}}
+
+
 def plot_growth(rows: list[dict], path: Path, target: float | None = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -137,6 +154,8 @@ def main(argv=None) -> int:
     parser.add_argument("--growth", type=Path, metavar="PNG", help="also add the members one at a time (random "
                         "orders, and greedily on test), print the top-1 per size and plot it to this file")
     parser.add_argument("--target", type=float, help="a top-1 (%%) to draw across the --growth plot")
+    parser.add_argument("--agreement", action="store_true", help="also print how many test images k members get "
+                        "right and the share of each member's errors each other member makes too")
     args = parser.parse_args(argv)
 
     names = [member_name(path) for path in args.members]
@@ -165,9 +184,19 @@ def main(argv=None) -> int:
                   f"{row['greedy']:7.2f}  {row['greedy_added']}")
         plot_growth(curve, args.growth, args.target)
         print(f"plot: {args.growth}")
+    shared = agreement(probs, labels) if args.agreement else {}
+    if shared:
+        print(f"\n{'members right':>13s} {'images':>7s} {'ensemble right':>15s}")
+        for k, (images, ensemble) in enumerate(zip(shared["right_by_count"], shared["ensemble_right_by_count"])):
+            print(f"{k:13d} {images:7d} {ensemble:15d}")
+        width = max(map(len, names)) + 4  # "12. name"
+        print(f"\nshare of the row member's errors the column member makes too:\n{'':{width}s} "
+              + " ".join(f"{i:>5d}" for i in range(1, len(names) + 1)))
+        for i, (name, row) in enumerate(shared["shared_errors"].items(), 1):
+            print(f"{f'{i}. {name}':{width}s} " + " ".join(f"{share:5.2f}" for share in row.values()))
     if args.json:
         args.json.write_text(json.dumps({"baseline": baseline, "test_images": len(labels), "rows": rows,
-                                         "growth": curve}, indent=1))
+                                         "growth": curve, "agreement": shared}, indent=1))
     return 0
 
 

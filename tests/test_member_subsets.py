@@ -13,7 +13,7 @@ from vision_ensemble.config import recipe_config
 from vision_ensemble.evaluation.predictions import save_predictions
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from member_subsets import growth, main, subset_table  # noqa: E402
+from member_subsets import agreement, growth, main, subset_table  # noqa: E402
 
 
 def one_hot(right: np.ndarray, labels: np.ndarray, confidence: float) -> np.ndarray:
@@ -63,6 +63,21 @@ def test_growth_adds_the_best_member_first_and_every_order_ends_at_the_whole_ens
     assert all(row["random_min"] <= row["random_mean"] <= row["random_max"] for row in rows)
 
 
+def test_agreement_counts_images_by_members_right_and_the_errors_each_pair_shares():
+    labels = np.array([0, 1] * 5)
+    index = np.arange(10)
+    probs = {"a": one_hot(index >= 2, labels, 0.9),   # wrong on 0, 1
+             "b": one_hot(index >= 4, labels, 0.6),   # wrong on 0-3
+             "c": one_hot(index != 1, labels, 0.7)}   # wrong on 1
+    result = agreement(probs, labels)
+    # right for 0 members: image 1; for 1: image 0 (c); for 2: 2, 3 (a, c); for 3: 4-9
+    assert result["right_by_count"] == [1, 1, 2, 6]
+    # image 0: a and b (0.9 + 0.6 wrong) outvote c's 0.7; images 2, 3: a and c outvote b
+    assert result["ensemble_right_by_count"] == [0, 0, 2, 6]
+    assert result["shared_errors"]["a"] == {"a": 1.0, "b": 1.0, "c": 0.5}
+    assert result["shared_errors"]["b"]["a"] == 0.5 and result["shared_errors"]["c"]["b"] == 1.0
+
+
 def test_the_command_line_plots_the_growth_of_members_from_their_prediction_files(cifar10, cifar10_archive, tmp_path):
     paths, cfg = [], recipe_config({"model": "test_resnet", "data_dir": str(cifar10_archive), "max_eval_samples": 64,
                                     "max_train_samples": 64})
@@ -72,8 +87,10 @@ def test_the_command_line_plots_the_growth_of_members_from_their_prediction_file
         paths.append(str(save_predictions(folder.parent / "predictions.npz", folder, cifar10, cfg, f"someone/m{seed}")))
     plot, table = tmp_path / "growth.png", tmp_path / "rows.json"
     assert main([*paths, "--min-size", "4", "--growth", str(plot), "--target", "92.5",
-                 "--json", str(table)]) == 0
+                 "--agreement", "--json", str(table)]) == 0
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads(table.read_text())
     assert saved["rows"] == [] and [row["k"] for row in saved["growth"]] == [1, 2, 3]
     assert sorted(row["greedy_added"] for row in saved["growth"]) == ["m0", "m1", "m2"]
+    assert sum(saved["agreement"]["right_by_count"]) == saved["test_images"]
+    assert sorted(saved["agreement"]["shared_errors"]) == ["m0", "m1", "m2"]
