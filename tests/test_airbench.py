@@ -30,6 +30,20 @@ def test_each_variant_is_a_timm_model_with_the_widths_it_names():
     assert model.get_classifier().out_features == 3 and model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
 
 
+def test_airbench96_adds_a_third_conv_and_a_residual_over_the_last_two_to_each_group():
+    model = timm.create_model("airbench96").eval()
+    assert [stage.conv3.out_channels for stage in model.stages] == [128, 512, 512]
+    assert {m.momentum for m in model.modules() if isinstance(m, airbench.ScalelessBatchNorm)} == {0.1}
+    group, x = model.stages[1], torch.randn(2, 128, 16, 16)
+    with torch.no_grad():
+        first = group.act(group.norm1(group.pool(group.conv1(x))))
+        branch = group.norm3(group.conv3(group.act(group.norm2(group.conv2(first)))))
+        assert torch.allclose(group(x), group.act(first + branch))
+        group.conv3.weight.zero_()  # the branch silenced (a fresh BatchNorm in eval adds nothing): the first conv alone
+        assert torch.allclose(group(x), group.act(first))
+    assert not hasattr(timm.create_model("airbench_l").stages[1], "conv3")
+
+
 def test_the_whitened_stem_decorrelates_the_patches_it_was_set_from():
     model = timm.create_model("airbench_s")
     generator = torch.Generator().manual_seed(0)
@@ -85,6 +99,14 @@ def test_a_cpu_training_process_gets_the_cores_shared_among_the_machine_s_proces
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(cores))
     assert cpu_threads(None) == 1
     assert cpu_threads(3) == 3
+
+
+def test_airbench96s_recipe_is_airbench96s_augmentation_at_a_lower_rate():
+    s, widest = recipe_config({"model": "airbench_s"}), recipe_config({"model": "airbench96"})
+    assert (widest.cutout, widest.crop_padding, s.cutout, s.crop_padding) == (12, 4, 0, 2)
+    assert widest.lr < s.lr and widest.epochs == 16
+    # the weight decay a step, lr x wd, is airbench96's 0.012 against airbench94's 0.0153 in its units
+    assert widest.lr * widest.weight_decay / (s.lr * s.weight_decay) == pytest.approx(0.012 / 0.0153, rel=0.01)
 
 
 def test_airbench95s_recipe_changes_its_own_entry_only():

@@ -25,7 +25,8 @@ def test_a_member_trains_for_minutes_unless_its_schedule_is_fixed_and_then_it_ma
     (tmp_path / "runs" / "airbench95-seed7" / "checkpoints").mkdir(parents=True)  # the paused run's
     assert launch(tmp_path, "airbench95-seed7", EPOCHS="16").returncode == 0
     assert launch(tmp_path, "airbench95-seed8", MINUTES="60").returncode == 0
-    timed, paused, resumed, recipes = (line.split() for line in (tmp_path / "argv").read_text().splitlines())
+    assert launch(tmp_path, "airbench96-seed9", MINUTES="60").returncode == 0
+    timed, paused, resumed, recipes, widest = (line.split() for line in (tmp_path / "argv").read_text().splitlines())
     assert timed[timed.index("--model") + 1] == "airbench_s" and timed[timed.index("--time-limit") + 1] == "90"
     assert timed[timed.index("--cutout") + 1] == "12" and "--epochs" not in timed
     assert paused[paused.index("--model") + 1] == "airbench95" and paused[paused.index("--seed") + 1] == "7"
@@ -33,6 +34,7 @@ def test_a_member_trains_for_minutes_unless_its_schedule_is_fixed_and_then_it_ma
     assert "--time-limit" not in paused and "--resume" not in paused
     assert resumed[resumed.index("--resume") + 1] == "latest" and "--stop-after-epoch" not in resumed
     assert "--time-limit" not in recipes and "--epochs" not in recipes  # airbench95's recipe: its own 16 epochs
+    assert widest[widest.index("--model") + 1] == "airbench96" and "--time-limit" not in widest  # and airbench96's
 
 
 def test_a_member_name_the_script_does_not_know_is_refused_with_an_example(tmp_path):

@@ -31,11 +31,11 @@ SHIPPED="airbench_s-seed0 airbench_s-seed1 airbench_s-seed2 airbench_s-cutout-se
 
 member() {  # member MODEL[-cutout|-muon]-seedN
   local name=$1 out="$RUNS/$1" resume=() recipe=() length=(--time-limit "$MINUTES")
-  [[ $name =~ ^(airbench_[sml]|airbench95)(-cutout|-muon)?-seed([0-9]+)$ ]] || { echo "member $name: give MODEL[-cutout|-muon]-seedN, e.g. airbench_s-cutout-seed3" >&2; exit 2; }
-  # EPOCHS fixes the schedule instead of MINUTES, as airbench95's recipe does (16 epochs: 66 minutes with native bf16,
-  # about 2.8 h on an AVX2 CPU; MINUTES would make it a weak member); STOP_AFTER_EPOCH pauses it there (the same
-  # command resumes it).
-  [[ ${BASH_REMATCH[1]} == airbench95 ]] && length=()
+  [[ $name =~ ^(airbench_[sml]|airbench9[56])(-cutout|-muon)?-seed([0-9]+)$ ]] || { echo "member $name: give MODEL[-cutout|-muon]-seedN, e.g. airbench_s-cutout-seed3" >&2; exit 2; }
+  # EPOCHS fixes the schedule instead of MINUTES, as airbench95's and airbench96's recipes do (16 epochs: 66 and
+  # about 120 minutes with native bf16, airbench95 about 2.8 h on an AVX2 CPU; MINUTES would make them weak members);
+  # STOP_AFTER_EPOCH pauses it there (the same command resumes it).
+  [[ ${BASH_REMATCH[1]} == airbench9[56] ]] && length=()
   [[ -n ${EPOCHS:-} ]] && length=(--epochs "$EPOCHS")
   [[ -n ${STOP_AFTER_EPOCH:-} ]] && length+=(--stop-after-epoch "$STOP_AFTER_EPOCH")
   case ${BASH_REMATCH[2]} in

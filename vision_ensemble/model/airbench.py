@@ -10,12 +10,15 @@ The network, 32 px in:
   covariance and their negatives, scaled by 1/sqrt(eigenvalue)), its weights fixed, set from data by
   `init_whitening` before training; GELU;
 - three groups of conv3x3 -> maxpool2 -> BatchNorm -> GELU -> conv3x3 -> BatchNorm -> GELU (31 -> 15 -> 7 -> 3 px);
+  airbench96's groups add a third conv3x3 -> BatchNorm and a residual over the last two, before the last GELU;
   every conv starts as an identity on its first input channels (dirac init: an implicit residual);
-  BatchNorm without a scale (weight fixed at 1), eps 1e-12, momentum 0.4 (airbench's 0.6 in its convention);
+  BatchNorm without a scale (weight fixed at 1), eps 1e-12, momentum 0.4 (airbench94's 0.6 in its convention;
+  airbench96 keeps PyTorch's 0.1);
 - a global max pool and a bias-free linear classifier whose logits are scaled by 1/9.
 
-Variants differ in width only: `airbench_s` is airbench94's (64, 256, 256), `airbench95` airbench95's (128, 384,
-384), `airbench_m` (96, 384, 384) and `airbench_l` (128, 512, 512); any other as `widths=[a, b, c]`.
+Variants differ in width: `airbench_s` is airbench94's (64, 256, 256), `airbench95` airbench95's (128, 384, 384),
+`airbench_m` (96, 384, 384) and `airbench_l` (128, 512, 512); any other as `widths=[a, b, c]`. `airbench96` is
+airbench96's network (its 2024-06 version): `airbench_l`'s widths with three convs a group (`residual=True`).
 """
 
 from __future__ import annotations
@@ -43,18 +46,27 @@ class ScalelessBatchNorm(nn.BatchNorm2d):
 
 
 class ConvGroup(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int):
+    """conv -> pool -> norm -> GELU -> conv -> norm -> GELU; with `residual`, airbench96's group: a third conv ->
+    norm, and the output of the first GELU added back before the last one."""
+
+    def __init__(self, in_channels: int, out_channels: int, residual: bool = False, norm_momentum: float = 0.4):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
         self.pool = nn.MaxPool2d(2)
-        self.norm1 = ScalelessBatchNorm(out_channels)
+        self.norm1 = ScalelessBatchNorm(out_channels, momentum=norm_momentum)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
-        self.norm2 = ScalelessBatchNorm(out_channels)
+        self.norm2 = ScalelessBatchNorm(out_channels, momentum=norm_momentum)
+        self.residual = residual
+        if residual:
+            self.conv3 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+            self.norm3 = ScalelessBatchNorm(out_channels, momentum=norm_momentum)
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.norm1(self.pool(self.conv1(x))))
-        return self.act(self.norm2(self.conv2(x)))
+        if not self.residual:
+            return self.act(self.norm2(self.conv2(x)))
+        return self.act(x + self.norm3(self.conv3(self.act(self.norm2(self.conv2(x))))))
 
 
 class AirbenchNet(nn.Module):
@@ -62,7 +74,8 @@ class AirbenchNet(nn.Module):
     for `--freeze`)."""
 
     def __init__(self, widths=(64, 256, 256), num_classes: int = 10, in_chans: int = 3, whiten_kernel: int = 2,
-                 logit_scale: float = 1 / 9, global_pool: str = "max", drop_rate: float = 0.0, **_):
+                 logit_scale: float = 1 / 9, global_pool: str = "max", drop_rate: float = 0.0, residual: bool = False,
+                 norm_momentum: float = 0.4, **_):
         super().__init__()
         self.num_classes, self.drop_rate, self.logit_scale = num_classes, drop_rate, logit_scale
         whiten_width = 2 * in_chans * whiten_kernel ** 2
@@ -71,7 +84,8 @@ class AirbenchNet(nn.Module):
         nn.init.zeros_(self.stem.bias)  # the whitened patches start centred on what the covariance saw
         self.stem_act = nn.GELU()
         channels = [whiten_width, *widths]
-        self.stages = nn.Sequential(*(ConvGroup(c_in, c_out) for c_in, c_out in zip(channels, channels[1:])))
+        self.stages = nn.Sequential(*(ConvGroup(c_in, c_out, residual, norm_momentum)
+                                      for c_in, c_out in zip(channels, channels[1:])))
         self.num_features = self.head_hidden_size = widths[-1]
         self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
         self.head = nn.Linear(self.num_features, num_classes, bias=False) if num_classes else nn.Identity()
@@ -127,7 +141,8 @@ def _cfg(**kwargs) -> dict:
                 **kwargs)
 
 
-default_cfgs = generate_default_cfgs({name: _cfg() for name in ("airbench_s", "airbench95", "airbench_m", "airbench_l")})
+default_cfgs = generate_default_cfgs({name: _cfg() for name in ("airbench_s", "airbench95", "airbench96", "airbench_m",
+                                                                 "airbench_l")})
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> AirbenchNet:
@@ -145,6 +160,14 @@ def airbench95(pretrained: bool = False, **kwargs) -> AirbenchNet:
     """airbench95's network: widths 128/384/384, 4.61M parameters (2.35x airbench_s's time a training step on a
     2-core CPU)."""
     return _create("airbench95", pretrained, **{"widths": (128, 384, 384), **kwargs})
+
+
+@register_model
+def airbench96(pretrained: bool = False, **kwargs) -> AirbenchNet:
+    """airbench96's network (2024-06): widths 128/512/512, three convs a group with a residual over the last two,
+    BatchNorm momentum 0.1; 12.7M parameters."""
+    return _create("airbench96", pretrained, **{"widths": (128, 512, 512), "residual": True, "norm_momentum": 0.1,
+                                                **kwargs})
 
 
 @register_model
