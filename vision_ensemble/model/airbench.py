@@ -40,7 +40,7 @@ class ScalelessBatchNorm(nn.BatchNorm2d):
     """BatchNorm with its scale fixed at 1 (only the bias trains), as airbench: the following conv's weight
     carries the scale, and one fewer parameter per channel trains faster."""
 
-    def __init__(self, num_features: int, eps: float = 1e-12, momentum: float = 0.4):
+    def __init__(self, num_features: int, momentum: float, eps: float = 1e-12):
         super().__init__(num_features, eps=eps, momentum=momentum)
         self.weight.requires_grad_(False)
 
@@ -49,7 +49,7 @@ class ConvGroup(nn.Module):
     """conv -> pool -> norm -> GELU -> conv -> norm -> GELU; with `residual`, airbench96's group: a third conv ->
     norm, and the output of the first GELU added back before the last one."""
 
-    def __init__(self, in_channels: int, out_channels: int, residual: bool = False, norm_momentum: float = 0.4):
+    def __init__(self, in_channels: int, out_channels: int, residual: bool, norm_momentum: float):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
         self.pool = nn.MaxPool2d(2)
