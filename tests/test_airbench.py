@@ -12,7 +12,7 @@ import timm
 import torch
 
 from conftest import ENV, REPO
-from vision_ensemble.config import recipe_config
+from vision_ensemble.config import AIRBENCH_MODELS, RECIPES, recipe_config
 from vision_ensemble.model import airbench, export_model, load_model_folder, training_data_config
 from vision_ensemble.training.distributed import cpu_threads
 from vision_ensemble.training.finetuning import create_optimizer
@@ -25,6 +25,9 @@ def test_each_variant_is_a_timm_model_with_the_widths_it_names():
         model = timm.create_model(name, num_classes=7)
         assert [stage.conv2.out_channels for stage in model.stages] == list(widths)
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    # the names config.py gives recipes are the names registered, each with its default config
+    assert sorted(timm.list_models("airbench*")) == sorted(AIRBENCH_MODELS) and set(AIRBENCH_MODELS) <= set(RECIPES)
+    assert all(timm.create_model(name).pretrained_cfg["input_size"] == (3, 32, 32) for name in AIRBENCH_MODELS)
     model = timm.create_model("airbench_s")
     model.reset_classifier(3)
     assert model.get_classifier().out_features == 3 and model(torch.randn(1, 3, 32, 32)).shape == (1, 3)

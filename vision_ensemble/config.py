@@ -189,6 +189,9 @@ WHITENING_IMAGES = 5000
 #: Per-backbone defaults for CIFAR-10-sized data trained from scratch or fine-tuned.  ViT-Small keeps
 #: timm's architecture and adapts to 32 px images through timm's own `img_size`/`patch_size` arguments,
 #: so the exported config rebuilds it with timm alone.
+#: The airbench networks vision_ensemble/model/airbench.py registers with timm, each trained by the recipe below.
+AIRBENCH_MODELS = ("airbench_s", "airbench95", "airbench96", "airbench_m", "airbench_l")
+
 RECIPES: dict[str, dict] = {
     "seresnet50": dict(img_size=64, epochs=30, batch_size=512, lr=2e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=2),
     "efficientnet_b0": dict(img_size=64, epochs=30, batch_size=512, lr=3e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=2),
@@ -203,7 +206,7 @@ RECIPES: dict[str, dict] = {
     **{name: dict(img_size=32, epochs=15, batch_size=1024, opt="sgd", momentum=0.85, lr=1.5, lr_base_size=1024,
                   weight_decay=1.33e-3, norm_bias_lr_scale=64.0, warmup_epochs=2, label_smoothing=0.2,
                   mixup_alpha=0.0, cutmix_alpha=0.0, crop_padding=2, mixed_precision="bf16-if-native")
-       for name in ("airbench_s", "airbench95", "airbench96", "airbench_m", "airbench_l")},
+       for name in AIRBENCH_MODELS},
     "vit_small_patch16_224": dict(
         img_size=32, epochs=30, batch_size=512, lr=1e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=3,
         model_kwargs={"img_size": 32, "patch_size": 4},

@@ -29,6 +29,8 @@ from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import nn
 
+from ..config import AIRBENCH_MODELS
+
 __all__ = ["AirbenchNet"]
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -141,8 +143,7 @@ def _cfg(**kwargs) -> dict:
                 **kwargs)
 
 
-default_cfgs = generate_default_cfgs({name: _cfg() for name in ("airbench_s", "airbench95", "airbench96", "airbench_m",
-                                                                 "airbench_l")})
+default_cfgs = generate_default_cfgs({name: _cfg() for name in AIRBENCH_MODELS})
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> AirbenchNet:
