@@ -186,12 +186,12 @@ WHITENING_IMAGES = 5000
 
 # --- training recipes ------------------------------------------------------------------------------
 
+#: The airbench networks vision_ensemble/model/airbench.py registers with timm, each trained by its recipe in RECIPES.
+AIRBENCH_MODELS = ("airbench_s", "airbench95", "airbench96", "airbench_m", "airbench_l")
+
 #: Per-backbone defaults for CIFAR-10-sized data trained from scratch or fine-tuned.  ViT-Small keeps
 #: timm's architecture and adapts to 32 px images through timm's own `img_size`/`patch_size` arguments,
 #: so the exported config rebuilds it with timm alone.
-#: The airbench networks vision_ensemble/model/airbench.py registers with timm, each trained by the recipe below.
-AIRBENCH_MODELS = ("airbench_s", "airbench95", "airbench96", "airbench_m", "airbench_l")
-
 RECIPES: dict[str, dict] = {
     "seresnet50": dict(img_size=64, epochs=30, batch_size=512, lr=2e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=2),
     "efficientnet_b0": dict(img_size=64, epochs=30, batch_size=512, lr=3e-3, lr_base_size=512, weight_decay=0.05, warmup_epochs=2),
