@@ -67,7 +67,8 @@ def time_ms(fn, repeats: int = 20) -> float:
 
 
 def member_forward_ms(manifest: Path, image: str, runtime: str, onnx_folder: Path) -> dict[str, float]:
-    """In-process: decoding the upload, then each member's preprocessing (resize, normalise) and network."""
+    """In-process: decoding the upload, then each member's preprocessing (resize, normalise) and network, the
+    network at the batch the Space runs it at (2 with flip TTA: the image and its mirror)."""
     ensemble = Ensemble.from_manifest(manifest)
     if runtime == "onnx":
         ensemble.use_onnxruntime(onnx_folder)
@@ -78,6 +79,8 @@ def member_forward_ms(manifest: Path, image: str, runtime: str, onnx_folder: Pat
         for m in ensemble.members:
             times[f"{m.source} resize"] = time_ms(lambda: m.transform(x))
             model_input = m.transform(x)
+            if ensemble.tta_flip:
+                model_input = torch.cat([model_input, model_input.flip(3)])
             times[f"{m.source} network"] = time_ms(lambda: m.logits(model_input))
     return times
 
@@ -234,7 +237,7 @@ def measure(manifest: Path, tmp: Path, args, label: str) -> None:
         print(f"[{label}] top-3 identical (ONNX Runtime vs eager fp32): {same} of {n} CIFAR-10 test images")
     for runtime in args.runtimes:
         forward = member_forward_ms(manifest, args.image, runtime, tmp / "members")
-        print(f"[{label}, {runtime}] in-process, batch 1: " + ", ".join(f"{k} {v:.1f} ms" for k, v in forward.items())
+        print(f"[{label}, {runtime}] in-process, one image: " + ", ".join(f"{k} {v:.1f} ms" for k, v in forward.items())
               + f"; sum {sum(forward.values()):.1f} ms")
         if not args.in_process_only:
             serve(manifest, args, runtime, label)
