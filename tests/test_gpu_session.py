@@ -111,3 +111,17 @@ def test_variants_refuse_what_could_not_run_before_anything_runs(tmp_path):
     no_options = variants("sgd --model airbench_s --epochs 1", "s24")
     assert no_options.returncode == 2 and "'s24' has no options" in no_options.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").glob("*.tar.gz"))
+
+
+def test_the_checkout_fits_the_device_call_with_its_data_and_wheel(cifar10_archive):
+    """The device call carries the checkout's tracked files, the archive copied to .data and timm's wheel in .whl
+    (BENCHMARKS.md "Before the call"), 64 MiB at most: shipped weights that grow past it (airbench96 in fp32 did)
+    would have the call refused on the day a GPU is lent."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
+    sizes = {name: (REPO / name).stat().st_size for name in listed.decode().split("\0")
+             if name and (REPO / name).is_file()}
+    timm_wheel = 3 * 2**20  # timm 1.0.31's wheel is 2.8 MB
+    total = sum(sizes.values()) + cifar10_archive.stat().st_size + timm_wheel
+    largest = sorted(sizes, key=sizes.get, reverse=True)[:3]
+    assert total <= 64 * 2**20, (f"{total / 2**20:.1f} MiB would travel; the largest tracked files: "
+                                 + ", ".join(f"{name} ({sizes[name] / 2**20:.1f} MiB)" for name in largest))
