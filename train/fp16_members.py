@@ -3,8 +3,8 @@ their test accuracy equals the fp32 weights').
 
 Only the large tensors are halved (more than `--fp32-max-elements`, 65,536 by default: the convolutions and linear
 layers that hold nearly all the bytes); the small ones stay fp32 (normalization statistics, biases, a whitening
-stem, a small head: 0.4% of airbench96's parameters, and the values fp16 rounds worst: all-fp16 airbench96 changes
-8 test images' class, this rule none).  For each member folder: its flip-TTA top class on every test image with the
+stem, a small head: 0.4% of airbench96's parameters; all-fp16 airbench96 changes 8 test images' class, this rule
+none).  For each member folder: its flip-TTA top class on every test image with the
 fp32 weights, then with the halved ones (loaded back into the fp32 network, as timm loads them); the folder keeps
 the halved model.safetensors (about half the bytes) when the test top-1 is the same, else its fp32 file is written
 back (kept at once when a weight is beyond fp16's range).  Its card (README.md) is written again to say which, and
