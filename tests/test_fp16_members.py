@@ -1,6 +1,6 @@
 """train/fp16_members.py: a member whose fp16 weights classify the test split as its fp32 ones do is halved in
 place and its card says so; one whose test accuracy changes in fp16 keeps its fp32 file, byte for byte; by default
-the small tensors, where fp16 rounds worst, stay fp32."""
+the small tensors (at most 65,536 elements) stay fp32."""
 
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def test_fp16_only_where_the_test_accuracy_stays(tmp_path):
     assert "-> fp16 weights" in result.stdout and "0 of 24 test images changed" in result.stdout, result.stdout
     with safe_open(default / "model.safetensors", "pt") as f:
         stored = {name: f.get_tensor(name) for name in f.keys()}
-    assert {k for k, v in stored.items() if v.dtype == torch.float16} == {"layer4.0.conv1.weight", "layer4.0.conv2.weight"}
+    halved = {k for k, v in stored.items() if v.dtype == torch.float16}
+    assert halved == {"layer4.0.conv1.weight", "layer4.0.conv2.weight"}
     assert stored["fc.bias"].dtype == torch.float32
     assert (default / "model.safetensors").stat().st_size < 0.7 * fp32_size  # the two hold two thirds of the bytes
 
@@ -89,3 +90,7 @@ def test_fp16_only_where_the_test_accuracy_stays(tmp_path):
     result = run_script(changed, "--data-dir", data, "--fp32-max-elements", 10**9)
     assert "no tensor of more than 1,000,000,000 elements; fp32 weights kept" in result.stdout, result.stdout
     assert (changed / "model.safetensors").read_bytes() == fp32_bytes[changed]
+    # ...and a member already in fp16 is not called fp32 for having no tensor above the threshold.
+    result = run_script(same, "--data-dir", data, "--fp32-max-elements", 10**9)
+    assert "large tensors already fp16; left as they are" in result.stdout, result.stdout
+    assert (same / "model.safetensors").read_bytes() == fp16_bytes

@@ -4,14 +4,14 @@ their test accuracy equals the fp32 weights').
 Only the large tensors are halved (more than `--fp32-max-elements`, 65,536 by default: the convolutions and linear
 layers that hold nearly all the bytes); the small ones stay fp32 (normalization statistics, biases, a whitening
 stem, a small head: 0.4% of airbench96's parameters; all-fp16 airbench96 changes 8 test images' class, this rule
-none).  For each member folder: its flip-TTA top class on every test image with the
-fp32 weights, then with the halved ones (loaded back into the fp32 network, as timm loads them); the folder keeps
-the halved model.safetensors (about half the bytes) when the test top-1 is the same, else its fp32 file is written
-back (kept at once when a weight is beyond fp16's range).  Its card (README.md) is written again to say which, and
-why (a member already halved keeps what its card said of it).
+none).  For each member folder: its flip-TTA top class on every test image with the fp32 weights, then with the
+halved ones (loaded back into the fp32 network, as timm loads them); the folder keeps the halved model.safetensors
+(about half the bytes) when the test top-1 is the same, else its fp32 file is written back (kept at once when a
+weight is beyond fp16's range).  Its card (README.md) is written again to say which, and why (a member already
+halved keeps what its card said of it).
 Prints, per member, both accuracies and how many test images changed their top class.
 
-    python train/fp16_members.py models/cifar10/airbench_s-seed0 models/cifar10/airbench_s-seed1 \\
+    python train/fp16_members.py models/cifar10/airbench_s-seed2 models/cifar10/airbench96-seed10 \\
         --data-dir ../shared/data/cifar10.tar.gz
 """
 
@@ -97,15 +97,16 @@ def main(argv=None) -> int:
         path = folder / WEIGHTS
         with safe_open(path, "pt") as f:
             metadata, fp32 = f.metadata(), {name: f.get_tensor(name) for name in f.keys()}
-        large = {k for k, v in fp32.items() if v.is_floating_point() and v.numel() > args.fp32_max_elements}
+        floating = {k for k, v in fp32.items() if v.is_floating_point()}
+        large = {k for k in floating if fp32[k].numel() > args.fp32_max_elements}
+        if any(fp32[k].dtype != torch.float32 for k in floating) and all(fp32[k].dtype != torch.float32 for k in large):
+            print(f"{folder}: large tensors already fp16; left as they are")
+            write_card(folder, member, earlier_weights_note(folder))  # its card still follows the current template
+            continue
         if not large:
             print(f"{folder}: no tensor of more than {args.fp32_max_elements:,} elements; fp32 weights kept")
             write_card(folder, member, f"Its weights are stored in fp32: no tensor has more than "
                                        f"{args.fp32_max_elements:,} elements, the least this project halves.")
-            continue
-        if all(fp32[k].dtype != torch.float32 for k in large):
-            print(f"{folder}: large tensors already fp16; left as they are")
-            write_card(folder, member, earlier_weights_note(folder))  # its card still follows the current template
             continue
         halved = {k: v.half() if k in large else v for k, v in fp32.items()}
         if overflow := [k for k, v in halved.items() if v.is_floating_point() and not v.isfinite().all()]:
